@@ -1,0 +1,127 @@
+"""train, eval and generate."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from scaletrain.errors import UserError
+
+
+def register(sub) -> None:
+    from scaletrain.config.load import DEFAULT_PRESET, preset_names
+
+    p = sub.add_parser(
+        "train", help="train a model from a preset or a YAML config",
+        description="Train from a preset or a YAML file, with section.key=value overrides. "
+        f"No argument trains the default preset ({DEFAULT_PRESET}). Presets: {', '.join(preset_names())}.",
+        epilog="examples: scaletrain train | scaletrain train mlp-digits | "
+        "scaletrain train gpt-tiny train.max_steps=100 optim.lr=1e-3 | scaletrain train runs/X/config.yaml",
+    )
+    p.add_argument("items", nargs="*", metavar="[CONFIG|PRESET] [section.key=value ...]")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a trained run on its validation split",
+                       description="Load RUN/model.safetensors and report validation metrics as JSON.")
+    p.add_argument("run", help="run folder")
+    p.add_argument("--batches", type=int, default=0, help="validation batches (0: the whole split)")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("generate", help="sample text from a trained GPT run",
+                       description="Sample a continuation of --prompt from RUN/model.safetensors.")
+    p.add_argument("run", help="run folder")
+    p.add_argument("--prompt", default="def ", help="text to continue (default: 'def ')")
+    p.add_argument("--tokens", type=int, default=200, help="new tokens to generate")
+    p.add_argument("--temperature", type=float, default=0.8, help="0 means greedy")
+    p.add_argument("--top-k", type=int, default=50, help="sample among the k likeliest (0: all)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_generate)
+
+
+def split_items(items: list[str]) -> tuple[str | None, list[str]]:
+    if items and "=" not in items[0]:
+        return items[0], items[1:]
+    return None, items
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from scaletrain.config.load import load_config
+    from scaletrain.train.build import build_trainer
+
+    source, overrides = split_items(args.items)
+    cfg = load_config(source, overrides)
+    trainer = build_trainer(cfg)
+    summary = trainer.fit()
+    _print_result(trainer.run_dir, summary)
+    return 0
+
+
+def _print_result(run_dir: Path, summary: dict) -> None:
+    from rich.console import Console
+
+    console = Console()
+    shown = [f"{k}={summary[k]:.4g}" for k in ("train_loss", "val_loss", "val_bpb", "unigram_loss",
+                                                 "val_accuracy", "mfu") if isinstance(summary.get(k), float)]
+    console.print("done: " + "  ".join(shown))
+    if summary.get("sample"):
+        console.print("sample:", style="bold")
+        console.print(summary["sample"], markup=False, highlight=False)
+    console.print(f"run folder: {run_dir}")
+
+
+def load_run(run: str):
+    """(config, model) of a finished run folder; the weights come from safetensors, never pickle."""
+    from safetensors.torch import load_model
+
+    from scaletrain.config.load import load_config
+    from scaletrain.models import model_from_config_json
+
+    run_dir = Path(run)
+    for name in ("config.yaml", "model_config.json", "model.safetensors"):
+        if not (run_dir / name).is_file():
+            raise UserError(f"{run_dir / name}: missing (is {run} a finished run folder?)")
+    cfg = load_config(str(run_dir / "config.yaml"))
+    try:
+        model = model_from_config_json(json.loads((run_dir / "model_config.json").read_text()))
+        load_model(model, str(run_dir / "model.safetensors"))
+    except (ValueError, KeyError, RuntimeError) as exc:
+        raise UserError(f"{run_dir}: cannot load the model ({str(exc).splitlines()[0]})") from None
+    return cfg, model
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from scaletrain.train.build import build_task, check_device
+    from scaletrain.train.step import autocast_context
+
+    cfg, model = load_run(args.run)
+    cfg.log.progress = False
+    device = check_device(cfg)
+    task, _, _, _ = build_task(cfg, device)
+    model.to(device).eval()
+    metrics = task.evaluate(model, batches=args.batches, batch_size=cfg.train.batch_size, device=device,
+                            autocast=autocast_context(device, cfg.train.precision))
+    print(json.dumps(metrics, indent=2))
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    import torch
+
+    from scaletrain.data.tokenizer import load_tokenizer
+
+    cfg, model = load_run(args.run)
+    if cfg.model.name != "gpt":
+        raise UserError(f"{args.run}: generate needs a GPT run (this one is {cfg.model.name})")
+    if args.tokens <= 0 or args.temperature < 0 or args.top_k < 0:
+        raise UserError("--tokens must be > 0, --temperature >= 0 and --top-k >= 0")
+    tokenizer = load_tokenizer(Path(args.run) / "tokenizer.json")
+    ids = tokenizer.encode(args.prompt).ids
+    if not ids:
+        raise UserError("--prompt: empty")
+    model.eval()
+    gen = torch.Generator().manual_seed(args.seed)
+    out = model.generate(torch.tensor([ids]), args.tokens, temperature=args.temperature,
+                         top_k=args.top_k or None, generator=gen)
+    print(tokenizer.decode(out[0].tolist()))
+    return 0

@@ -1,0 +1,42 @@
+"""`scaletrain` command line: parse, dispatch, and turn bad input into one `error:` line (exit 2)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from scaletrain import __version__
+from scaletrain.errors import UserError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports misuse as one `error:` line and exit code 2, like every other bad input."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise UserError(f"{self.prog}: {message}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from scaletrain.cli import commands, data_commands
+
+    parser = _Parser(prog="scaletrain", description=__doc__.split(":")[0] + ": train large models "
+                     "with torch.distributed, from raw data to a deployable model.")
+    parser.add_argument("--version", action="version", version=f"scaletrain {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    commands.register(sub)
+    data_commands.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return int(args.func(args) or 0)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: the last completed checkpoint is intact (resume with train.resume=auto)",
+              file=sys.stderr)
+        return 130

@@ -1,0 +1,191 @@
+"""Typed configuration: one small section per component, composed by `Config`.
+
+Every section forbids unknown keys and checks types strictly (no silent "3" -> 3), so a typo or a
+wrong value is reported by name before any work starts. The YAML presets in `configs/` and the
+`section.key=value` overrides of the CLI both go through these models; nothing else reads settings.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+PositiveInt = Annotated[int, Field(gt=0)]
+NonNegInt = Annotated[int, Field(ge=0)]
+Fraction = Annotated[float, Field(gt=0.0, le=1.0)]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True)
+
+
+class DataConfig(Section):
+    """Where the training data comes from and how it is cut into samples."""
+
+    kind: Literal["text", "images"] = "text"
+    # text: a directory of text files (None = the embedded stdlib corpus);
+    # images: a directory of MNIST IDX files (None = scikit-learn's embedded digits).
+    path: str | None = None
+    pattern: str = "**/*.txt"  # which files of `path` are read (text only)
+    vocab_size: Annotated[int, Field(ge=258, le=2**31 - 1)] = 8192  # 256 bytes + end-of-text + merges
+    seq_len: PositiveInt = 256
+    val_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.05  # by file for text, stratified for images
+    train_fraction: Fraction = 1.0  # a deterministic subset of the training samples
+    max_bytes: PositiveInt | None = None  # a deterministic subset of the corpus files, for quick runs
+    cache_dir: str = "~/.cache/scaletrain/data"
+
+    @model_validator(mode="after")
+    def _path_exists(self) -> "DataConfig":
+        if self.path is not None and not Path(self.path).expanduser().is_dir():
+            raise ValueError(f"data.path: directory {self.path!r} does not exist")
+        return self
+
+
+class GPTConfig(Section):
+    name: Literal["gpt"] = "gpt"
+    n_layer: PositiveInt = 4
+    n_head: PositiveInt = 4
+    d_model: PositiveInt = 256
+    d_ff: PositiveInt | None = None  # default 4 * d_model
+    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+    bias: bool = False
+    norm: Literal["layernorm", "rmsnorm"] = "layernorm"
+    rope: bool = False
+    tie_embeddings: bool = True
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> "GPTConfig":
+        if self.d_model % self.n_head:
+            raise ValueError(
+                f"model.d_model: {self.d_model} must be divisible by model.n_head ({self.n_head})"
+            )
+        return self
+
+
+class MLPConfig(Section):
+    name: Literal["mlp"] = "mlp"
+    hidden: list[PositiveInt] = [128, 64]
+    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+
+
+ModelConfig = Annotated[Union[GPTConfig, MLPConfig], Field(discriminator="name")]
+
+
+class OptimConfig(Section):
+    name: str = "adamw"
+    lr: Annotated[float, Field(gt=0.0)] = 1e-3
+    weight_decay: Annotated[float, Field(ge=0.0)] = 0.1
+    betas: Annotated[list[Annotated[float, Field(ge=0.0, lt=1.0)]], Field(min_length=2, max_length=2)] = [
+        0.9,
+        0.95,
+    ]
+    eps: Annotated[float, Field(gt=0.0)] = 1e-8
+    momentum: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.9
+    fused: bool | None = None  # None: fused kernels where torch has them for the parameters' device
+    lr_multipliers: dict[str, Annotated[float, Field(gt=0.0)]] = {}  # glob on parameter names -> factor
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        from scaletrain.optim.registry import available
+
+        if name not in available():
+            raise ValueError(f"unknown optimizer {name!r} (known: {', '.join(available())})")
+        return name
+
+
+class ScheduleConfig(Section):
+    """The learning rate as a pure function of the step: base lr x multiplier(step)."""
+
+    name: Literal["constant", "cosine", "linear", "wsd", "inverse_sqrt"] = "cosine"
+    warmup_steps: NonNegInt = 0
+    min_lr_ratio: Annotated[float, Field(ge=0.0, le=1.0)] = 0.1
+    decay_fraction: Fraction = 0.2  # wsd: the share of steps spent cooling down
+    cooldown: Literal["linear", "1-sqrt"] = "linear"
+
+
+class TrainConfig(Section):
+    max_steps: PositiveInt = 1000
+    batch_size: PositiveInt = 32  # micro-batch per rank
+    grad_accum: PositiveInt = 1
+    precision: Literal["fp32", "bf16", "fp16"] = "bf16"
+    grad_clip: Annotated[float, Field(ge=0.0)] = 1.0  # 0 turns clipping off
+    eval_every: NonNegInt = 200  # 0: only at the end
+    eval_batches: PositiveInt = 20
+    final_eval_batches: NonNegInt = 0  # 0: the whole validation split
+    seed: int = 1337
+    run_dir: str | None = None  # None: runs/<name>-<timestamp>
+    resume: Union[Literal[False, "auto"], str] = False  # or the path of a checkpoint or run folder
+    checkpoint_every: NonNegInt = 0  # 0: only at the end
+    early_stopping: Union[Literal[False], PositiveInt] = False  # or the patience, in evaluations
+    device: Literal["cpu", "cuda"] | None = None  # None: cuda when available
+    threads: PositiveInt | None = None  # torch intra-op threads; None keeps torch's default
+    compile: bool = False
+    max_minutes: Annotated[float, Field(gt=0.0)] | None = None  # a wall-clock guard, checked per step
+
+    @field_validator("resume", mode="before")
+    @classmethod
+    def _true_means_auto(cls, value: object) -> object:
+        return "auto" if value is True else value
+
+    @field_validator("resume")
+    @classmethod
+    def _resume_path(cls, value: object) -> object:
+        if value not in (False, "auto") and not Path(str(value)).expanduser().exists():
+            raise ValueError(f"checkpoint {value!r} does not exist (use false, auto or a path)")
+        return value
+
+
+class ParallelConfig(Section):
+    strategy: Literal["single", "ddp", "zero1", "fsdp", "tp", "pp"] = "single"
+    nproc: PositiveInt = 1
+
+    @model_validator(mode="after")
+    def _available(self) -> "ParallelConfig":
+        if self.strategy != "single" or self.nproc != 1:
+            raise ValueError(
+                f"parallel.strategy: {self.strategy} with nproc {self.nproc} is not available yet: this "
+                "version trains in a single process only (strategy single, nproc 1)"
+            )
+        return self
+
+
+class CheckpointConfig(Section):
+    keep_last: PositiveInt = 2
+
+
+class LogConfig(Section):
+    every: PositiveInt = 10
+    tensorboard: bool = True
+    progress: bool = True
+    sample_tokens: NonNegInt = 200  # length of the generated sample in the report (GPT only)
+    sample_prompt: str = "def "
+
+
+class Config(Section):
+    """The root: it only composes the sections."""
+
+    name: str = "run"  # used for the default run folder name
+    data: DataConfig = DataConfig()
+    model: ModelConfig = GPTConfig()
+    optim: OptimConfig = OptimConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    train: TrainConfig = TrainConfig()
+    parallel: ParallelConfig = ParallelConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    log: LogConfig = LogConfig()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Config":
+        if self.model.name == "gpt" and self.data.kind != "text":
+            raise ValueError("model.name=gpt needs data.kind=text")
+        if self.model.name == "mlp" and self.data.kind != "images":
+            raise ValueError("model.name=mlp needs data.kind=images")
+        if self.schedule.warmup_steps >= self.train.max_steps and self.schedule.warmup_steps > 0:
+            raise ValueError(
+                f"schedule.warmup_steps: {self.schedule.warmup_steps} must be below "
+                f"train.max_steps ({self.train.max_steps})"
+            )
+        return self

@@ -1,0 +1,323 @@
+"""Memory-mapped token shards with a JSON manifest.
+
+Layout of a shard directory:
+    manifest.json            written last; its presence marks a complete directory
+    tokenizer.json
+    {split}_{k:05d}.bin      token ids, raw little-endian uint16/uint32, no header
+    {split}_{k:05d}.idx      document start offsets within that shard, raw little-endian
+                             int64, no header, one per document (a document ends where the
+                             next starts, the last at the end of the shard)
+Documents never span shards.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import xxhash
+
+from scaletrain.errors import UserError
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+TOKENIZER = "tokenizer.json"
+_CHUNK = 8 << 20  # bytes per read when hashing
+_IDX_DTYPE = np.dtype("<i8")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` via a temp file in the same directory, fsync and os.replace."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    """uint16 when every id fits, else uint32 (little-endian either way)."""
+    return np.dtype("<u2") if vocab_size <= 65535 else np.dtype("<u4")
+
+
+def file_xxh3(path: Path) -> str:
+    """Streaming xxh3_128 hex digest of a file."""
+    h = xxhash.xxh3_128()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class _ShardWriter:
+    """One shard being written: hashes as it goes, so nothing is re-read afterwards."""
+
+    def __init__(self, out_dir: Path, name: str) -> None:
+        self.path = out_dir / name
+        self.tmp = out_dir / f".{name}.tmp"
+        self.f: IO[bytes] = open(self.tmp, "wb")
+        self.hash = xxhash.xxh3_128()
+        self.starts: list[int] = []
+        self.tokens = 0
+
+    def add(self, doc: np.ndarray) -> None:
+        data = doc.tobytes()
+        self.f.write(data)
+        self.hash.update(data)
+        self.starts.append(self.tokens)
+        self.tokens += doc.size
+
+    def close(self, idx_name: str) -> dict[str, Any]:
+        self.f.flush()
+        os.fsync(self.f.fileno())
+        self.f.close()
+        os.replace(self.tmp, self.path)
+        idx = np.asarray(self.starts, dtype=_IDX_DTYPE).tobytes()
+        atomic_write_bytes(self.path.parent / idx_name, idx)
+        return {
+            "bin": self.path.name,
+            "idx": idx_name,
+            "tokens": self.tokens,
+            "documents": len(self.starts),
+            "xxh3_128": {"bin": self.hash.hexdigest(), "idx": xxhash.xxh3_128_hexdigest(idx)},
+        }
+
+    def abort(self) -> None:
+        self.f.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+def write_split(
+    out_dir: str | Path,
+    split: str,
+    docs: Iterable[np.ndarray],
+    dtype: np.dtype | str,
+    shard_tokens: int = 2**24,
+    source_bytes: int = 0,
+) -> dict[str, Any]:
+    """Write `docs` (1-D token arrays) as shards of at most `shard_tokens` tokens.
+
+    A document longer than `shard_tokens` gets a shard of its own. Returns the manifest
+    entry for the split; `source_bytes` is the utf-8 size of the text it came from.
+    """
+    out_dir = Path(out_dir)
+    dtype = np.dtype(dtype).newbyteorder("<")
+    if dtype not in (np.dtype("<u2"), np.dtype("<u4")):
+        raise ValueError(f"token dtype must be uint16 or uint32, got {dtype}")
+    if shard_tokens <= 0:
+        raise ValueError(f"shard_tokens must be positive, got {shard_tokens}")
+    limit = np.iinfo(dtype).max
+    files: list[dict[str, Any]] = []
+    writer: _ShardWriter | None = None
+    try:
+        for doc in docs:
+            doc = np.asarray(doc)
+            if doc.ndim != 1:
+                raise ValueError(f"documents must be 1-D token arrays, got shape {doc.shape}")
+            # Silent wrap-around would corrupt training data; fail loudly instead.
+            if doc.size and (int(doc.min()) < 0 or int(doc.max()) > limit):
+                raise ValueError(f"token id out of range for {dtype.name}")
+            if writer is not None and writer.tokens and writer.tokens + doc.size > shard_tokens:
+                files.append(writer.close(f"{split}_{len(files):05d}.idx"))
+                writer = None
+            if writer is None:
+                writer = _ShardWriter(out_dir, f"{split}_{len(files):05d}.bin")
+            writer.add(doc.astype(dtype, copy=False))
+        if writer is not None:
+            files.append(writer.close(f"{split}_{len(files):05d}.idx"))
+            writer = None
+    finally:
+        if writer is not None:
+            writer.abort()
+    return {
+        "files": files,
+        "tokens": sum(f["tokens"] for f in files),
+        "documents": sum(f["documents"] for f in files),
+        "bytes": int(source_bytes),
+    }
+
+
+def write_manifest(out_dir: str | Path, manifest: dict[str, Any]) -> None:
+    """Write manifest.json atomically (write it last: it marks the directory complete)."""
+    data = json.dumps(manifest, indent=2, sort_keys=True).encode("utf-8") + b"\n"
+    atomic_write_bytes(Path(out_dir) / MANIFEST, data)
+
+
+def read_manifest(out_dir: str | Path) -> dict[str, Any]:
+    """Parsed manifest.json; UserError naming the file if missing, corrupt or of another schema."""
+    path = Path(out_dir) / MANIFEST
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"token shard manifest {path} not found") from None
+    except (OSError, ValueError) as e:
+        raise UserError(f"token shard manifest {path} is unreadable: {e}") from None
+    if not isinstance(manifest, dict) or manifest.get("schema_version") != SCHEMA_VERSION:
+        raise UserError(
+            f"token shard manifest {path} has schema_version "
+            f"{manifest.get('schema_version') if isinstance(manifest, dict) else None!r}, "
+            f"expected {SCHEMA_VERSION}"
+        )
+    return manifest
+
+
+def _split_entry(manifest: dict[str, Any], out_dir: Path, split: str) -> dict[str, Any]:
+    splits = manifest.get("splits", {})
+    if split not in splits:
+        raise UserError(
+            f"split {split!r} not in {out_dir / MANIFEST} (has: {', '.join(sorted(splits))})"
+        )
+    return splits[split]
+
+
+def _expected_sizes(entry: dict[str, Any], itemsize: int) -> list[tuple[str, int]]:
+    out = []
+    for f in entry["files"]:
+        out.append((f["bin"], f["tokens"] * itemsize))
+        out.append((f["idx"], f["documents"] * _IDX_DTYPE.itemsize))
+    return out
+
+
+class TokenShards:
+    """Read-only view of one split's shards as a single token sequence.
+
+    `tokens` is the memmap itself when there is one shard; otherwise this object, which
+    supports `len()` and step-1 slicing. `get(start, length)` always works and returns int64.
+    """
+
+    def __init__(self, dir: str | Path, split: str) -> None:
+        self.dir = Path(dir)
+        self.split = split
+        manifest = read_manifest(self.dir)
+        entry = _split_entry(manifest, self.dir, split)
+        self.dtype = np.dtype(manifest["dtype"]).newbyteorder("<")
+        self.vocab_size = int(manifest["vocab_size"])
+        self.eot_id = int(manifest["eot_id"])
+        self.num_tokens = int(entry["tokens"])
+        self.num_documents = int(entry["documents"])
+        self.source_bytes = int(entry["bytes"])
+        # Cheap integrity check at open: existence and size; checksums are verify()'s job.
+        for name, size in _expected_sizes(entry, self.dtype.itemsize):
+            path = self.dir / name
+            if not path.is_file():
+                raise UserError(f"token shard {path} is missing")
+            actual = path.stat().st_size
+            if actual != size:
+                raise UserError(f"token shard {path} has {actual} bytes, manifest says {size}")
+        self._shards: list[np.ndarray] = []
+        starts: list[np.ndarray] = []
+        offset = 0
+        for f in entry["files"]:
+            n = int(f["tokens"])
+            # np.memmap cannot map an empty file.
+            mm = (
+                np.memmap(self.dir / f["bin"], dtype=self.dtype, mode="r", shape=(n,))
+                if n
+                else np.empty(0, self.dtype)
+            )
+            self._shards.append(mm)
+            starts.append(np.fromfile(self.dir / f["idx"], dtype=_IDX_DTYPE) + offset)
+            offset += n
+        self._offsets = np.cumsum([0] + [len(s) for s in self._shards]).astype(np.int64)
+        self.doc_starts: np.ndarray = (
+            np.concatenate(starts) if starts else np.empty(0, np.int64)
+        )
+        """Global start offset of every document (int64), sorted."""
+
+    @property
+    def tokens(self) -> Any:
+        """All tokens as one ndarray-like sequence."""
+        return self._shards[0] if len(self._shards) == 1 else self
+
+    def __len__(self) -> int:
+        return self.num_tokens
+
+    def __getitem__(self, key: slice) -> np.ndarray:
+        if not isinstance(key, slice):
+            raise TypeError("TokenShards supports slicing only; use get() for single tokens")
+        start, stop, step = key.indices(self.num_tokens)
+        if step != 1:
+            raise ValueError("TokenShards slicing supports step 1 only")
+        return self.get(start, max(0, stop - start))
+
+    def get(self, start: int, length: int) -> np.ndarray:
+        """Tokens [start, start+length) as int64, reading across shard boundaries."""
+        if start < 0 or length < 0 or start + length > self.num_tokens:
+            raise IndexError(
+                f"range [{start}, {start + length}) outside {self.split} tokens (0..{self.num_tokens})"
+            )
+        out = np.empty(length, dtype=np.int64)
+        k = int(np.searchsorted(self._offsets, start, side="right")) - 1
+        pos = 0
+        while pos < length:
+            shard = self._shards[k]
+            lo = start + pos - int(self._offsets[k])
+            n = min(length - pos, len(shard) - lo)
+            out[pos : pos + n] = shard[lo : lo + n]
+            pos += n
+            k += 1
+        return out
+
+    def bincount(self, chunk_tokens: int = 1 << 24) -> np.ndarray:
+        """Frequency of every token id (int64, length vocab_size), computed in chunks."""
+        counts = np.zeros(self.vocab_size, dtype=np.int64)
+        for shard in self._shards:
+            for lo in range(0, len(shard), chunk_tokens):
+                chunk = np.asarray(shard[lo : lo + chunk_tokens])
+                counts += np.bincount(chunk, minlength=self.vocab_size)[: self.vocab_size]
+        return counts
+
+
+def verify(dir: str | Path) -> list[str]:
+    """Recompute sizes and checksums of every shard; return the problems found (empty = ok)."""
+    from scaletrain.data.tokenizer import load_tokenizer, tokenizer_fingerprint
+
+    dir = Path(dir)
+    try:
+        manifest = read_manifest(dir)
+    except UserError as e:
+        return [str(e)]
+    problems: list[str] = []
+    try:
+        tok_fp = tokenizer_fingerprint(load_tokenizer(dir / TOKENIZER))
+        if tok_fp != manifest.get("tokenizer_fingerprint"):
+            problems.append(f"{dir / TOKENIZER}: fingerprint does not match the manifest")
+    except UserError as e:
+        problems.append(str(e))
+    itemsize = np.dtype(manifest["dtype"]).itemsize
+    for split, entry in sorted(manifest.get("splits", {}).items()):
+        for f in entry["files"]:
+            for kind, size in (("bin", f["tokens"] * itemsize), ("idx", f["documents"] * 8)):
+                path = dir / f[kind]
+                if not path.is_file():
+                    problems.append(f"{path}: missing")
+                    continue
+                if path.stat().st_size != size:
+                    problems.append(f"{path}: {path.stat().st_size} bytes, expected {size}")
+                    continue
+                if file_xxh3(path) != f["xxh3_128"][kind]:
+                    problems.append(f"{path}: checksum mismatch")
+                elif kind == "idx" and not _idx_ok(path, f["tokens"]):
+                    problems.append(f"{path}: document offsets not increasing or out of range")
+        if sum(f["tokens"] for f in entry["files"]) != entry["tokens"]:
+            problems.append(f"{dir / MANIFEST}: {split} token total does not match its files")
+        if sum(f["documents"] for f in entry["files"]) != entry["documents"]:
+            problems.append(f"{dir / MANIFEST}: {split} document total does not match its files")
+    return problems
+
+
+def _idx_ok(path: Path, tokens: int) -> bool:
+    starts = np.fromfile(path, dtype=_IDX_DTYPE)
+    if starts.size == 0:
+        return tokens == 0
+    return bool(starts[0] == 0 and np.all(np.diff(starts) >= 0) and starts[-1] <= tokens)

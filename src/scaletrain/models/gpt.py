@@ -1,0 +1,254 @@
+"""GPT decoder (pre-norm, causal SDPA attention), plain nn.Module.
+
+Submodule names (`tok_emb`, `pos_emb`, `blocks.{i}.attn.qkv`, `blocks.{i}.attn.proj`,
+`blocks.{i}.mlp.fc`, `blocks.{i}.mlp.proj`, `blocks.{i}.norm1/norm2`, `norm_f`, `lm_head`)
+are a stable contract: tensor-parallel plans and lr-multiplier globs address them by name.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from scaletrain.errors import UserError
+
+_NORMS = ("layernorm", "rmsnorm")
+
+
+@dataclass
+class GPTArgs:
+    vocab_size: int
+    seq_len: int
+    n_layer: int
+    n_head: int
+    d_model: int
+    d_ff: int | None = None  # None -> 4 * d_model (resolved in __post_init__ so configs are explicit)
+    dropout: float = 0.0
+    bias: bool = False
+    norm: str = "layernorm"
+    tie_embeddings: bool = True
+    rope: bool = False  # rotary embeddings on q/k instead of a learned absolute position table
+
+    def __post_init__(self) -> None:
+        if self.d_ff is None:
+            self.d_ff = 4 * self.d_model
+        for key in ("vocab_size", "seq_len", "n_layer", "n_head", "d_model", "d_ff"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise UserError(f"model.{key} must be a positive integer, got {value!r}")
+        if self.d_model % self.n_head:
+            raise UserError(f"model.d_model ({self.d_model}) must be divisible by model.n_head ({self.n_head})")
+        if self.rope and (self.d_model // self.n_head) % 2:
+            raise UserError(f"model.rope needs an even head dim, got d_model/n_head = {self.d_model // self.n_head}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise UserError(f"model.dropout must be in [0, 1), got {self.dropout!r}")
+        if self.norm not in _NORMS:
+            raise UserError(f"model.norm must be one of {list(_NORMS)}, got {self.norm!r}")
+
+
+def _make_norm(args: GPTArgs) -> nn.Module:
+    if args.norm == "rmsnorm":
+        return nn.RMSNorm(args.d_model, eps=1e-5)
+    return nn.LayerNorm(args.d_model, bias=args.bias)
+
+
+def _rope_tables(seq_len: int, head_dim: int, base: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
+    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+    angles = torch.outer(torch.arange(seq_len, dtype=torch.float32), inv_freq)  # [T, hd/2]
+    return angles.cos(), angles.sin()
+
+
+def _apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    # "rotate half" (GPT-NeoX) layout: pairs are (i, i + hd/2); x is [B, H, T, hd].
+    x1, x2 = x.chunk(2, dim=-1)
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, args: GPTArgs):
+        super().__init__()
+        self.head_dim = args.d_model // args.n_head
+        self.dropout = args.dropout
+        # One fused projection: a single matmul, and TP can shard it column-wise.
+        self.qkv = nn.Linear(args.d_model, 3 * args.d_model, bias=args.bias)
+        self.proj = nn.Linear(args.d_model, args.d_model, bias=args.bias)
+        self.resid_drop = nn.Dropout(args.dropout)
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        B, T, _ = x.shape
+        # Heads inferred (-1) from the projection's output width rather than n_head, so a
+        # tensor-parallel shard of qkv that holds only its local heads works unchanged.
+        q, k, v = self.qkv(x).chunk(3, dim=2)
+        q, k, v = (t.view(B, T, -1, self.head_dim).transpose(1, 2) for t in (q, k, v))
+        if rope is not None:
+            cos, sin = rope[0][:T], rope[1][:T]
+            q, k = _apply_rope(q, cos, sin), _apply_rope(k, cos, sin)
+        y = F.scaled_dot_product_attention(
+            q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
+        )
+        y = y.transpose(1, 2).reshape(B, T, -1)
+        return self.resid_drop(self.proj(y))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, args: GPTArgs):
+        super().__init__()
+        self.fc = nn.Linear(args.d_model, args.d_ff, bias=args.bias)
+        self.proj = nn.Linear(args.d_ff, args.d_model, bias=args.bias)
+        self.drop = nn.Dropout(args.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.proj(F.gelu(self.fc(x), approximate="tanh")))
+
+
+class Block(nn.Module):
+    def __init__(self, args: GPTArgs):
+        super().__init__()
+        self.norm1 = _make_norm(args)
+        self.attn = CausalSelfAttention(args)
+        self.norm2 = _make_norm(args)
+        self.mlp = FeedForward(args)
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), rope)
+        return x + self.mlp(self.norm2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, args: GPTArgs):
+        super().__init__()
+        self.args = args
+        self.tok_emb = nn.Embedding(args.vocab_size, args.d_model)
+        if not args.rope:
+            self.pos_emb = nn.Embedding(args.seq_len, args.d_model)
+        else:
+            cos, sin = _rope_tables(args.seq_len, args.d_model // args.n_head)
+            # Non-persistent: derived data, kept out of checkpoints; still follows .to(device).
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
+        self.drop = nn.Dropout(args.dropout)
+        self.blocks = nn.ModuleList(Block(args) for _ in range(args.n_layer))
+        self.norm_f = _make_norm(args)
+        self.lm_head = nn.Linear(args.d_model, args.vocab_size, bias=False)
+        if args.tie_embeddings:
+            self.lm_head.weight = self.tok_emb.weight
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """GPT-2 init: N(0, 0.02); residual output projections scaled by 1/sqrt(2·n_layer)
+        so the residual stream variance does not grow with depth."""
+        std = 0.02
+        resid_std = std / math.sqrt(2 * self.args.n_layer)
+        for name, mod in self.named_modules():
+            if isinstance(mod, nn.Linear):
+                if self.args.tie_embeddings and mod is self.lm_head:
+                    continue  # shares tok_emb.weight, initialised as the embedding
+                is_resid = name.endswith("attn.proj") or name.endswith("mlp.proj")
+                nn.init.normal_(mod.weight, mean=0.0, std=resid_std if is_resid else std)
+                if mod.bias is not None:
+                    nn.init.zeros_(mod.bias)
+            elif isinstance(mod, nn.Embedding):
+                nn.init.normal_(mod.weight, mean=0.0, std=std)
+            elif isinstance(mod, (nn.LayerNorm, nn.RMSNorm)):
+                mod.reset_parameters()
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        B, T = idx.shape
+        if T > self.args.seq_len:
+            raise ValueError(f"sequence length {T} exceeds model seq_len {self.args.seq_len}")
+        x = self.tok_emb(idx)
+        rope = None
+        if self.args.rope:
+            rope = (self.rope_cos, self.rope_sin)
+        else:
+            x = x + self.pos_emb(torch.arange(T, device=idx.device))
+        x = self.drop(x)
+        for block in self.blocks:
+            x = block(x, rope)
+        return self.lm_head(self.norm_f(x))
+
+    def num_params(self, exclude_embedding: bool = False) -> int:
+        """Trainable-parameter count; tied weights count once (parameters() dedups them).
+        exclude_embedding drops tok_emb and pos_emb (and hence a tied head)."""
+        n = sum(p.numel() for p in self.parameters())
+        if exclude_embedding:
+            n -= self.tok_emb.weight.numel()
+            if not self.args.rope:
+                n -= self.pos_emb.weight.numel()
+        return n
+
+    def flops_per_token(self) -> float:
+        """Training FLOPs per token at full context (PaLM, appendix B):
+
+            6·N + 12·L·d·T
+
+        N = matmul weights: per layer 4·d² (qkv + proj) + 2·d·d_ff (mlp), plus the LM head
+        V·d (a matmul even when its weight is tied to the embedding). Embedding lookups,
+        norms, biases and activations are ignored. 12·L·d·T is attention scores + values
+        (QKᵀ and AV, 2 matmuls × 2 FLOPs/MAC forward, ×3 with backward) over the *full*
+        T×T matrix, i.e. causal masking is not discounted, as in PaLM's MFU convention.
+        """
+        a = self.args
+        n_matmul = a.n_layer * (4 * a.d_model * a.d_model + 2 * a.d_model * a.d_ff)
+        n_matmul += a.vocab_size * a.d_model
+        return float(6 * n_matmul + 12 * a.n_layer * a.d_model * a.seq_len)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        idx: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Autoregressive sampling (no KV cache: fine for demos and evals on small models).
+        temperature 0 -> greedy argmax. Runs in eval mode (no dropout), restores the mode."""
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        was_training = self.training
+        self.eval()
+        try:
+            for _ in range(max_new_tokens):
+                ctx = idx[:, -self.args.seq_len:]
+                logits = self(ctx)[:, -1, :].float()
+                if temperature == 0:
+                    nxt = logits.argmax(dim=-1, keepdim=True)
+                else:
+                    logits = logits / temperature
+                    if top_k is not None:
+                        kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]
+                        logits = logits.masked_fill(logits < kth, float("-inf"))
+                    probs = F.softmax(logits, dim=-1)
+                    nxt = torch.multinomial(probs, 1, generator=generator)
+                idx = torch.cat((idx, nxt.to(idx.dtype)), dim=1)
+        finally:
+            self.train(was_training)
+        return idx
+
+    def args_dict(self) -> dict:
+        return dataclasses.asdict(self.args)
+
+    @classmethod
+    def from_args_dict(cls, d: dict) -> "GPT":
+        return cls(args_from_dict(GPTArgs, d, "model"))
+
+
+def args_from_dict(args_cls: type, d: dict, prefix: str):
+    """Build an args dataclass, turning unknown/missing keys into UserError (not TypeError)."""
+    if not isinstance(d, dict):
+        raise UserError(f"{prefix} args must be a mapping, got {type(d).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(args_cls)}
+    unknown = sorted(set(d) - set(fields))
+    if unknown:
+        raise UserError(f"unknown {prefix} key(s) {unknown}; known: {sorted(fields)}")
+    missing = [n for n, f in fields.items()
+               if n not in d and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise UserError(f"missing {prefix} key(s) {missing}")
+    return args_cls(**d)

@@ -1,0 +1,69 @@
+"""Split a model's parameters into optimizer groups (weight decay / lr multipliers)."""
+from __future__ import annotations
+
+from fnmatch import fnmatchcase
+
+import torch.nn as nn
+
+from scaletrain.errors import UserError
+
+
+def param_groups(
+    model: nn.Module, weight_decay: float, lr_multipliers: dict[str, float] | None = None
+) -> list[dict]:
+    """Groups for build_optimizer. Each has `params`, `name`, `weight_decay`, `lr_mult`.
+
+    Decay applies to matmul weights only (ndim >= 2, not embeddings): decaying biases, norm
+    gains or embedding rows just shrinks them toward zero with no regularising benefit.
+    A tied LM head *is* the embedding weight, so it is listed once, without decay.
+
+    `lr_multipliers` maps fnmatch globs on parameter names to multipliers; the first
+    matching pattern (dict order) wins. A pattern's parameters are split by decay into
+    groups named `<pattern>` and `<pattern>:no_decay` (names stay unique for logging).
+    A tied weight matches under any of its names (e.g. "lm_head.*" hits tok_emb.weight).
+    """
+    lr_multipliers = dict(lr_multipliers or {})
+    for pattern, mult in lr_multipliers.items():
+        if isinstance(mult, bool) or not isinstance(mult, (int, float)) or mult < 0:
+            raise UserError(f"optim.lr_multipliers[{pattern!r}] must be a number >= 0, got {mult!r}")
+
+    embedding_ids = {id(p) for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters()}
+    # Every name a parameter is reachable under (tied weights have several); first name is canonical.
+    names: dict[int, list[str]] = {}
+    params: dict[int, nn.Parameter] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if not p.requires_grad:
+            continue
+        names.setdefault(id(p), []).append(name)
+        params[id(p)] = p
+
+    matched = {pat: False for pat in lr_multipliers}
+    buckets: dict[tuple[str, bool], list[nn.Parameter]] = {("", True): [], ("", False): []}
+    for pid, p in params.items():
+        decay = p.ndim >= 2 and pid not in embedding_ids
+        owner = ""
+        for pat in lr_multipliers:
+            if any(fnmatchcase(n, pat) for n in names[pid]):
+                matched[pat] = True
+                owner = owner or pat  # later patterns still count as matched
+        buckets.setdefault((owner, decay), []).append(p)
+
+    unmatched = [pat for pat, hit in matched.items() if not hit]
+    if unmatched:
+        raise UserError(f"optim.lr_multipliers pattern(s) {unmatched} match no trainable parameter name")
+
+    groups = []
+    for (owner, decay), ps in buckets.items():
+        if not ps:
+            continue
+        if owner:
+            name = owner if decay else f"{owner}:no_decay"
+        else:
+            name = "decay" if decay else "no_decay"
+        groups.append({
+            "params": ps,
+            "name": name,
+            "weight_decay": float(weight_decay) if decay else 0.0,
+            "lr_mult": float(lr_multipliers.get(owner, 1.0)),
+        })
+    return groups

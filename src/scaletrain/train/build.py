@@ -1,0 +1,124 @@
+"""From a validated config to a ready `Trainer`: data, task, model, run folder.
+
+Order matters for "bad input loses nothing": every check that can fail on user input (config,
+data files, an existing run folder) runs before the run folder is created.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from scaletrain.config.schema import Config
+from scaletrain.data import images
+from scaletrain.data.prepare import TextSpec, ensure_prepared
+from scaletrain.data.shards import TokenShards
+from scaletrain.data.tokenizer import load_tokenizer
+from scaletrain.errors import UserError
+from scaletrain.models import build_model
+from scaletrain.train.tasks import Classification, LanguageModeling
+from scaletrain.train.trainer import Trainer, resolve_device
+
+
+def default_run_dir(cfg: Config) -> Path:
+    return Path("runs") / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def check_run_dir(cfg: Config, run_dir: Path) -> None:
+    occupied = run_dir.exists() and any(run_dir.iterdir())
+    if occupied and not cfg.train.resume:
+        raise UserError(f"train.run_dir: {run_dir} already holds a run; "
+                        "continue it with train.resume=auto or choose another train.run_dir")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"train.run_dir: {run_dir} is a file")
+
+
+def check_device(cfg: Config) -> torch.device:
+    device = resolve_device(cfg)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("train.device=cuda but no CUDA device is available")
+    if cfg.train.precision == "fp16" and device.type == "cpu":
+        raise UserError("train.precision=fp16 is not supported on CPU (about 100x slower than fp32 "
+                        "there); use bf16 or fp32")
+    return device
+
+
+def token_byte_lengths(tokenizer) -> np.ndarray:
+    """UTF-8 bytes each token stands for (0 for special tokens): the bits-per-byte denominator.
+
+    Byte-level BPE spells every byte as one printable character, so a token's byte count is the
+    length of its vocabulary string.
+    """
+    specials = {t.content for t in tokenizer.get_added_tokens_decoder().values()}
+    lengths = np.zeros(tokenizer.get_vocab_size(), dtype=np.int64)
+    for token, index in tokenizer.get_vocab().items():
+        if token not in specials:
+            lengths[index] = len(token)
+    return lengths
+
+
+def _text_task(cfg: Config, progress: bool):
+    d = cfg.data
+    spec = TextSpec(source="dir" if d.path else "stdlib", path=d.path, pattern=d.pattern,
+                    vocab_size=d.vocab_size, val_fraction=d.val_fraction, max_bytes=d.max_bytes)
+    data_dir = ensure_prepared(spec, Path(d.cache_dir).expanduser(), progress=progress)
+    train, val = TokenShards(data_dir, "train"), TokenShards(data_dir, "val")
+    tokenizer = load_tokenizer(data_dir / "tokenizer.json")
+    task = LanguageModeling(train, val, seq_len=d.seq_len, seed=cfg.train.seed, fraction=d.train_fraction,
+                            token_bytes=token_byte_lengths(tokenizer), train_counts=train.bincount())
+    args = {**cfg.model.model_dump(exclude={"name"}), "vocab_size": tokenizer.get_vocab_size(),
+            "seq_len": d.seq_len}
+    return task, args, tokenizer, data_dir
+
+
+def _image_task(cfg: Config):
+    d = cfg.data
+    data = images.load_mnist(d.path) if d.path else images.load_digits_split(d.val_fraction, seed=0)
+    train = torch.utils.data.TensorDataset(torch.from_numpy(data.x_train), torch.from_numpy(data.y_train))
+    val = torch.utils.data.TensorDataset(torch.from_numpy(data.x_val), torch.from_numpy(data.y_val))
+    task = Classification(train, val, seed=cfg.train.seed, fraction=d.train_fraction)
+    args = {"input_dim": data.input_dim, "num_classes": data.num_classes,
+            "hidden": list(cfg.model.hidden), "dropout": cfg.model.dropout}
+    return task, args, data
+
+
+def build_task(cfg: Config, device: torch.device) -> tuple[object, dict, dict, object]:
+    """(task, model args, summary extras, sampler) for the configured data; prepares text if needed."""
+    if cfg.data.kind == "text":
+        task, args, tokenizer, data_dir = _text_task(cfg, progress=cfg.log.progress)
+        return task, args, {"data_dir": str(data_dir)}, _make_sampler(cfg, tokenizer, device)
+    task, args, data = _image_task(cfg)
+    return task, args, {"dataset": data.name}, None
+
+
+def build_trainer(cfg: Config) -> Trainer:
+    device = check_device(cfg)
+    run_dir = Path(cfg.train.run_dir).expanduser() if cfg.train.run_dir else default_run_dir(cfg)
+    check_run_dir(cfg, run_dir)
+    task, args, extra, sampler = build_task(cfg, device)
+    torch.manual_seed(cfg.train.seed)  # the initial weights are a function of the seed
+    model = build_model(cfg.model.name, args)
+    spec = {"name": cfg.model.name, "args": model.args_dict()}
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if "data_dir" in extra:  # the run folder is self-contained for eval/generate
+        shutil.copyfile(Path(extra["data_dir"]) / "tokenizer.json", run_dir / "tokenizer.json")
+    return Trainer(cfg, model, task, run_dir=run_dir, model_spec=spec, sampler=sampler, extra_summary=extra)
+
+
+def _make_sampler(cfg: Config, tokenizer, device: torch.device):
+    if not cfg.log.sample_tokens:
+        return None
+
+    def sample(model) -> str:
+        prompt = torch.tensor([tokenizer.encode(cfg.log.sample_prompt).ids], device=device)
+        gen = torch.Generator(device=device).manual_seed(cfg.train.seed)
+        model.eval()
+        out = model.generate(prompt, cfg.log.sample_tokens, temperature=0.8, top_k=50, generator=gen)
+        model.train()
+        return tokenizer.decode(out[0].tolist())
+
+    return sample

@@ -1,0 +1,162 @@
+"""Checkpoints that survive a crash at any moment and resume bit for bit.
+
+Layout: `checkpoints/step_00000500/` holds the model and optimizer as a torch.distributed.checkpoint
+(DCP) folder — the format the parallel layouts will reshard — plus `trainer.json` (step, data
+position, early-stopping state, Python/NumPy RNG), `rng.pt` (torch RNG tensors, read back with
+`weights_only=True`: nothing is unpickled) and `checksums.json` (XXH3-128 of every file).
+
+A checkpoint is built in a hidden temporary folder and renamed into place, so a folder named
+`step_*` is always complete; older ones are deleted only after the new one is in place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed.checkpoint as dcp
+import xxhash
+from torch import nn
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+from scaletrain.errors import UserError
+
+_STEP_DIR = re.compile(r"^step_(\d{8})$")
+
+
+def _hash_file(path: Path) -> str:
+    digest = xxhash.xxh3_128()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(8 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def rng_state() -> tuple[dict, dict]:
+    """(tensors, json-able) RNG state of torch, CUDA, NumPy's global generator and `random`."""
+    tensors = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        tensors["cuda"] = torch.stack(torch.cuda.get_rng_state_all())
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss = random.getstate()
+    plain = {
+        "numpy": [name, keys.tolist(), pos, has_gauss, cached],
+        "python": [version, list(internal), gauss],
+    }
+    return tensors, plain
+
+
+def set_rng_state(tensors: dict, plain: dict) -> None:
+    torch.set_rng_state(tensors["torch"])
+    if "cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(list(tensors["cuda"]))
+    name, keys, pos, has_gauss, cached = plain["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = plain["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def list_checkpoints(root: Path) -> list[Path]:
+    """Complete checkpoints under `root`, oldest first."""
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and _STEP_DIR.match(p.name)]
+    return sorted(found, key=lambda p: p.name)
+
+
+def save_checkpoint(root: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
+                    trainer_state: dict, keep_last: int) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step_{step:08d}"
+    tmp = root / f".tmp-step_{step:08d}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    with warnings.catch_warnings():  # "no process group: saving in a single process" is expected
+        warnings.simplefilter("ignore", UserWarning)
+        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))
+    tensors, plain = rng_state()
+    torch.save(tensors, tmp / "rng.pt")
+    (tmp / "trainer.json").write_text(json.dumps({**trainer_state, "step": step, "rng": plain}))
+    sums = {p.name: _hash_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+    (tmp / "checksums.json").write_text(json.dumps(sums, indent=1))
+    for p in tmp.iterdir():
+        with open(p, "rb") as fh:
+            os.fsync(fh.fileno())
+    _fsync_dir(tmp)
+    if final.exists():  # re-saving the same step (a resumed run reaching it again)
+        shutil.rmtree(final)
+    os.rename(tmp, final)
+    _fsync_dir(root)
+    for old in list_checkpoints(root)[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def verify_checkpoint(path: Path) -> list[str]:
+    """Problems found in a checkpoint folder (empty list: intact)."""
+    sums_file = path / "checksums.json"
+    if not sums_file.is_file():
+        return [f"{sums_file}: missing"]
+    try:
+        sums = json.loads(sums_file.read_text())
+    except ValueError:
+        return [f"{sums_file}: not valid JSON"]
+    problems = []
+    for name, expected in sums.items():
+        file = path / name
+        if not file.is_file():
+            problems.append(f"{file}: missing")
+        elif _hash_file(file) != expected:
+            problems.append(f"{file}: checksum mismatch")
+    return problems
+
+
+def resolve_resume(resume: str, run_dir: Path) -> Path | None:
+    """The checkpoint folder to resume from: `auto` = newest intact one in this run, or a path."""
+    if resume == "auto":
+        candidates = list_checkpoints(run_dir / "checkpoints")
+    else:
+        path = Path(resume).expanduser()
+        candidates = list_checkpoints(path / "checkpoints") or list_checkpoints(path) or [path]
+    for candidate in reversed(candidates):
+        if not verify_checkpoint(candidate):
+            return candidate
+        if resume != "auto":
+            raise UserError(f"train.resume: checkpoint {candidate} is damaged: {verify_checkpoint(candidate)[0]}")
+    return None
+
+
+def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    """Restore model, optimizer and RNG in place; return the trainer state saved with them."""
+    problems = verify_checkpoint(path)
+    if problems:
+        raise UserError(f"checkpoint {path} is damaged: {problems[0]}")
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    state = {"model": model_sd, "optim": optim_sd}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            dcp.load(state, checkpoint_id=str(path))
+    except Exception as exc:  # shape or key mismatch: the checkpoint is from another model
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"checkpoint {path} does not match this model/optimizer: {first}") from None
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    trainer = json.loads((path / "trainer.json").read_text())
+    set_rng_state(torch.load(path / "rng.pt", weights_only=True), trainer.pop("rng"))
+    return trainer

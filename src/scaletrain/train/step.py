@@ -1,0 +1,45 @@
+"""One optimizer step, written out: forward, loss, backward (x grad_accum), clip, step."""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager, nullcontext
+
+import torch
+from torch import nn
+
+
+def autocast_context(device: torch.device, precision: str) -> AbstractContextManager:
+    if precision == "fp32":
+        return nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, micro_batches, loss_fn, *,
+               device: torch.device, autocast: AbstractContextManager, grad_clip: float,
+               scaler: torch.amp.GradScaler | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run one step over `micro_batches` [(x, y), ...]; return (mean loss, grad norm) as tensors.
+
+    Nothing here calls `.item()`: the caller reads the tensors only on logging steps, so the host
+    never waits on the device in the hot path.
+    """
+    accum = len(micro_batches)
+    total = torch.zeros((), device=device)
+    for x, y in micro_batches:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with autocast:
+            loss = loss_fn(model(x), y) / accum
+        (scaler.scale(loss) if scaler else loss).backward()
+        total += loss.detach()
+    if scaler:
+        scaler.unscale_(optimizer)
+    # Clipping off still measures the norm (inf max): the gradient norm is logged every step.
+    max_norm = grad_clip if grad_clip > 0 else float("inf")
+    grad_norm = nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    if scaler:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return total, grad_norm

@@ -1,0 +1,236 @@
+"""The training loop: readable top to bottom, with named edges (log, evaluate, checkpoint).
+
+`Trainer(cfg, model, task, run_dir=...)` trains any `nn.Module` on any task (see `tasks.py`);
+`scaletrain.train.build.build_trainer(cfg)` makes one from a config for the CLI.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_model
+from torch import nn
+
+from scaletrain.config.load import to_yaml
+from scaletrain.config.schema import Config
+from scaletrain.diagnose import hardware
+from scaletrain.optim.param_groups import param_groups
+from scaletrain.optim.registry import build_optimizer
+from scaletrain.optim.schedules import apply_lr, lr_multiplier
+from scaletrain.train import checkpoint as ckpt
+from scaletrain.train.report import plot_losses, read_metrics, write_json_atomic, write_report, write_text_atomic
+from scaletrain.train.step import autocast_context, train_step
+from scaletrain.train.telemetry import Telemetry
+
+
+@dataclass
+class LoopState:
+    """Everything besides tensors that a resume needs to continue exactly."""
+
+    step: int = 0
+    position: int = 0  # global index of the next training sample
+    best_val: float = math.inf
+    best_step: int = -1
+    bad_evals: int = 0  # evaluations since the last improvement (early stopping)
+    units_seen: int = 0
+    train_seconds: float = 0.0
+    evals: list = field(default_factory=list)
+
+
+def resolve_device(cfg: Config) -> torch.device:
+    return torch.device(cfg.train.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+class Trainer:
+    def __init__(self, cfg: Config, model: nn.Module, task, *, run_dir: Path,
+                 model_spec: dict | None = None, sampler=None, extra_summary: dict | None = None):
+        self.cfg, self.model, self.task = cfg, model, task
+        self.run_dir = Path(run_dir)
+        self.model_spec = model_spec or {"name": "custom", "class": type(model).__qualname__}
+        self.sampler = sampler  # callable(model) -> str: a generated sample for the report
+        self.extra_summary = extra_summary or {}
+        self.device = resolve_device(cfg)
+        self.autocast = autocast_context(self.device, cfg.train.precision)
+        self.scaler = torch.amp.GradScaler("cuda") if cfg.train.precision == "fp16" else None
+        self.state = LoopState()
+
+    # ---- set-up -------------------------------------------------------------------------------
+    def _build_optimizer(self) -> torch.optim.Optimizer:
+        o = self.cfg.optim
+        groups = param_groups(self.model, o.weight_decay, o.lr_multipliers)
+        return build_optimizer(o.name, groups, lr=o.lr, weight_decay=o.weight_decay,
+                               betas=tuple(o.betas), eps=o.eps, momentum=o.momentum, fused=o.fused)
+
+    def _lr_multiplier(self, step: int) -> float:
+        s = self.cfg.schedule
+        return lr_multiplier(s.name, step, self.cfg.train.max_steps, s.warmup_steps, s.min_lr_ratio,
+                             s.decay_fraction, s.cooldown)
+
+    def _flops_per_unit(self) -> float:
+        for name in ("flops_per_token", "flops_per_sample"):
+            if hasattr(self.model, name):
+                return float(getattr(self.model, name)())
+        # A user's module: the usual 6 x parameters estimate (2 forward + 4 backward per weight).
+        return 6.0 * sum(p.numel() for p in self.model.parameters())
+
+    # ---- the loop -----------------------------------------------------------------------------
+    def fit(self) -> dict:
+        cfg, t = self.cfg, self.cfg.train
+        wall_start = time.perf_counter()
+        if t.threads:
+            torch.set_num_threads(t.threads)
+        self.model.to(self.device)
+        optimizer = self._build_optimizer()
+        torch.manual_seed(t.seed)  # dropout and sampling; a resume restores the saved RNG instead
+
+        resume_from = ckpt.resolve_resume(t.resume, self.run_dir) if t.resume else None
+        if resume_from is not None:
+            saved = ckpt.load_checkpoint(resume_from, self.model, optimizer)
+            saved.pop("step", None)
+            self.state = LoopState(step=int(resume_from.name.split("_")[1]), **saved)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(self.run_dir / "config.yaml", _config_file_text(cfg))
+
+        st = self.state
+        tel = Telemetry(self.run_dir, enabled=True, total_steps=t.max_steps, start_step=st.step,
+                        unit=self.task.unit, tensorboard=cfg.log.tensorboard, progress=cfg.log.progress)
+        if resume_from is not None:
+            tel.message(f"resumed from {resume_from} at step {st.step}")
+        stopped_by = "max_steps"
+        with tel:
+            window_loss = torch.zeros((), device=self.device)
+            window_steps, window_units, window_start = 0, 0, time.perf_counter()
+            while st.step < t.max_steps:
+                apply_lr(optimizer, self._lr_multiplier(st.step))
+                batches = []
+                for _ in range(t.grad_accum):
+                    batches.append(self.task.train_batch(st.position, t.batch_size))
+                    st.position += t.batch_size
+                loss, grad_norm = train_step(self.model, optimizer, batches, self.task.loss,
+                                             device=self.device, autocast=self.autocast,
+                                             grad_clip=t.grad_clip, scaler=self.scaler)
+                st.step += 1
+                units = sum(self.task.units(x) for x, _ in batches)
+                st.units_seen += units
+                window_loss += loss
+                window_steps += 1
+                window_units += units
+
+                last = st.step == t.max_steps
+                if st.step % cfg.log.every == 0 or last:
+                    mean_loss = float(window_loss) / window_steps  # the one host sync per window
+                    elapsed = time.perf_counter() - window_start
+                    st.train_seconds += elapsed
+                    tel.log_train(st.step, {
+                        "loss": mean_loss, "lr": optimizer.param_groups[0]["lr"],
+                        "grad_norm": float(grad_norm), f"{self.task.unit}_per_second": window_units / elapsed,
+                        "elapsed": st.train_seconds,
+                    })
+                    if not math.isfinite(mean_loss):
+                        tel.message(f"loss is {mean_loss} at step {st.step}: stopping")
+                        stopped_by = "non_finite_loss"
+                        break
+                    window_loss.zero_()
+                    window_steps = window_units = 0
+                    window_start = time.perf_counter()
+
+                if t.eval_every and st.step % t.eval_every == 0 and not last:
+                    if self._evaluate(tel, t.eval_batches):
+                        stopped_by = "early_stopping"
+                        break
+                    window_start = time.perf_counter()
+                if t.checkpoint_every and st.step % t.checkpoint_every == 0 and not last:
+                    self._save(optimizer)
+                    window_start = time.perf_counter()
+                if t.max_minutes and time.perf_counter() - wall_start > 60 * t.max_minutes:
+                    tel.message(f"train.max_minutes={t.max_minutes} reached at step {st.step}: stopping")
+                    stopped_by = "max_minutes"
+                    break
+
+            final = self._evaluate(tel, t.final_eval_batches, final=True)
+            self._save(optimizer)
+        return self._finish(final, stopped_by, wall_start)
+
+    # ---- loop edges ---------------------------------------------------------------------------
+    def _evaluate(self, tel: Telemetry, batches: int, final: bool = False) -> dict | bool:
+        """Evaluate; on the final call return the metrics, otherwise whether to stop early."""
+        st = self.state
+        self.model.eval()
+        metrics = self.task.evaluate(self.model, batches=batches, batch_size=self.cfg.train.batch_size,
+                                     device=self.device, autocast=self.autocast)
+        self.model.train()
+        tel.log_eval(st.step, metrics)
+        if final:
+            return metrics
+        st.evals.append({"step": st.step, "val_loss": metrics["val_loss"]})
+        if metrics["val_loss"] < st.best_val:
+            st.best_val, st.best_step, st.bad_evals = metrics["val_loss"], st.step, 0
+        else:
+            st.bad_evals += 1
+        patience = self.cfg.train.early_stopping
+        if patience and st.bad_evals >= patience:
+            tel.message(f"early stopping at step {st.step}: val_loss has not improved for "
+                        f"{st.bad_evals} evaluations (best {st.best_val:.4f} at step {st.best_step})")
+            return True
+        return False
+
+    def _save(self, optimizer: torch.optim.Optimizer) -> None:
+        state = {k: v for k, v in vars(self.state).items() if k != "step"}
+        ckpt.save_checkpoint(self.run_dir / "checkpoints", self.state.step, self.model, optimizer,
+                             state, self.cfg.checkpoint.keep_last)
+
+    def _finish(self, final: dict, stopped_by: str, wall_start: float) -> dict:
+        cfg, st, unit = self.cfg, self.state, self.task.unit
+        self._export()
+        records = read_metrics(self.run_dir / "metrics.jsonl")
+        train_losses = [r["loss"] for r in records if r.get("split") == "train"]
+        throughput = st.units_seen / st.train_seconds if st.train_seconds else 0.0
+        precision_dtype = torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32
+        if cfg.train.precision == "fp16":
+            precision_dtype = torch.float16
+        peak = hardware.matmul_peak_flops(precision_dtype, self.device.type)
+        flops = self._flops_per_unit()
+        summary = {
+            "train_loss": train_losses[-1] if train_losses else None,
+            **{k: v for k, v in final.items()},
+            "steps": st.step,
+            f"{unit}_per_second": throughput,
+            "mfu": hardware.mfu(flops, throughput, peak),
+            f"flops_per_{unit[:-1]}": flops,
+            "matmul_peak_flops": peak,
+            "parameters": sum(p.numel() for p in self.model.parameters()),
+            "peak_memory_bytes": hardware.peak_memory_bytes(self.device.type),
+            "train_seconds": st.train_seconds,
+            "wall_seconds": time.perf_counter() - wall_start,
+            "stopped_by": stopped_by,
+            "best_step": st.best_step if st.best_step >= 0 else st.step,
+            **self.extra_summary,
+        }
+        sample = self.sampler(self.model) if self.sampler else None
+        if sample is not None:
+            summary["sample"] = sample
+        write_json_atomic(self.run_dir / "summary.json", summary)
+        plot_losses(records, self.run_dir / "loss.png", title=f"{cfg.name}: loss")
+        write_report(self.run_dir, config=cfg.model_dump(mode="json"), summary=summary, sample=sample)
+        return summary
+
+    def _export(self) -> None:
+        """Consolidated final weights: model.safetensors + model_config.json (no pickle)."""
+        tmp = self.run_dir / ".model.safetensors.tmp"
+        save_model(self.model, str(tmp))
+        tmp.replace(self.run_dir / "model.safetensors")
+        write_json_atomic(self.run_dir / "model_config.json", self.model_spec)
+
+
+def _config_file_text(cfg: Config) -> str:
+    # run_dir is left empty so that `scaletrain train RUN/config.yaml` makes a new run folder
+    # instead of refusing to overwrite this one; everything else is the resolved config.
+    data = cfg.model_copy(deep=True)
+    data.train.run_dir = None
+    data.train.resume = False
+    return (f"# resolved config of the run in this folder; `scaletrain train {'<this file>'}` "
+            "reproduces it in a new folder\n" + to_yaml(data))

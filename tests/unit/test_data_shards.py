@@ -1,0 +1,103 @@
+"""Token shards: write/read round trip, dtype choice, integrity checks."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from scaletrain.data import shards
+from scaletrain.data.tokenizer import save_tokenizer, tokenizer_fingerprint, train_tokenizer
+from scaletrain.errors import UserError
+
+
+def _docs(rng: np.random.Generator, n: int, vocab: int) -> list[np.ndarray]:
+    return [rng.integers(0, vocab, size=int(rng.integers(1, 40))) for _ in range(n)]
+
+
+def _build(tmp: Path, vocab: int = 300, shard_tokens: int = 100, n: int = 30) -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    docs = {"train": _docs(rng, n, vocab), "val": _docs(rng, 5, vocab)}
+    tok = train_tokenizer(["hello world"], 300)
+    save_tokenizer(tok, tmp / shards.TOKENIZER)
+    dtype = shards.token_dtype(vocab)
+    splits = {
+        s: shards.write_split(tmp, s, d, dtype, shard_tokens=shard_tokens, source_bytes=123)
+        for s, d in docs.items()
+    }
+    shards.write_manifest(tmp, {
+        "schema_version": 1, "dtype": dtype.name, "vocab_size": vocab,
+        "tokenizer_fingerprint": tokenizer_fingerprint(tok), "inputs_fingerprint": "x",
+        "splits": splits, "created": "now", "eot_id": 0,
+    })
+    return docs["train"]
+
+
+def test_token_dtype() -> None:
+    assert shards.token_dtype(65535) == np.uint16
+    assert shards.token_dtype(65536) == np.uint32
+
+
+def test_round_trip_across_shards(tmp_path: Path) -> None:
+    docs = _build(tmp_path)
+    ref = np.concatenate(docs)
+    ts = shards.TokenShards(tmp_path, "train")
+    manifest = shards.read_manifest(tmp_path)
+    files = manifest["splits"]["train"]["files"]
+    assert len(files) > 3 and all(f["tokens"] <= 100 for f in files)
+    assert (ts.num_tokens, ts.num_documents, ts.source_bytes) == (len(ref), len(docs), 123)
+    assert len(ts) == len(ref) and ts.dtype == np.uint16 and ts.vocab_size == 300
+    np.testing.assert_array_equal(ts.get(0, len(ref)), ref)
+    boundary = files[0]["tokens"]
+    got = ts.get(boundary - 5, 150)  # spans at least two boundaries
+    assert got.dtype == np.int64
+    np.testing.assert_array_equal(got, ref[boundary - 5 : boundary + 145])
+    np.testing.assert_array_equal(ts.tokens[10:20], ref[10:20])
+    np.testing.assert_array_equal(ts.doc_starts, np.cumsum([0] + [len(d) for d in docs[:-1]]))
+    np.testing.assert_array_equal(ts.bincount(chunk_tokens=7), np.bincount(ref, minlength=300))
+    with pytest.raises(IndexError):
+        ts.get(len(ref) - 1, 2)
+    assert shards.verify(tmp_path) == []
+
+
+def test_single_shard_is_memmap_and_uint32(tmp_path: Path) -> None:
+    docs = _build(tmp_path, vocab=70_000, shard_tokens=2**24)
+    ts = shards.TokenShards(tmp_path, "train")
+    assert isinstance(ts.tokens, np.memmap) and ts.tokens.dtype == np.uint32
+    np.testing.assert_array_equal(ts.tokens, np.concatenate(docs))
+
+
+def test_oversized_document_gets_own_shard(tmp_path: Path) -> None:
+    docs = [np.arange(5), np.arange(50), np.arange(3)]
+    entry = shards.write_split(tmp_path, "train", docs, np.uint16, shard_tokens=10)
+    assert [f["tokens"] for f in entry["files"]] == [5, 50, 3]
+    with pytest.raises(ValueError, match="out of range"):
+        shards.write_split(tmp_path, "bad", [np.array([70_000])], np.uint16)
+
+
+def test_verify_detects_flipped_byte_and_truncation(tmp_path: Path) -> None:
+    _build(tmp_path)
+    b = tmp_path / "train_00001.bin"
+    data = bytearray(b.read_bytes())
+    data[3] ^= 0xFF
+    b.write_bytes(bytes(data))
+    problems = shards.verify(tmp_path)
+    assert len(problems) == 1 and "train_00001.bin" in problems[0] and "checksum" in problems[0]
+    idx = tmp_path / "val_00000.idx"
+    idx.write_bytes(idx.read_bytes()[:-1])
+    assert any("val_00000.idx" in p for p in shards.verify(tmp_path))
+
+
+def test_open_raises_on_missing_or_truncated(tmp_path: Path) -> None:
+    _build(tmp_path)
+    b = tmp_path / "train_00002.bin"
+    b.write_bytes(b.read_bytes()[:-2])
+    with pytest.raises(UserError, match="train_00002.bin"):
+        shards.TokenShards(tmp_path, "train")
+    (tmp_path / "val_00000.bin").unlink()
+    with pytest.raises(UserError, match="val_00000.bin"):
+        shards.TokenShards(tmp_path, "val")
+    with pytest.raises(UserError, match="nosuch"):
+        shards.TokenShards(tmp_path, "nosuch")
+    with pytest.raises(UserError, match="manifest"):
+        shards.TokenShards(tmp_path / "empty", "train")

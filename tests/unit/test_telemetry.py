@@ -1,0 +1,162 @@
+"""Telemetry (jsonl, TensorBoard, progress) and the report/plot/atomic helpers."""
+
+import io
+import json
+import os
+
+import pytest
+from rich.console import Console
+
+from scaletrain.train.report import (
+    plot_losses,
+    read_metrics,
+    write_json_atomic,
+    write_report,
+    write_text_atomic,
+)
+from scaletrain.train.telemetry import Telemetry, humanize
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _train(i, loss=4.0):
+    return {"loss": loss, "lr": 1e-3, "grad_norm": 0.5, "tokens_per_second": 12345.0,
+            "elapsed": float(i)}
+
+
+def _quiet_console():
+    # A StringIO console is not a terminal, like stdout piped to a file.
+    buf = io.StringIO()
+    return Console(file=buf, width=120), buf
+
+
+def test_jsonl_tensorboard_and_console(tmp_path):
+    console, buf = _quiet_console()
+    with Telemetry(tmp_path, enabled=True, total_steps=4, console=console) as tel:
+        for step in (1, 2, 3, 4):
+            tel.log_train(step, _train(step, loss=5.0 - step))
+        tel.log_eval(4, {"val_loss": 4.12, "val_ppl": 61.6})
+        tel.message("hello [not markup")
+    tel.close()  # idempotent
+
+    recs = read_metrics(tmp_path / "metrics.jsonl")
+    assert [r["step"] for r in recs] == [1, 2, 3, 4, 4]
+    assert recs[0] == {"step": 1, "split": "train", **_train(1, loss=4.0)}
+    assert recs[-1] == {"step": 4, "split": "val", "val_loss": 4.12, "val_ppl": 61.6}
+    out = buf.getvalue()
+    assert "step 4 | val loss 4.1200 | ppl 61.6" in out
+    assert "hello [not markup" in out
+
+    tb = tmp_path / "tensorboard"
+    assert any(p.name.startswith("events.out.tfevents.") for p in tb.iterdir())
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(tb))
+    acc.Reload()
+    loss = acc.Scalars("train/loss")
+    assert [(e.step, e.value) for e in loss] == [(1, 4.0), (2, 3.0), (3, 2.0), (4, 1.0)]
+    assert acc.Scalars("val/loss")[0].value == pytest.approx(4.12)  # "val_" prefix dropped
+    assert acc.Scalars("val/ppl")[0].value == pytest.approx(61.6)
+
+
+def test_resume_truncates_to_start_step(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    lines = [json.dumps({"step": s, "split": "train", "loss": 1.0}) for s in range(1, 7)]
+    lines.insert(0, json.dumps({"event": "start"}))
+    path.write_text("\n".join(lines) + '\n{"step": 7, "spl')  # crash mid-line
+    with Telemetry(tmp_path, enabled=True, total_steps=10, start_step=4, tensorboard=False,
+                   progress=False, console=_quiet_console()[0]) as tel:
+        tel.log_train(5, _train(5))
+    recs = read_metrics(path)
+    assert recs[0] == {"event": "start"}
+    assert [r["step"] for r in recs[1:]] == [1, 2, 3, 4, 5]
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_disabled_creates_nothing(tmp_path):
+    run = tmp_path / "run"
+    tel = Telemetry(run, enabled=False, total_steps=10, start_step=3)
+    tel.log_train(1, _train(1))
+    tel.log_eval(1, {"loss": 1.0})
+    tel.message("x")
+    tel.close()
+    assert not run.exists()
+
+
+def test_default_console_with_non_tty_stdout(tmp_path, capsys):
+    # Under capsys sys.stdout is not a tty: the bar must neither crash nor spam.
+    with Telemetry(tmp_path, enabled=True, total_steps=3, tensorboard=False) as tel:
+        for step in (1, 2, 3):
+            tel.log_train(step, _train(step))
+        tel.message("done")
+    assert "done" in capsys.readouterr().out
+
+
+def test_samples_unit_and_no_progress_lines(tmp_path):
+    console, buf = _quiet_console()
+    with Telemetry(tmp_path, enabled=True, total_steps=2, unit="samples", tensorboard=False,
+                   progress=False, console=console) as tel:
+        tel.log_train(1, {"loss": 0.5, "lr": 0.1, "grad_norm": 1.0,
+                          "samples_per_second": 950.0, "elapsed": 1.0})
+    assert "step 1/2 | loss 0.5000 | 950 samples/s" in buf.getvalue()
+    assert humanize(12345) == "12.3k" and humanize(2.5e6) == "2.5M"
+    with pytest.raises(ValueError):
+        Telemetry(tmp_path, enabled=True, total_steps=1, unit="bytes")
+
+
+def test_read_metrics_skips_trailing_partial(tmp_path):
+    p = tmp_path / "m.jsonl"
+    p.write_text('{"step": 1}\n{"step": 2}\n{"st')
+    assert read_metrics(p) == [{"step": 1}, {"step": 2}]
+    p.write_text('{"step": 1}\n{"st\n{"step": 2}\n')
+    with pytest.raises(ValueError):
+        read_metrics(p)
+
+
+@pytest.mark.parametrize("with_val", [False, True])
+def test_plot_losses_png(tmp_path, with_val):
+    recs = [{"step": s, "split": "train", "loss": 5.0 / s} for s in range(1, 30)]
+    if with_val:
+        recs += [{"step": s, "split": "val", "loss": 4.0 / s, "accuracy": s / 30} for s in (10, 20)]
+    out = tmp_path / "loss.png"
+    plot_losses(recs, out, "test run")
+    assert out.read_bytes()[:8] == PNG_SIGNATURE
+    assert os.listdir(tmp_path) == ["loss.png"]
+
+
+def test_plot_single_record(tmp_path):
+    out = tmp_path / "loss.png"
+    plot_losses([{"step": 1, "split": "train", "loss": 3.0}], out, "one")
+    assert out.read_bytes()[:8] == PNG_SIGNATURE
+
+
+def test_write_report(tmp_path):
+    config = {"run": {"name": "tiny-run"}, "model": {"d_model": 64, "dims": (1, 2)},
+              "data": {"path": tmp_path}}
+    summary = {"val_loss": 2.345678, "val_bpb": 1.23456, "tokens_per_second": 1234567.8,
+               "mfu": 0.1234, "peak_memory_bytes": 3 * 2**30, "wall_seconds": 300.0,
+               "steps": 1000, "matmul_peak_flops": 8.9e10, "sample": "def f():\n    pass"}
+    path = write_report(tmp_path, config=config, summary=summary, sample="def f():\n    pass",
+                        extra_sections={"Notes": "all good"})
+    text = path.read_text()
+    assert path == tmp_path / "report.md"
+    assert "tiny-run" in text
+    for value in ("2.3457", "1.235", "1,234,568", "12.34%", "3.00 GiB", "5.0 min", "1,000",
+                  "89.00 GFLOP/s"):
+        assert value in text
+    assert "![loss](loss.png)" in text
+    assert "| sample |" not in text  # multi-line values stay out of the table
+    assert "```python\ndef f():\n    pass\n```" in text
+    assert "## Notes" in text and "all good" in text
+    assert "```yaml\nrun:\n  name: tiny-run\nmodel:\n  d_model: 64\n" in text
+    assert os.listdir(tmp_path) == ["report.md"]
+
+
+def test_atomic_helpers(tmp_path):
+    write_json_atomic(tmp_path / "a.json", {"b": 1, "a": [1, 2]})
+    assert (tmp_path / "a.json").read_text() == '{\n  "b": 1,\n  "a": [\n    1,\n    2\n  ]\n}\n'
+    write_text_atomic(tmp_path / "sub" / "t.txt", "hi")
+    assert (tmp_path / "sub" / "t.txt").read_text() == "hi"
+    with pytest.raises(TypeError):
+        write_json_atomic(tmp_path / "bad.json", {"x": object()})
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["a.json", "sub", "t.txt"]
