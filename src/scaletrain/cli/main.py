@@ -19,8 +19,8 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     from scaletrain.cli import commands, data_commands
 
-    parser = _Parser(prog="scaletrain", description=__doc__.split(":")[0] + ": train large models "
-                     "with torch.distributed, from raw data to a deployable model.")
+    parser = _Parser(prog="scaletrain", description="Train large models with torch.distributed, from "
+                     "raw data to a deployable model. `scaletrain COMMAND --help` describes each command.")
     parser.add_argument("--version", action="version", version=f"scaletrain {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True

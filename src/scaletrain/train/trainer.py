@@ -7,7 +7,9 @@
 from __future__ import annotations
 
 import math
+import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +41,38 @@ class LoopState:
     units_seen: int = 0
     train_seconds: float = 0.0
     evals: list = field(default_factory=list)
+
+
+class _Meter:
+    """Loss and throughput since the last log line; loop edges (eval, checkpoint) are not timed."""
+
+    def __init__(self, device: torch.device):
+        self.loss = torch.zeros((), device=device)
+        self.steps = self.units = 0
+        self.excluded = 0.0
+        self.start = time.perf_counter()
+
+    def add(self, loss: torch.Tensor, units: int) -> None:
+        self.loss += loss
+        self.steps += 1
+        self.units += units
+
+    @contextmanager
+    def paused(self):
+        began = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.excluded += time.perf_counter() - began
+
+    def read(self) -> tuple[float, float, int]:
+        """(mean loss, seconds of training, units) of the window, then start a new window."""
+        now = time.perf_counter()
+        result = (float(self.loss) / max(self.steps, 1), now - self.start - self.excluded, self.units)
+        self.loss.zero_()
+        self.steps = self.units = 0
+        self.excluded, self.start = 0.0, now
+        return result
 
 
 def resolve_device(cfg: Config) -> torch.device:
@@ -93,6 +127,9 @@ class Trainer:
             saved.pop("step", None)
             self.state = LoopState(step=int(resume_from.name.split("_")[1]), **saved)
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        if resume_from is None:  # a fresh start in a reused folder: old curves would mix with new ones
+            (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
+            shutil.rmtree(self.run_dir / "tensorboard", ignore_errors=True)
         write_text_atomic(self.run_dir / "config.yaml", _config_file_text(cfg))
 
         st = self.state
@@ -100,10 +137,10 @@ class Trainer:
                         unit=self.task.unit, tensorboard=cfg.log.tensorboard, progress=cfg.log.progress)
         if resume_from is not None:
             tel.message(f"resumed from {resume_from} at step {st.step}")
+        self._warn_slow_bf16(tel)
         stopped_by = "max_steps"
         with tel:
-            window_loss = torch.zeros((), device=self.device)
-            window_steps, window_units, window_start = 0, 0, time.perf_counter()
+            meter = _Meter(self.device)
             while st.step < t.max_steps:
                 apply_lr(optimizer, self._lr_multiplier(st.step))
                 batches = []
@@ -116,44 +153,49 @@ class Trainer:
                 st.step += 1
                 units = sum(self.task.units(x) for x, _ in batches)
                 st.units_seen += units
-                window_loss += loss
-                window_steps += 1
-                window_units += units
+                meter.add(loss, units)
 
-                last = st.step == t.max_steps
+                time_up = bool(t.max_minutes) and time.perf_counter() - wall_start > 60 * t.max_minutes
+                last = st.step == t.max_steps or time_up
                 if st.step % cfg.log.every == 0 or last:
-                    mean_loss = float(window_loss) / window_steps  # the one host sync per window
-                    elapsed = time.perf_counter() - window_start
-                    st.train_seconds += elapsed
+                    mean_loss, seconds, window_units = meter.read()  # the one host sync per window
+                    st.train_seconds += seconds
                     tel.log_train(st.step, {
                         "loss": mean_loss, "lr": optimizer.param_groups[0]["lr"],
-                        "grad_norm": float(grad_norm), f"{self.task.unit}_per_second": window_units / elapsed,
+                        "grad_norm": float(grad_norm),
+                        f"{self.task.unit}_per_second": window_units / max(seconds, 1e-9),
                         "elapsed": st.train_seconds,
                     })
                     if not math.isfinite(mean_loss):
                         tel.message(f"loss is {mean_loss} at step {st.step}: stopping")
                         stopped_by = "non_finite_loss"
                         break
-                    window_loss.zero_()
-                    window_steps = window_units = 0
-                    window_start = time.perf_counter()
-
-                if t.eval_every and st.step % t.eval_every == 0 and not last:
-                    if self._evaluate(tel, t.eval_batches):
-                        stopped_by = "early_stopping"
-                        break
-                    window_start = time.perf_counter()
-                if t.checkpoint_every and st.step % t.checkpoint_every == 0 and not last:
-                    self._save(optimizer)
-                    window_start = time.perf_counter()
-                if t.max_minutes and time.perf_counter() - wall_start > 60 * t.max_minutes:
+                if time_up:
                     tel.message(f"train.max_minutes={t.max_minutes} reached at step {st.step}: stopping")
                     stopped_by = "max_minutes"
                     break
+                if t.eval_every and st.step % t.eval_every == 0 and not last:
+                    with meter.paused():
+                        if self._evaluate(tel, t.eval_batches):
+                            stopped_by = "early_stopping"
+                            break
+                if t.checkpoint_every and st.step % t.checkpoint_every == 0 and not last:
+                    with meter.paused():
+                        self._save(optimizer)
 
             final = self._evaluate(tel, t.final_eval_batches, final=True)
             self._save(optimizer)
         return self._finish(final, stopped_by, wall_start)
+
+    def _warn_slow_bf16(self, tel: Telemetry) -> None:
+        """CPUs without native bf16 (AVX2-only, no AVX512-BF16/AMX) run bf16 matmuls ~50x slower."""
+        if self.device.type != "cpu" or self.cfg.train.precision != "bf16":
+            return
+        bf16 = hardware.matmul_peak_flops(torch.bfloat16, "cpu")
+        fp32 = hardware.matmul_peak_flops(torch.float32, "cpu")
+        if bf16 < fp32:
+            tel.message(f"warning: this CPU multiplies bf16 at {bf16 / 1e9:.1f} GFLOP/s against "
+                        f"{fp32 / 1e9:.0f} GFLOP/s in fp32 (no native bf16): train.precision=fp32 is faster")
 
     # ---- loop edges ---------------------------------------------------------------------------
     def _evaluate(self, tel: Telemetry, batches: int, final: bool = False) -> dict | bool:
