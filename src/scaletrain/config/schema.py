@@ -34,6 +34,7 @@ class DataConfig(Section):
     val_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.05  # by file for text, stratified for images
     train_fraction: Fraction = 1.0  # a deterministic subset of the training samples
     max_bytes: PositiveInt | None = None  # a deterministic subset of the corpus files, for quick runs
+    standardize: bool = True  # images: z-score each input feature with training-split statistics
     cache_dir: str = "~/.cache/scaletrain/data"
 
     @model_validator(mode="after")

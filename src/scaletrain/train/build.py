@@ -78,6 +78,8 @@ def _text_task(cfg: Config, progress: bool):
 def _image_task(cfg: Config):
     d = cfg.data
     data = images.load_mnist(d.path) if d.path else images.load_digits_split(d.val_fraction, seed=0)
+    if d.standardize:
+        data = images.standardize(data)
     train = torch.utils.data.TensorDataset(torch.from_numpy(data.x_train), torch.from_numpy(data.y_train))
     val = torch.utils.data.TensorDataset(torch.from_numpy(data.x_val), torch.from_numpy(data.y_val))
     task = Classification(train, val, seed=cfg.train.seed, fraction=d.train_fraction)
