@@ -78,7 +78,17 @@ def apply_override(raw: dict, item: str) -> None:
         if not isinstance(child, dict):
             raise UserError(f"override {item!r}: {'.'.join(parents[: i + 1])} is not a section")
         node = child
-    node[leaf] = parse_yaml(value, f"override {key}") if value != "" else None
+    node[leaf] = _parse_value(value, key)
+
+
+def _parse_value(value: str, key: str) -> Any:
+    """A value is read as YAML (numbers, booleans, lists); what YAML can't read (`*.txt`) is a string."""
+    if value == "":
+        return None
+    try:
+        return yaml.load(value, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError:
+        return value
 
 
 def _is_field(part: object) -> bool:
