@@ -2,7 +2,7 @@
 telemetry and reports as the CLI.
 
     from scaletrain import Classification, Trainer, load_config
-    cfg = load_config("mlp-digits", ["train.max_steps=300", "train.run_dir=runs/my-mlp"])
+    cfg = load_config("mlp-digits", ["train.run_dir=runs/my-mlp"])
     trainer = Trainer.from_config(cfg, model, Classification(train_set, val_set, seed=cfg.train.seed))
     summary = trainer.fit()
 """

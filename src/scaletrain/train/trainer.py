@@ -147,9 +147,10 @@ class Trainer:
                 for _ in range(t.grad_accum):
                     batches.append(self.task.train_batch(st.position, t.batch_size))
                     st.position += t.batch_size
+                log_step = (st.step + 1) % cfg.log.every == 0 or st.step + 1 == t.max_steps
                 loss, grad_norm = train_step(self.model, optimizer, batches, self.task.loss,
                                              device=self.device, autocast=self.autocast,
-                                             grad_clip=t.grad_clip, scaler=self.scaler)
+                                             grad_clip=t.grad_clip, scaler=self.scaler, want_norm=log_step)
                 st.step += 1
                 units = sum(self.task.units(x) for x, _ in batches)
                 st.units_seen += units
@@ -160,12 +161,12 @@ class Trainer:
                 if st.step % cfg.log.every == 0 or last:
                     mean_loss, seconds, window_units = meter.read()  # the one host sync per window
                     st.train_seconds += seconds
-                    tel.log_train(st.step, {
-                        "loss": mean_loss, "lr": optimizer.param_groups[0]["lr"],
-                        "grad_norm": float(grad_norm),
-                        f"{self.task.unit}_per_second": window_units / max(seconds, 1e-9),
-                        "elapsed": st.train_seconds,
-                    })
+                    record = {"loss": mean_loss, "lr": optimizer.param_groups[0]["lr"]}
+                    if grad_norm is not None:  # absent only on a step cut short by max_minutes
+                        record["grad_norm"] = float(grad_norm)
+                    record[f"{self.task.unit}_per_second"] = window_units / max(seconds, 1e-9)
+                    record["elapsed"] = st.train_seconds
+                    tel.log_train(st.step, record)
                     if not math.isfinite(mean_loss):
                         tel.message(f"loss is {mean_loss} at step {st.step}: stopping")
                         stopped_by = "non_finite_loss"
