@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
 import xxhash
 from torch import nn
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
@@ -127,19 +128,26 @@ def verify_checkpoint(path: Path) -> list[str]:
     return problems
 
 
-def resolve_resume(resume: str, run_dir: Path) -> Path | None:
-    """The checkpoint folder to resume from: `auto` = newest intact one in this run, or a path."""
+def resolve_resume(resume: str, run_dir: Path) -> tuple[Path | None, list[str]]:
+    """(checkpoint to resume from, problems of newer ones skipped).
+
+    `auto`: the newest intact checkpoint of this run (a damaged newer one is skipped and reported);
+    a path: that checkpoint, or the newest of that run folder, which must be intact.
+    """
     if resume == "auto":
         candidates = list_checkpoints(run_dir / "checkpoints")
     else:
         path = Path(resume).expanduser()
         candidates = list_checkpoints(path / "checkpoints") or list_checkpoints(path) or [path]
+    skipped: list[str] = []
     for candidate in reversed(candidates):
-        if not verify_checkpoint(candidate):
-            return candidate
+        problems = verify_checkpoint(candidate)
+        if not problems:
+            return candidate, skipped
         if resume != "auto":
-            raise UserError(f"train.resume: checkpoint {candidate} is damaged: {verify_checkpoint(candidate)[0]}")
-    return None
+            raise UserError(f"train.resume: checkpoint {candidate} is damaged: {problems[0]}")
+        skipped.append(f"{candidate.name}: {problems[0]}")
+    return None, skipped
 
 
 def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
@@ -153,9 +161,10 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             dcp.load(state, checkpoint_id=str(path))
-    except Exception as exc:  # shape or key mismatch: the checkpoint is from another model
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"checkpoint {path} does not match this model/optimizer: {first}") from None
+    except (Exception, CheckpointException) as exc:  # a key or shape mismatch: another model's
+        lines = str(exc).strip().splitlines()
+        reason = lines[-1] if lines else type(exc).__name__  # DCP puts the cause on the last line
+        raise UserError(f"checkpoint {path} does not match this model/optimizer: {reason}") from None
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
     trainer = json.loads((path / "trainer.json").read_text())
     set_rng_state(torch.load(path / "rng.pt", weights_only=True), trainer.pop("rng"))

@@ -121,7 +121,7 @@ class Trainer:
         optimizer = self._build_optimizer()
         torch.manual_seed(t.seed)  # dropout and sampling; a resume restores the saved RNG instead
 
-        resume_from = ckpt.resolve_resume(t.resume, self.run_dir) if t.resume else None
+        resume_from, damaged = ckpt.resolve_resume(t.resume, self.run_dir) if t.resume else (None, [])
         if resume_from is not None:
             saved = ckpt.load_checkpoint(resume_from, self.model, optimizer)
             saved.pop("step", None)
@@ -135,6 +135,8 @@ class Trainer:
         st = self.state
         tel = Telemetry(self.run_dir, enabled=True, total_steps=t.max_steps, start_step=st.step,
                         unit=self.task.unit, tensorboard=cfg.log.tensorboard, progress=cfg.log.progress)
+        for problem in damaged:
+            tel.message(f"warning: skipped damaged checkpoint {problem}")
         if resume_from is not None:
             tel.message(f"resumed from {resume_from} at step {st.step}")
         self._warn_slow_bf16(tel)
