@@ -99,7 +99,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     device = check_device(cfg)
     task, _, _, _ = build_task(cfg, device)
     model.to(device).eval()
-    metrics = task.evaluate(model, batches=args.batches, batch_size=cfg.train.batch_size, device=device,
+    batch_size = cfg.train.eval_batch_size or cfg.train.batch_size
+    metrics = task.evaluate(model, batches=args.batches, batch_size=batch_size, device=device,
                             autocast=autocast_context(device, cfg.train.precision))
     print(json.dumps(metrics, indent=2))
     return 0

@@ -116,6 +116,7 @@ class TrainConfig(Section):
     eval_every: NonNegInt = 200  # 0: only at the end
     eval_batches: PositiveInt = 20
     final_eval_batches: NonNegInt = 0  # 0: the whole validation split
+    eval_batch_size: PositiveInt | None = None  # None: train.batch_size (evaluation keeps no activations)
     seed: int = 1337
     run_dir: str | None = None  # None: runs/<name>-<timestamp>
     resume: Union[Literal[False, "auto"], str] = False  # or the path of a checkpoint or run folder

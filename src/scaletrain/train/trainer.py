@@ -205,7 +205,9 @@ class Trainer:
         """Evaluate; on the final call return the metrics, otherwise whether to stop early."""
         st = self.state
         self.model.eval()
-        metrics = self.task.evaluate(self.model, batches=batches, batch_size=self.cfg.train.batch_size,
+        t = self.cfg.train
+        metrics = self.task.evaluate(self.model, batches=batches,
+                                     batch_size=t.eval_batch_size or t.batch_size,
                                      device=self.device, autocast=self.autocast)
         self.model.train()
         tel.log_eval(st.step, metrics)
