@@ -54,3 +54,17 @@ def test_mfu_and_memory():
     with pytest.raises(ValueError):
         mfu(1.0, 1.0, 0.0)
     assert peak_memory_bytes("cpu") > 1 << 20
+
+
+def test_refresh_keeps_the_larger_peak(tmp_path, monkeypatch):
+    """A peak measured on a busy machine reads low: re-measuring only ever raises it."""
+    from scaletrain.diagnose import hardware
+
+    cache = tmp_path / "peak.json"
+    monkeypatch.setattr(hardware, "_measure_peak", lambda *a, **k: 5.0e10)
+    assert hardware.matmul_peak_flops(torch.float32, cache_path=cache, sizes=(256,)) == 5.0e10
+    monkeypatch.setattr(hardware, "_measure_peak", lambda *a, **k: 1.5e11)
+    assert hardware.matmul_peak_flops(torch.float32, cache_path=cache, sizes=(256,), refresh=True) == 1.5e11
+    monkeypatch.setattr(hardware, "_measure_peak", lambda *a, **k: 9.0e10)
+    assert hardware.matmul_peak_flops(torch.float32, cache_path=cache, sizes=(256,), refresh=True) == 1.5e11
+    assert hardware.matmul_peak_flops(torch.float32, cache_path=cache, sizes=(256,)) == 1.5e11

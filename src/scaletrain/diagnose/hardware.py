@@ -149,7 +149,7 @@ def matmul_peak_flops(
     """Measured matmul peak (FLOP/s) of this machine for `dtype`, cached on disk.
 
     Call it from one process per machine (rank 0): concurrent measurements share the cores and
-    would under-report the peak.
+    would under-report the peak. `refresh=True` measures again and keeps the larger figure.
     """
     dev = torch.device(device)
     sizes = tuple(sizes or _DEFAULT_SIZES.get(dev.type, _DEFAULT_SIZES["cpu"]))
@@ -160,6 +160,10 @@ def matmul_peak_flops(
     if not refresh and isinstance(cached, (int, float)) and cached > 0 and math.isfinite(cached):
         return float(cached)
     peak = _measure_peak(dtype, device, sizes)
+    if isinstance(cached, (int, float)) and math.isfinite(cached):
+        # A peak is a maximum: a measurement taken while other jobs shared the cores reads low, so
+        # a re-measurement only ever raises the cached figure.
+        peak = max(peak, float(cached))
     cache[key] = peak
     try:
         write_json_atomic(path, cache)

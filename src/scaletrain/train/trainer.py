@@ -241,6 +241,8 @@ class Trainer:
             precision_dtype = torch.float16
         peak = hardware.matmul_peak_flops(precision_dtype, self.device.type)
         flops = self._flops_per_unit()
+        if flops * throughput > peak:  # the cached peak was measured on a busy machine: measure again
+            peak = hardware.matmul_peak_flops(precision_dtype, self.device.type, refresh=True)
         summary = {
             "train_loss": train_losses[-1] if train_losses else None,
             **{k: v for k, v in final.items()},
