@@ -26,13 +26,15 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, micro_batches
     `want_norm` (a logging step): on a small model it is a fifth of the step.
     """
     accum = len(micro_batches)
-    total = torch.zeros((), device=device)
+    total = None
     for x, y in micro_batches:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with autocast:
-            loss = loss_fn(model(x), y) / accum
+            loss = loss_fn(model(x), y)
+            if accum > 1:
+                loss = loss / accum
         (scaler.scale(loss) if scaler else loss).backward()
-        total += loss.detach()
+        total = loss.detach() if total is None else total + loss.detach()
     if scaler:
         scaler.unscale_(optimizer)
     grad_norm = None

@@ -46,15 +46,14 @@ class LoopState:
 class _Meter:
     """Loss and throughput since the last log line; loop edges (eval, checkpoint) are not timed."""
 
-    def __init__(self, device: torch.device):
-        self.loss = torch.zeros((), device=device)
-        self.steps = self.units = 0
+    def __init__(self):
+        self.losses: list[torch.Tensor] = []  # summed once per window: no tensor op per step
+        self.units = 0
         self.excluded = 0.0
         self.start = time.perf_counter()
 
     def add(self, loss: torch.Tensor, units: int) -> None:
-        self.loss += loss
-        self.steps += 1
+        self.losses.append(loss)
         self.units += units
 
     @contextmanager
@@ -68,9 +67,10 @@ class _Meter:
     def read(self) -> tuple[float, float, int]:
         """(mean loss, seconds of training, units) of the window, then start a new window."""
         now = time.perf_counter()
-        result = (float(self.loss) / max(self.steps, 1), now - self.start - self.excluded, self.units)
-        self.loss.zero_()
-        self.steps = self.units = 0
+        mean = float(torch.stack(self.losses).mean()) if self.losses else math.nan
+        result = (mean, now - self.start - self.excluded, self.units)
+        self.losses.clear()
+        self.units = 0
         self.excluded, self.start = 0.0, now
         return result
 
@@ -142,7 +142,7 @@ class Trainer:
         self._warn_slow_bf16(tel)
         stopped_by = "max_steps"
         with tel:
-            meter = _Meter(self.device)
+            meter = _Meter()
             while st.step < t.max_steps:
                 apply_lr(optimizer, self._lr_multiplier(st.step))
                 batches = []
