@@ -22,6 +22,8 @@ _SUBPROCESS_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "RAYON_NUM_TH
 
 @pytest.fixture(autouse=True)
 def _one_torch_thread():
+    # Tiny models gain nothing from intra-op threads, and on a shared, busy CPU the OpenMP
+    # barrier waits make each op up to ~100x slower.
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -9,16 +9,6 @@ from torch.utils.flop_counter import FlopCounterMode
 from scaletrain.errors import UserError
 from scaletrain.models import GPT, MLP, GPTArgs, MLPArgs, build_model, model_from_config_json
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models gain nothing from intra-op threads, and on a shared, busy CPU the
-    # OpenMP barrier waits make each op ~100x slower. Restore for other test files.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 TINY = dict(vocab_size=61, seq_len=16, n_layer=2, n_head=2, d_model=32)
 
 

@@ -8,16 +8,6 @@ from scaletrain.models import GPT, MLP, GPTArgs, MLPArgs
 from scaletrain.optim import available, build_optimizer, param_groups, register
 from scaletrain.optim.registry import OPTIMIZERS
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models gain nothing from intra-op threads, and on a shared, busy CPU the
-    # OpenMP barrier waits make each op ~100x slower. Restore for other test files.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tiny_gpt(**over) -> GPT:
     torch.manual_seed(0)
     return GPT(GPTArgs(**{**dict(vocab_size=37, seq_len=8, n_layer=2, n_head=2, d_model=16, bias=True), **over}))
