@@ -49,7 +49,7 @@ from scaletrain.optim.param_groups import param_groups
 from scaletrain.optim.registry import build_optimizer
 from scaletrain.optim.schedules import lr_multiplier
 from scaletrain.train.build import build_task
-from scaletrain.train.report import write_json_atomic, write_text_atomic
+from scaletrain.atomic import write_json_atomic, write_text_atomic
 from scaletrain.train.trainer import Trainer, resolve_device
 
 ROOT = Path(__file__).resolve().parents[1]

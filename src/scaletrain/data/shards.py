@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import IO, Any
@@ -21,6 +20,7 @@ from typing import IO, Any
 import numpy as np
 import xxhash
 
+from scaletrain.atomic import write_bytes_atomic
 from scaletrain.errors import UserError
 
 SCHEMA_VERSION = 1
@@ -28,21 +28,6 @@ MANIFEST = "manifest.json"
 TOKENIZER = "tokenizer.json"
 _CHUNK = 8 << 20  # bytes per read when hashing
 _IDX_DTYPE = np.dtype("<i8")
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` via a temp file in the same directory, fsync and os.replace."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -83,7 +68,7 @@ class _ShardWriter:
         self.f.close()
         os.replace(self.tmp, self.path)
         idx = np.asarray(self.starts, dtype=_IDX_DTYPE).tobytes()
-        atomic_write_bytes(self.path.parent / idx_name, idx)
+        write_bytes_atomic(self.path.parent / idx_name, idx)
         return {
             "bin": self.path.name,
             "idx": idx_name,
@@ -150,7 +135,7 @@ def write_split(
 def write_manifest(out_dir: str | Path, manifest: dict[str, Any]) -> None:
     """Write manifest.json atomically (write it last: it marks the directory complete)."""
     data = json.dumps(manifest, indent=2, sort_keys=True).encode("utf-8") + b"\n"
-    atomic_write_bytes(Path(out_dir) / MANIFEST, data)
+    write_bytes_atomic(Path(out_dir) / MANIFEST, data)
 
 
 def read_manifest(out_dir: str | Path) -> dict[str, Any]:

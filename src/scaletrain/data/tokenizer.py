@@ -7,7 +7,7 @@ from pathlib import Path
 import xxhash
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from scaletrain.data.shards import atomic_write_bytes
+from scaletrain.atomic import write_bytes_atomic
 from scaletrain.errors import UserError
 
 EOT = "<|endoftext|>"
@@ -34,7 +34,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int) -> Tokenizer:
 
 def save_tokenizer(tok: Tokenizer, path: str | Path) -> None:
     """Write the tokenizer JSON atomically."""
-    atomic_write_bytes(Path(path), tok.to_str().encode("utf-8"))
+    write_bytes_atomic(Path(path), tok.to_str().encode("utf-8"))
 
 
 def load_tokenizer(path: str | Path) -> Tokenizer:

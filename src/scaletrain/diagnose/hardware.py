@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from scaletrain.train.report import write_json_atomic
+from scaletrain.atomic import write_json_atomic
 
 __all__ = ["machine_info", "matmul_peak_flops", "peak_memory_bytes", "mfu"]
 

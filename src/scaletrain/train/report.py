@@ -6,67 +6,17 @@ crash or a concurrent reader never sees a half-written report, plot or JSON file
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import json
 import math
-import os
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import yaml
 
+from scaletrain.atomic import atomic_open, write_json_atomic, write_text_atomic
+
 __all__ = ["read_metrics", "plot_losses", "write_report", "write_json_atomic", "write_text_atomic"]
-
-
-# --------------------------------------------------------------------------- atomic helpers
-
-
-@contextlib.contextmanager
-def _atomic_open(path: Path | str, mode: str = "w") -> Iterator[IO[Any]]:
-    """Yield a temp file next to `path`; on success fsync it and rename it over `path`.
-
-    The temp file lives in the same directory because os.replace is only atomic within one
-    filesystem. On any exception the temp file is removed and `path` is left untouched.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    # Makes the rename itself durable; best effort because some filesystems refuse it.
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def write_text_atomic(path: Path | str, text: str) -> None:
-    """Write `text` (UTF-8) to `path` atomically."""
-    with _atomic_open(path, "w") as f:
-        f.write(text)
-
-
-def write_json_atomic(path: Path | str, obj: Any) -> None:
-    """Write `obj` as indented JSON with a trailing newline, atomically. Raises TypeError on
-    values JSON cannot represent (deliberately strict: silently stringifying hides bugs)."""
-    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False, ensure_ascii=False) + "\n")
 
 
 # --------------------------------------------------------------------------- metrics
@@ -161,7 +111,7 @@ def plot_losses(records: list[dict], out_png: Path | str, title: str) -> None:
         ax2.set_ylabel("accuracy")
         ax2.grid(True, alpha=0.3)
         ax2.legend()
-    with _atomic_open(out_png, "wb") as f:
+    with atomic_open(out_png, "wb") as f:
         # Explicit format: the temp file's suffix is ".tmp", which matplotlib cannot infer from.
         fig.savefig(f, format="png")
 

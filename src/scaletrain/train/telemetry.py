@@ -22,7 +22,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from scaletrain.train.report import write_text_atomic
+from scaletrain.atomic import write_text_atomic
 
 __all__ = ["Telemetry", "humanize"]
 

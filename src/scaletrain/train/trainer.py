@@ -24,7 +24,8 @@ from scaletrain.optim.param_groups import param_groups
 from scaletrain.optim.registry import build_optimizer
 from scaletrain.optim.schedules import apply_lr, lr_multiplier
 from scaletrain.train import checkpoint as ckpt
-from scaletrain.train.report import plot_losses, read_metrics, write_json_atomic, write_report, write_text_atomic
+from scaletrain.atomic import write_json_atomic, write_text_atomic
+from scaletrain.train.report import plot_losses, read_metrics, write_report
 from scaletrain.train.step import autocast_context, train_step
 from scaletrain.train.telemetry import Telemetry
 
