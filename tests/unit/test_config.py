@@ -205,3 +205,14 @@ def test_resolved_config_round_trips_through_yaml(tmp_path, name, overrides):
     again = load_config(str(path))
     assert again.model_dump() == cfg.model_dump()
     assert again.name == name  # kept from the dump, not replaced by the file's folder name
+
+
+def test_builtin_optimizer_names_match_the_registry():
+    from scaletrain.config.schema import BUILTIN_OPTIMIZERS
+    from scaletrain.optim.registry import available
+
+    assert sorted(BUILTIN_OPTIMIZERS) == sorted(available())
+
+
+def test_early_stopping_zero_is_refused():
+    assert "early_stopping" in error_of("gpt-tiny", ["train.early_stopping=0"])

@@ -47,10 +47,12 @@ def split_items(items: list[str]) -> tuple[str | None, list[str]]:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from scaletrain.config.load import load_config
-    from scaletrain.train.build import build_trainer
 
     source, overrides = split_items(args.items)
-    cfg = load_config(source, overrides)
+    cfg = load_config(source, overrides)  # validated before torch is even imported
+
+    from scaletrain.train.build import build_trainer
+
     trainer = build_trainer(cfg)
     summary = trainer.fit()
     _print_result(trainer.run_dir, summary)

@@ -12,6 +12,9 @@ from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+# The registry's built-in names (scaletrain.optim.registry; a test keeps the two equal).
+BUILTIN_OPTIMIZERS = ("adam", "adamw", "momentum", "nesterov", "sgd")
+
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegInt = Annotated[int, Field(ge=0)]
 Fraction = Annotated[float, Field(gt=0.0, le=1.0)]
@@ -90,7 +93,9 @@ class OptimConfig(Section):
     @field_validator("name")
     @classmethod
     def _known(cls, name: str) -> str:
-        from scaletrain.optim.registry import available
+        if name in BUILTIN_OPTIMIZERS:  # answered without importing torch: errors come at once
+            return name
+        from scaletrain.optim.registry import available  # optimizers registered by the user
 
         if name not in available():
             raise ValueError(f"unknown optimizer {name!r} (known: {', '.join(available())})")
@@ -126,6 +131,13 @@ class TrainConfig(Section):
     threads: PositiveInt | None = None  # torch intra-op threads; None keeps torch's default
     compile: bool = False
     max_minutes: Annotated[float, Field(gt=0.0)] | None = None  # a wall-clock guard, checked per step
+
+    @field_validator("early_stopping", mode="before")
+    @classmethod
+    def _zero_is_not_false(cls, value: object) -> object:
+        if value == 0 and value is not False:  # 0 == False in Python: a patience of 0 is a typo
+            raise ValueError("train.early_stopping: expected false or a patience >= 1 (got 0)")
+        return value
 
     @field_validator("resume", mode="before")
     @classmethod
