@@ -44,11 +44,17 @@ class SampleOrder:
 
     def take(self, position: int, count: int) -> np.ndarray:
         """Item indices of samples position .. position+count-1 (may cross an epoch boundary)."""
-        out = np.empty(count, dtype=np.int64)
         n = len(self.items)
-        for i in range(count):
-            p = position + i
-            out[i] = self._order(p // n)[p % n]
+        if count <= 0:
+            return np.empty(0, dtype=np.int64)
+        positions = np.arange(position, position + count, dtype=np.int64)
+        epochs = positions // n
+        if epochs[0] == epochs[-1]:  # the usual case: one vectorized lookup, no Python loop
+            return self._order(int(epochs[0]))[positions % n]
+        out = np.empty(count, dtype=np.int64)
+        for epoch in np.unique(epochs):
+            inside = epochs == epoch
+            out[inside] = self._order(int(epoch))[positions[inside] % n]
         return out
 
 

@@ -75,9 +75,12 @@ def _adamw(groups, *, lr, weight_decay, betas, eps, fused, **_):
 
 
 @register("adam")
-def _adam(groups, *, lr, weight_decay, betas, eps, **_):
-    # torch Adam's weight_decay is coupled L2 (added to the gradient), unlike AdamW.
-    return torch.optim.Adam(groups, lr=lr, weight_decay=weight_decay, betas=betas, eps=eps)
+def _adam(groups, *, lr, weight_decay, betas, eps, fused, **_):
+    # torch Adam's weight_decay is coupled L2 (added to the gradient), unlike AdamW. Fused for the
+    # same reason as AdamW: the default CPU path is a Python loop over every tensor.
+    use_fused = _can_fuse(groups) if fused is None else fused
+    return torch.optim.Adam(groups, lr=lr, weight_decay=weight_decay, betas=betas, eps=eps,
+                            fused=use_fused or None)
 
 
 @register("sgd")
