@@ -88,3 +88,12 @@ def test_a_checkpoint_of_another_model_is_refused(tmp_path):
     other = torch.nn.Linear(3, 3)
     with pytest.raises(UserError, match="does not match"):
         ckpt.load_checkpoint(path, other, torch.optim.AdamW(other.parameters()))
+
+
+def test_resaving_a_step_replaces_it_without_leftovers(tmp_path):
+    model, opt = _model_and_optimizer()
+    ckpt.save_checkpoint(tmp_path, 1, model, opt, {"position": 1}, keep_last=1)
+    path = ckpt.save_checkpoint(tmp_path, 1, model, opt, {"position": 2}, keep_last=1)
+    assert ckpt.list_checkpoints(tmp_path) == [path] and not ckpt.verify_checkpoint(path)
+    assert '"position": 2' in (path / "trainer.json").read_text()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]

@@ -91,7 +91,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         print(f"{split}: {shards.num_tokens:,} tokens, {shards.num_documents:,} documents, "
               f"{shards.source_bytes / max(shards.num_tokens, 1):.2f} bytes/token, dtype {shards.dtype}")
     tokenizer = load_tokenizer(root / "tokenizer.json")
-    first = TokenShards(root, "train").get(0, min(args.tokens, TokenShards(root, "train").num_tokens))
+    train = TokenShards(root, "train")
+    first = train.get(0, min(args.tokens, train.num_tokens))
     print(f"vocab {tokenizer.get_vocab_size()}, tokenizer {manifest['tokenizer_fingerprint'][:16]}")
     print("first tokens:", repr(tokenizer.decode(first.tolist())))
     return 0

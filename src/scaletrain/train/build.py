@@ -6,13 +6,13 @@ data files, an existing run folder) runs before the run folder is created.
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from scaletrain.atomic import write_bytes_atomic
 from scaletrain.config.schema import Config
 from scaletrain.data import images
 from scaletrain.data.prepare import TextSpec, ensure_prepared
@@ -107,7 +107,7 @@ def build_trainer(cfg: Config) -> Trainer:
     spec = {"name": cfg.model.name, "args": model.args_dict()}
     run_dir.mkdir(parents=True, exist_ok=True)
     if "data_dir" in extra:  # the run folder is self-contained for eval/generate
-        shutil.copyfile(Path(extra["data_dir"]) / "tokenizer.json", run_dir / "tokenizer.json")
+        write_bytes_atomic(run_dir / "tokenizer.json", (Path(extra["data_dir"]) / "tokenizer.json").read_bytes())
     return Trainer(cfg, model, task, run_dir=run_dir, model_spec=spec, sampler=sampler, extra_summary=extra)
 
 

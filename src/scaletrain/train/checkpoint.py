@@ -100,10 +100,14 @@ def save_checkpoint(root: Path, step: int, model: nn.Module, optimizer: torch.op
         with open(p, "rb") as fh:
             os.fsync(fh.fileno())
     _fsync_dir(tmp)
-    if final.exists():  # re-saving the same step (a resumed run reaching it again)
-        shutil.rmtree(final)
+    replaced = None
+    if final.exists():  # re-saving the same step (a resumed run reaching it again): move the old
+        replaced = root / f".old-step_{step:08d}-{os.getpid()}"  # one aside, never delete it first
+        os.rename(final, replaced)
     os.rename(tmp, final)
     _fsync_dir(root)
+    if replaced is not None:
+        shutil.rmtree(replaced, ignore_errors=True)
     for old in list_checkpoints(root)[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)
     return final

@@ -93,6 +93,17 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda") if cfg.train.precision == "fp16" else None
         self.state = LoopState()
 
+    @classmethod
+    def from_config(cls, cfg: Config, model: nn.Module, task, *, model_spec: dict | None = None) -> "Trainer":
+        """A trainer for a user's model and task (the Python API): the config's model and data
+        sections are not used; the device and run folder are checked as for the CLI."""
+        from scaletrain.train.build import check_device, check_run_dir, default_run_dir  # build imports us
+
+        check_device(cfg)
+        run_dir = Path(cfg.train.run_dir).expanduser() if cfg.train.run_dir else default_run_dir(cfg)
+        check_run_dir(cfg, run_dir)
+        return cls(cfg, model, task, run_dir=run_dir, model_spec=model_spec)
+
     # ---- set-up -------------------------------------------------------------------------------
     def _build_optimizer(self) -> torch.optim.Optimizer:
         o = self.cfg.optim
