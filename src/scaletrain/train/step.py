@@ -15,6 +15,17 @@ def autocast_context(device: torch.device, precision: str) -> AbstractContextMan
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def to_device(x, device: torch.device):
+    """A batch input is a tensor, or a dict of tensors (e.g. tokens plus document ids)."""
+    if isinstance(x, dict):
+        return {k: v.to(device, non_blocking=True) for k, v in x.items()}
+    return x.to(device, non_blocking=True)
+
+
+def forward(model: nn.Module, x):
+    return model(**x) if isinstance(x, dict) else model(x)
+
+
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, micro_batches, loss_fn, *,
                device: torch.device, autocast: AbstractContextManager, grad_clip: float,
                scaler: torch.amp.GradScaler | None = None,
@@ -28,9 +39,9 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, micro_batches
     accum = len(micro_batches)
     total = None
     for x, y in micro_batches:
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        x, y = to_device(x, device), y.to(device, non_blocking=True)
         with autocast:
-            loss = loss_fn(model(x), y)
+            loss = loss_fn(forward(model, x), y)
             if accum > 1:
                 loss = loss / accum
         (scaler.scale(loss) if scaler else loss).backward()
