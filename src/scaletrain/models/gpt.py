@@ -81,10 +81,11 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         B, T, _ = x.shape
-        # Heads inferred (-1) from the projection's output width rather than n_head, so a
-        # tensor-parallel shard of qkv that holds only its local heads works unchanged.
-        q, k, v = self.qkv(x).chunk(3, dim=2)
-        q, k, v = (t.view(B, T, -1, self.head_dim).transpose(1, 2) for t in (q, k, v))
+        # qkv rows are laid out head by head ([h0: q k v][h1: q k v]...), so a column-wise
+        # tensor-parallel shard of qkv holds whole heads; the head count is inferred (-1) from the
+        # local width, so the same code runs on a shard.
+        q, k, v = self.qkv(x).view(B, T, -1, 3, self.head_dim).unbind(3)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))
         if rope is not None:
             cos, sin = rope[0][:T], rope[1][:T]
             q, k = _apply_rope(q, cos, sin), _apply_rope(k, cos, sin)
