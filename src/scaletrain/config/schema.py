@@ -24,6 +24,20 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True)
 
 
+class MixtureSource(Section):
+    """One prepared directory (`scaletrain prepare --out DIR`) of a data mixture."""
+
+    path: str
+    weight: Annotated[float, Field(gt=0.0)] = 1.0
+
+    @field_validator("path")
+    @classmethod
+    def _prepared(cls, path: str) -> str:
+        if not (Path(path).expanduser() / "manifest.json").is_file():
+            raise ValueError(f"data.mixture: {path!r} is not a prepared directory (no manifest.json)")
+        return path
+
+
 class DataConfig(Section):
     """Where the training data comes from and how it is cut into samples."""
 
@@ -39,11 +53,21 @@ class DataConfig(Section):
     max_bytes: PositiveInt | None = None  # a deterministic subset of the corpus files, for quick runs
     standardize: bool = True  # images: z-score each input feature with training-split statistics
     cache_dir: str = "~/.cache/scaletrain/data"
+    # text: inputs become {"idx", "doc_ids"} so attention stays inside each packed document
+    document_mask: bool = False
+    # text: train on several `scaletrain prepare` directories mixed by weight (instead of data.path)
+    mixture: list[MixtureSource] | None = None
 
     @model_validator(mode="after")
     def _path_exists(self) -> "DataConfig":
         if self.path is not None and not Path(self.path).expanduser().is_dir():
             raise ValueError(f"data.path: directory {self.path!r} does not exist")
+        if self.mixture is not None:
+            if self.kind != "text" or self.path is not None:
+                raise ValueError("data.mixture: mixes prepared text directories; it replaces data.path "
+                                 "(leave data.path unset) and needs data.kind=text")
+            if not self.mixture:
+                raise ValueError("data.mixture: an empty list; give at least one {path, weight}")
         return self
 
 

@@ -69,6 +69,20 @@ def _apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
 
 
+def _document_mask(doc_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(bool [B, 1, T, T] block-diagonal causal mask, [B, T] position of each token in its document)
+    for packed documents: a token attends to earlier tokens of its own document only."""
+    B, T = doc_ids.shape
+    ar = torch.arange(T, device=doc_ids.device)
+    same = doc_ids[:, :, None] == doc_ids[:, None, :]
+    mask = (same & (ar[None, :] <= ar[:, None])).unsqueeze(1)
+    # Documents are contiguous runs: a run starts where the id changes; the position counts from it.
+    starts = torch.ones_like(doc_ids, dtype=torch.bool)
+    starts[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
+    first = torch.where(starts, ar, torch.zeros_like(ar)).cummax(dim=1).values
+    return mask, ar - first
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, args: GPTArgs):
         super().__init__()
@@ -79,7 +93,9 @@ class CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(args.d_model, args.d_model, bias=args.bias)
         self.resid_drop = nn.Dropout(args.dropout)
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        """`mask`: None for plain causal attention, else a bool [B, 1, T, T] (True = may attend)."""
         B, T, _ = x.shape
         # qkv rows are laid out head by head ([h0: q k v][h1: q k v]...), so a column-wise
         # tensor-parallel shard of qkv holds whole heads; the head count is inferred (-1) from the
@@ -87,11 +103,15 @@ class CausalSelfAttention(nn.Module):
         q, k, v = self.qkv(x).view(B, T, -1, 3, self.head_dim).unbind(3)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))
         if rope is not None:
-            cos, sin = rope[0][:T], rope[1][:T]
+            cos, sin = rope
+            if cos.dim() == 2:  # the table; per-token angles ([B, 1, T, hd/2]) come pre-gathered
+                cos, sin = cos[:T], sin[:T]
             q, k = _apply_rope(q, cos, sin), _apply_rope(k, cos, sin)
-        y = F.scaled_dot_product_attention(
-            q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
-        )
+        dropout = self.dropout if self.training else 0.0
+        if mask is None:  # the default path: SDPA's own causal kernel, no mask tensor
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
         y = y.transpose(1, 2).reshape(B, T, -1)
         return self.resid_drop(self.proj(y))
 
@@ -115,8 +135,9 @@ class Block(nn.Module):
         self.norm2 = _make_norm(args)
         self.mlp = FeedForward(args)
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x), rope)
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), rope, mask)
         return x + self.mlp(self.norm2(x))
 
 
@@ -158,19 +179,27 @@ class GPT(nn.Module):
             elif isinstance(mod, (nn.LayerNorm, nn.RMSNorm)):
                 mod.reset_parameters()
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+    def forward(self, idx: torch.Tensor, doc_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits [B, T, V]. `doc_ids` [B, T] (optional): the document of each token in a packed
+        sequence; attention then stays inside a document and positions restart at each document's
+        first token, so a token's logits are those of its document run alone."""
         B, T = idx.shape
         if T > self.args.seq_len:
             raise ValueError(f"sequence length {T} exceeds model seq_len {self.args.seq_len}")
         x = self.tok_emb(idx)
+        mask = pos = None
+        if doc_ids is not None:
+            mask, pos = _document_mask(doc_ids)
         rope = None
         if self.args.rope:
             rope = (self.rope_cos, self.rope_sin)
+            if pos is not None:
+                rope = (self.rope_cos[pos].unsqueeze(1), self.rope_sin[pos].unsqueeze(1))
         else:
-            x = x + self.pos_emb(torch.arange(T, device=idx.device))
+            x = x + self.pos_emb(torch.arange(T, device=idx.device) if pos is None else pos)
         x = self.drop(x)
         for block in self.blocks:
-            x = block(x, rope)
+            x = block(x, rope, mask)
         return self.lm_head(self.norm_f(x))
 
     def num_params(self, exclude_embedding: bool = False) -> int:

@@ -16,7 +16,9 @@ from scaletrain.atomic import write_bytes_atomic
 from scaletrain.config.schema import Config
 from scaletrain.data import images
 from scaletrain.data.prepare import TextSpec, ensure_prepared
-from scaletrain.data.shards import TokenShards
+from scaletrain.data.loader import PackedLoader, SampleOrder, TokenWindows, data_fingerprint
+from scaletrain.data.mixture import ConcatWindows, Mixture
+from scaletrain.data.shards import TokenShards, read_manifest
 from scaletrain.data.tokenizer import load_tokenizer
 from scaletrain.errors import UserError
 from scaletrain.models import build_model
@@ -63,16 +65,51 @@ def token_byte_lengths(tokenizer) -> np.ndarray:
 
 def _text_task(cfg: Config, progress: bool):
     d = cfg.data
+    if d.mixture:
+        return _mixture_task(cfg)
     spec = TextSpec(source="dir" if d.path else "stdlib", path=d.path, pattern=d.pattern,
                     vocab_size=d.vocab_size, val_fraction=d.val_fraction, max_bytes=d.max_bytes)
     data_dir = ensure_prepared(spec, Path(d.cache_dir).expanduser(), progress=progress)
     train, val = TokenShards(data_dir, "train"), TokenShards(data_dir, "val")
     tokenizer = load_tokenizer(data_dir / "tokenizer.json")
-    task = LanguageModeling(train, val, seq_len=d.seq_len, seed=cfg.train.seed, fraction=d.train_fraction,
-                            token_bytes=token_byte_lengths(tokenizer), train_counts=train.bincount())
+    task = LanguageModeling.from_shards(
+        train, val, seq_len=d.seq_len, seed=cfg.train.seed, fraction=d.train_fraction,
+        token_bytes=token_byte_lengths(tokenizer), train_counts=train.bincount(),
+        fingerprint=data_fingerprint(data_dir), document_mask=d.document_mask)
     args = {**cfg.model.model_dump(exclude={"name"}), "vocab_size": tokenizer.get_vocab_size(),
             "seq_len": d.seq_len}
     return task, args, tokenizer, data_dir
+
+
+def _mixture_task(cfg: Config):
+    """data.mixture: several prepared directories, one tokenizer, mixed by weight (data/mixture.py)."""
+    d = cfg.data
+    dirs = [Path(m.path).expanduser() for m in d.mixture]
+    fingerprints = [read_manifest(p).get("tokenizer_fingerprint") for p in dirs]
+    for p, fp in zip(dirs[1:], fingerprints[1:]):
+        if fp != fingerprints[0]:
+            raise UserError(f"data.mixture: {p} was tokenized with another tokenizer than {dirs[0]} "
+                            f"(fingerprints {fp} and {fingerprints[0]}); prepare all sources with the same tokenizer")
+    tokenizer = load_tokenizer(dirs[0] / "tokenizer.json")
+    weights = [m.weight for m in d.mixture]
+    sources, vals, counts = [], [], np.zeros(tokenizer.get_vocab_size(), dtype=np.float64)
+    total_tokens = 0
+    for p, w in zip(dirs, weights):
+        train = TokenShards(p, "train")
+        windows = TokenWindows(train, d.seq_len)
+        order = SampleOrder(len(windows), cfg.train.seed, d.train_fraction, fingerprint=data_fingerprint(p))
+        sources.append(PackedLoader(windows, order, d.document_mask))
+        vals.append(TokenWindows(TokenShards(p, "val"), d.seq_len))
+        # The unigram baseline of the mixture: each source's token frequencies in its share.
+        c = train.bincount()[: len(counts)].astype(np.float64)
+        total_tokens += len(train)
+        counts[: len(c)] += w / sum(weights) * c / max(c.sum(), 1.0)
+    mixture = Mixture(sources, weights, cfg.train.seed, names=[str(p) for p in dirs])
+    task = LanguageModeling(mixture, ConcatWindows(vals), token_bytes=token_byte_lengths(tokenizer),
+                            train_counts=counts * total_tokens)
+    args = {**cfg.model.model_dump(exclude={"name"}), "vocab_size": tokenizer.get_vocab_size(),
+            "seq_len": d.seq_len}
+    return task, args, tokenizer, dirs[0]
 
 
 def _image_task(cfg: Config):

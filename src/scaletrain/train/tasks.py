@@ -12,35 +12,66 @@ from contextlib import AbstractContextManager
 import numpy as np
 import torch
 import torch.nn.functional as F
+import xxhash
 from torch import nn
 
-from scaletrain.data.loader import SampleOrder, TokenWindows
+from scaletrain.data.loader import PackedLoader, SampleOrder, TokenWindows
+from scaletrain.train.step import forward, to_device
 
 
 class LanguageModeling:
-    """Next-token prediction over token shards; reports nats/token, perplexity and bits per byte."""
+    """Next-token prediction over token shards; reports nats/token, perplexity and bits per byte.
+
+    `loader` maps global sample positions to packed windows (one dataset: `PackedLoader`; several:
+    `scaletrain.data.mixture.Mixture`); `val` is the validation windows (`TokenWindows` or a
+    `ConcatWindows` of several). With `loader.document_mask` inputs are {"idx", "doc_ids"}.
+    """
 
     unit = "tokens"
 
-    def __init__(self, train_shards, val_shards, *, seq_len: int, seed: int, fraction: float,
-                 token_bytes: np.ndarray, train_counts: np.ndarray):
-        self.train = TokenWindows(train_shards, seq_len)
-        self.val = TokenWindows(val_shards, seq_len)
-        self.order = SampleOrder(len(self.train), seed, fraction)
+    def __init__(self, loader, val, *, token_bytes: np.ndarray, train_counts: np.ndarray):
+        self.loader, self.val = loader, val
+        self.document_mask = bool(getattr(loader, "document_mask", False))
+        # One dataset: its windows and order, for inspection (a mixture has one per source).
+        self.train = getattr(loader, "windows", None)
+        self.order = getattr(loader, "order", None)
         self.token_bytes = torch.from_numpy(token_bytes.astype(np.int64))
         # Unigram baseline: the loss of predicting train-set token frequencies (add-one smoothed).
         counts = train_counts.astype(np.float64) + 1.0
         self.unigram_logp = torch.from_numpy(np.log(counts / counts.sum()))
 
+    @classmethod
+    def from_shards(cls, train_shards, val_shards, *, seq_len: int, seed: int, fraction: float,
+                    token_bytes: np.ndarray, train_counts: np.ndarray, fingerprint: str = "",
+                    document_mask: bool = False) -> "LanguageModeling":
+        windows = TokenWindows(train_shards, seq_len)
+        order = SampleOrder(len(windows), seed, fraction, fingerprint=fingerprint)
+        return cls(PackedLoader(windows, order, document_mask), TokenWindows(val_shards, seq_len),
+                   token_bytes=token_bytes, train_counts=train_counts)
+
     @property
     def num_train_samples(self) -> int:
-        return len(self.order)
+        return len(self.loader)
 
-    def train_batch(self, position: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.train.batch(self.order.take(position, batch_size))
+    def train_batch(self, position: int, batch_size: int):
+        """The samples at global positions position .. position+batch_size-1."""
+        return self.loader.batch(position, batch_size)
 
-    def units(self, x: torch.Tensor) -> int:
-        return x.numel()
+    def sample_ids(self, position: int, count: int) -> np.ndarray:
+        """Which samples those positions are (window indices; (source, window) rows for a mixture)."""
+        return self.loader.sample_ids(np.arange(position, position + count, dtype=np.int64))
+
+    def data_state(self, position: int) -> dict:
+        """The loader state at a global position, for a checkpoint: JSON-serializable."""
+        return self.loader.state(position)
+
+    def check_data_state(self, state: dict) -> int:
+        """UserError if a resumed run's data or seed differs from the checkpoint's; else the
+        global position the state points to."""
+        return self.loader.check_state(state)
+
+    def units(self, x) -> int:
+        return (x["idx"] if isinstance(x, dict) else x).numel()
 
     def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
@@ -52,9 +83,9 @@ class LanguageModeling:
         nats = unigram = 0.0
         tokens = byte_count = 0
         for start in range(0, len(windows), batch_size):
-            x, y = self.val.batch(windows[start : start + batch_size])
+            x, y = self.val.batch(windows[start : start + batch_size], doc_ids=self.document_mask)
             with autocast:
-                logits = model(x.to(device))
+                logits = forward(model, to_device(x, device))
             nll = F.cross_entropy(logits.flatten(0, 1).float(), y.to(device).flatten(), reduction="sum")
             nats += float(nll)
             unigram += float(-self.unigram_logp[y].sum())
@@ -75,9 +106,9 @@ class Classification:
 
     unit = "samples"
 
-    def __init__(self, train_set, val_set, *, seed: int, fraction: float = 1.0):
+    def __init__(self, train_set, val_set, *, seed: int, fraction: float = 1.0, fingerprint: str = ""):
         self.train_set, self.val_set = train_set, val_set
-        self.order = SampleOrder(len(train_set), seed, fraction)
+        self.order = SampleOrder(len(train_set), seed, fraction, fingerprint=fingerprint or _tensor_fingerprint(train_set))
 
     @property
     def num_train_samples(self) -> int:
@@ -94,6 +125,15 @@ class Classification:
 
     def train_batch(self, position: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self._gather(self.train_set, self.order.take(position, batch_size))
+
+    def sample_ids(self, position: int, count: int) -> np.ndarray:
+        return self.order.take(position, count)
+
+    def data_state(self, position: int) -> dict:
+        return self.order.state(position)
+
+    def check_data_state(self, state: dict) -> int:
+        return self.order.check_state(state)
 
     def units(self, x: torch.Tensor) -> int:
         return x.shape[0]
@@ -117,3 +157,15 @@ class Classification:
             correct += int((logits.argmax(-1) == y).sum())
             total += y.numel()
         return {"val_loss": nll / total, "val_accuracy": correct / total}
+
+
+def _tensor_fingerprint(dataset) -> str:
+    """xxh3-128 of a TensorDataset's tensors (cheap for in-memory sets); "" for other datasets."""
+    tensors = getattr(dataset, "tensors", None)
+    if not tensors:
+        return ""
+    h = xxhash.xxh3_128()
+    for t in tensors:
+        h.update(str((tuple(t.shape), str(t.dtype))).encode())
+        h.update(t.contiguous().numpy().tobytes())
+    return h.hexdigest()
