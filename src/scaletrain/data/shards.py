@@ -89,12 +89,16 @@ def write_split(
     dtype: np.dtype | str,
     shard_tokens: int = 2**24,
     source_bytes: int = 0,
+    prefix: str | None = None,
 ) -> dict[str, Any]:
     """Write `docs` (1-D token arrays) as shards of at most `shard_tokens` tokens.
 
     A document longer than `shard_tokens` gets a shard of its own. Returns the manifest
-    entry for the split; `source_bytes` is the utf-8 size of the text it came from.
+    entry for the split; `source_bytes` is the utf-8 size of the text it came from. Files are
+    named `{prefix}_{k:05d}.bin/.idx` (prefix defaults to the split name; the parallel
+    preparation gives each task its own prefix so tasks never write the same file).
     """
+    prefix = prefix or split
     out_dir = Path(out_dir)
     dtype = np.dtype(dtype).newbyteorder("<")
     if dtype not in (np.dtype("<u2"), np.dtype("<u4")):
@@ -113,13 +117,13 @@ def write_split(
             if doc.size and (int(doc.min()) < 0 or int(doc.max()) > limit):
                 raise ValueError(f"token id out of range for {dtype.name}")
             if writer is not None and writer.tokens and writer.tokens + doc.size > shard_tokens:
-                files.append(writer.close(f"{split}_{len(files):05d}.idx"))
+                files.append(writer.close(f"{prefix}_{len(files):05d}.idx"))
                 writer = None
             if writer is None:
-                writer = _ShardWriter(out_dir, f"{split}_{len(files):05d}.bin")
+                writer = _ShardWriter(out_dir, f"{prefix}_{len(files):05d}.bin")
             writer.add(doc.astype(dtype, copy=False))
         if writer is not None:
-            files.append(writer.close(f"{split}_{len(files):05d}.idx"))
+            files.append(writer.close(f"{prefix}_{len(files):05d}.idx"))
             writer = None
     finally:
         if writer is not None:

@@ -1,0 +1,163 @@
+"""The per-task stages of `scaletrain prepare`, run in worker processes.
+
+scan(task):     read -> normalize -> filter -> exact hash, MinHash -> work/scan/{t}.*
+tokenize(task): cleaned text minus dedup removals -> train/val split -> mixture copies ->
+                token ids -> {split}-{t}_{k}.bin/.idx
+
+Every output of a task depends only on the task, the settings and the global decisions, so the
+result is the same whichever worker runs it, and a task can be redone after a crash. Each stage
+writes its data files atomically and its JSON marker last.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xxhash
+
+from scaletrain.atomic import atomic_open, write_json_atomic
+from scaletrain.data import dedup, minhash, shards, sources
+from scaletrain.data.clean import Cleaner, CleanSpec
+from scaletrain.data.prepare_config import PrepareConfig
+
+_ENCODE_BATCH_BYTES = 2 << 20
+_SEED_SPLIT, _SEED_MIX, _SEED_SAMPLE = 1, 2, 3
+
+
+def unit_hash(doc_id: str, seed: int, salt: int) -> float:
+    """A deterministic uniform draw in [0, 1) per document id."""
+    return xxhash.xxh64_intdigest(doc_id.encode("utf-8", "surrogatepass"), seed=seed * 16 + salt) / 2.0**64
+
+
+def scan_paths(work: Path, t: int) -> dict[str, Path]:
+    base = work / "scan" / f"{t:05d}"
+    return {k: base.with_suffix(f".{k}") for k in ("txt", "meta.npz", "sig.npy", "parts.npz", "json")}
+
+
+def init_worker() -> None:
+    # One Rust thread per worker process: N processes are the parallelism, not N x threads.
+    os.environ["RAYON_NUM_THREADS"] = "1"
+
+
+def scan(cfg: PrepareConfig, work: Path, task: sources.Task) -> dict[str, Any]:
+    src = cfg.sources[task.source]
+    c = cfg.clean
+    cleaner = Cleaner(CleanSpec(None if c.normalize == "none" else c.normalize, c.min_chars,
+                                c.max_chars, c.max_line_chars, c.max_non_alnum_fraction,
+                                c.max_repeated_line_fraction))
+    skipped, repaired, removed = Counter(), Counter(), Counter()
+    raw = xxhash.xxh3_128()
+    n_in = 0
+    blobs: list[bytes] = []
+    texts: list[str] = []
+    split_u, sample_u, copies = [], [], []
+    for doc in sources.read_task(task, src.field, cfg.max_doc_bytes, cfg.undecodable,
+                                 skipped, repaired, raw):
+        n_in += 1
+        text, reason = cleaner.apply(doc.text)
+        if reason is not None:
+            removed[reason] += 1
+            continue
+        # Lone surrogates (possible in JSON) cannot be UTF-8; "replace" keeps the rest.
+        blobs.append(text.encode("utf-8", "replace"))
+        texts.append(text)
+        split_u.append(unit_hash(doc.id, cfg.seed, _SEED_SPLIT))
+        sample_u.append(unit_hash(doc.id, cfg.seed, _SEED_SAMPLE))
+        # Mixture: floor(w) copies plus one more with probability frac(w), drawn per document.
+        w = src.weight
+        copies.append(int(w) + (unit_hash(doc.id, cfg.seed, _SEED_MIX) < w - int(w)))
+    p = scan_paths(work, task.index)
+    offsets = np.cumsum([0] + [len(b) for b in blobs], dtype=np.int64)
+    with atomic_open(p["txt"], "wb") as f:
+        for b in blobs:
+            f.write(b)
+    with atomic_open(p["meta.npz"], "wb") as f:
+        np.savez(f, offsets=offsets, split_u=np.array(split_u, np.float64),
+                 sample_u=np.array(sample_u, np.float64), copies=np.array(copies, np.uint32))
+    d = cfg.dedup
+    exact = dedup.exact_hashes(blobs) if d.exact else None
+    bands = has = None
+    if d.near:
+        hasher = minhash.MinHasher(d.bands, d.rows, d.seed)
+        sets = [minhash.shingles(t, d.ngram) for t in texts]
+        sig = hasher.signatures(sets)
+        bands = hasher.band_hashes(sig)
+        has = np.array([s.size > 0 for s in sets], dtype=bool)
+        with atomic_open(p["sig.npy"], "wb") as f:
+            np.save(f, sig)
+    dedup.write_partitions(p["parts.npz"], task.index, exact, bands, has, d.partitions)
+    result = {"task": task.index, "source": task.source, "documents_in": n_in,
+              "documents_kept": len(blobs), "bytes_in": int(offsets[-1]), "removed": dict(removed),
+              "skipped": dict(skipped), "repaired": dict(repaired), "raw_xxh3_128": raw.hexdigest()}
+    write_json_atomic(p["json"], result)
+    return result
+
+
+_TOKENIZERS: dict[str, Any] = {}
+
+
+def _tokenizer(path: Path):
+    from scaletrain.data.tokenizer import load_tokenizer
+
+    key = str(path)
+    if key not in _TOKENIZERS:
+        _TOKENIZERS[key] = load_tokenizer(path)
+    return _TOKENIZERS[key]
+
+
+def tokenize(cfg: PrepareConfig, out: Path, work: Path, task: sources.Task) -> dict[str, Any]:
+    from scaletrain.data.tokenizer import eot_id
+
+    tok = _tokenizer(out / shards.TOKENIZER)
+    dtype = shards.token_dtype(tok.get_vocab_size())
+    eot = eot_id(tok)
+    p = scan_paths(work, task.index)
+    blob = p["txt"].read_bytes()
+    with np.load(p["meta.npz"]) as z:
+        offsets, split_u, copies = z["offsets"], z["split_u"], z["copies"]
+    decisions = json.loads((work / "dedup.json").read_text())
+    removed = np.load(work / "removed.npy")
+    mine = removed[(removed >> dedup.TASK_SHIFT) == np.uint64(task.index)]
+    keep = np.ones(len(split_u), dtype=bool)
+    keep[(mine & np.uint64(0xFFFFFFFF)).astype(np.int64)] = False
+    is_val = split_u < cfg.val_fraction
+    for doc_id, split in decisions["overrides"].items():
+        if int(doc_id) >> 32 == task.index:
+            is_val[int(doc_id) & 0xFFFFFFFF] = split == "val"
+    entries = {}
+    for split in ("train", "val"):
+        # Mixture weights shape training only; validation stays one copy per document.
+        order = np.flatnonzero(keep & (is_val if split == "val" else ~is_val))
+        reps = np.ones(len(order), np.int64) if split == "val" else copies[order].astype(np.int64)
+        nbytes = int(((offsets[order + 1] - offsets[order]) * reps).sum())
+        docs = _encoded(tok, blob, offsets, order, reps, dtype, eot)
+        entries[split] = shards.write_split(out, split, docs, dtype, shard_tokens=cfg.shard_tokens,
+                                            source_bytes=nbytes, prefix=f"{split}-{task.index:05d}")
+        entries[split]["unique_documents"] = int(len(order))
+    result = {"task": task.index, "splits": entries}
+    write_json_atomic(work / "tokenize" / f"{task.index:05d}.json", result)
+    return result
+
+
+def _encoded(tok, blob: bytes, offsets: np.ndarray, order: np.ndarray, reps: np.ndarray,
+             dtype: np.dtype, eot: int):
+    """Token arrays (each ending with EOT), `reps[i]` copies of document `order[i]`, in order."""
+    lo = 0
+    while lo < len(order):
+        hi, size = lo, 0
+        while hi < len(order) and (hi == lo or size < _ENCODE_BATCH_BYTES):
+            size += int(offsets[order[hi] + 1] - offsets[order[hi]])
+            hi += 1
+        texts = [blob[offsets[i] : offsets[i + 1]].decode("utf-8") for i in order[lo:hi]]
+        for k, enc in enumerate(tok.encode_batch_fast(texts)):
+            raw = enc.ids
+            ids = np.empty(len(raw) + 1, dtype=dtype)
+            ids[:-1] = raw
+            ids[-1] = eot
+            for _ in range(int(reps[lo + k])):
+                yield ids
+        lo = hi
