@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 
 from scaletrain.data.loader import SampleOrder, TokenWindows
 
@@ -55,3 +56,81 @@ def test_windows_shift_targets_by_one_and_do_not_overlap():
 def test_too_short_a_stream_is_an_error():
     with pytest.raises(ValueError):
         TokenWindows(_Stream(10), seq_len=10)
+
+
+# ---- the permutation behind the order ------------------------------------------------------
+
+
+def test_permutation_is_a_bijection_for_awkward_sizes():
+    from scaletrain.data.permutation import Permutation
+
+    for n in (1, 2, 3, 5, 64, 65, 1000, 4099):
+        assert sorted(Permutation(n, [7])(np.arange(n)).tolist()) == list(range(n))
+    with pytest.raises(IndexError):
+        Permutation(10, [7])(np.array([10]))
+
+
+def test_permutation_looks_shuffled():
+    """A reference for "shuffled": where sample i lands is uncorrelated with i, and the first tenth
+    of an epoch draws from the whole range (not from one region of the corpus)."""
+    from scaletrain.data.permutation import Permutation
+
+    n = 10000
+    out = Permutation(n, [1, 2, 3])(np.arange(n))
+    assert abs(np.corrcoef(np.arange(n), out)[0, 1]) < 0.05
+    counts = np.bincount(out[: n // 10] * 10 // n, minlength=10)  # 1000 draws into 10 bins
+    assert counts.min() > 60 and counts.max() < 140
+    assert not np.array_equal(out, Permutation(n, [1, 2, 4])(np.arange(n)))
+
+
+def test_state_is_o1_no_epoch_arrays():
+    """The order of a billion samples is looked up without materializing anything of that size."""
+    order = SampleOrder(10**9, seed=1, fraction=0.5, fingerprint="abc")
+    ids = order.take(3 * 10**9 // 2 - 2, 4)  # across the epoch 2 -> 3 boundary
+    assert len(order) == 5 * 10**8 and ids.shape == (4,) and len(set(ids.tolist())) == 4
+    assert np.array_equal(ids, SampleOrder(10**9, seed=1, fraction=0.5, fingerprint="abc").take(3 * 10**9 // 2 - 2, 4))
+    assert not np.array_equal(ids, SampleOrder(10**9, seed=1, fraction=0.5, fingerprint="abd").take(3 * 10**9 // 2 - 2, 4))
+
+
+# ---- packing with document boundaries ------------------------------------------------------
+
+
+class _Docs(_Stream):
+    """A stream of documents with known starts, as TokenShards exposes them (`doc_starts`)."""
+
+    def __init__(self, lengths):
+        super().__init__(int(sum(lengths)))
+        self.doc_starts = np.cumsum([0, *lengths[:-1]]).astype(np.int64)
+
+
+def test_document_ids_follow_the_idx_offsets():
+    windows = TokenWindows(_Docs([5, 12, 3, 30]), seq_len=8)
+    x, y = windows.batch(np.array([0, 1, 2]), doc_ids=True)
+    assert torch.equal(x["idx"][0], torch.arange(8)) and torch.equal(y[0], torch.arange(1, 9))
+    # window 0: tokens 0..7 = doc 0 (0-4), doc 1 (5-7); window 1: 8..15 all doc 1;
+    # window 2: 16..23 = doc 1 (16), doc 2 (17-19), doc 3 (20-23). Numbered from 0 per row.
+    assert x["doc_ids"].tolist() == [[0] * 5 + [1] * 3, [0] * 8, [0, 1, 1, 1, 2, 2, 2, 2]]
+    plain, _ = windows.batch(np.array([0, 1, 2]))
+    assert torch.equal(plain, x["idx"])
+
+
+@pytest.mark.parametrize("rope", [True, False])
+def test_document_mask_gives_each_document_the_logits_it_has_alone(rope):
+    from scaletrain.models.gpt import GPT, GPTArgs
+
+    torch.manual_seed(0)
+    lengths = [4, 7, 2, 20]  # the last document is cut by the window's end
+    stream = _Docs(lengths)
+    stream.tokens = torch.randint(0, 50, (sum(lengths),)).numpy().astype(np.int64)
+    x, _ = TokenWindows(stream, seq_len=16).batch(np.array([0]), doc_ids=True)
+    model = GPT(GPTArgs(vocab_size=50, seq_len=16, n_layer=2, n_head=2, d_model=32, rope=rope)).eval()
+    with torch.no_grad():
+        packed = model(**x)[0]
+        starts = np.cumsum([0, *lengths])
+        for start, stop in zip(starts[:-1], np.minimum(starts[1:], 16)):
+            alone = model(x["idx"][:, start:stop])[0]
+            torch.testing.assert_close(packed[start:stop], alone, rtol=1e-5, atol=1e-5)
+        # Without the mask the second document's logits see the first one: they differ.
+        assert (model(x["idx"])[0, 4:11] - packed[4:11]).abs().max() > 1e-3
+        # One document per row: the mask path equals the default causal path.
+        torch.testing.assert_close(model(x["idx"], doc_ids=torch.zeros_like(x["idx"])), model(x["idx"]))
