@@ -4,25 +4,66 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from scaletrain.errors import UserError
 
 
+_PREPARE_HELP = """\
+Read text into checksummed token shards: read -> normalize -> filter -> exact dedup (XXH3-128)
+-> near dedup (MinHash LSH) -> train a byte-level BPE tokenizer -> tokenize, in N worker
+processes. INPUT is a file, a directory (files matching --pattern) or a glob; `stdlib` means the
+embedded corpus (the Python standard library's source, also the default with no INPUT). Append
+@WEIGHT to give an input a mixture weight (e.g. web/*.jsonl@0.5 books@2): each training
+document is written floor(w) times plus once more with probability frac(w).
+
+Resume: every finished task leaves a marker under DIR/work; rerunning the same command after a
+crash or Ctrl-C redoes only unfinished work. A finished DIR (manifest.json) is refused.
+
+Several machines: run `--shard i/n --tokenizer TOK.json` on machine i = 0..n-1 (dedup is then
+within each machine's share), then `scaletrain prepare --merge DIR0 DIR1 ... --out DIR`.
+DIR/stats.json reports documents_in, documents_out, removed per step, skipped bad input.
+"""
+
+
 def register(sub) -> None:
     p = sub.add_parser(
-        "prepare", help="tokenize a corpus into checksummed shards",
-        description="Train a byte-level BPE tokenizer on the training files and write memory-mapped "
-        "token shards with a manifest. With no INPUT: the embedded corpus (the Python standard "
-        "library's own source).",
+        "prepare", help="clean, dedup and tokenize a corpus into checksummed shards",
+        description=_PREPARE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("input", nargs="?", help="a directory of text files (default: the stdlib corpus)")
-    p.add_argument("--out", required=True, help="output directory (must not exist yet)")
-    p.add_argument("--pattern", default="**/*.txt", help="glob of files to read under INPUT")
-    p.add_argument("--vocab-size", type=int, default=8192)
-    p.add_argument("--val-fraction", type=float, default=0.05)
-    p.add_argument("--max-bytes", type=int, default=None, help="use a deterministic subset of files")
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("input", nargs="*", help="files, directories, globs or `stdlib` (default: stdlib); "
+                   "with --merge: finished prepare directories")
+    p.add_argument("--out", required=True, help="output directory (new, or an unfinished run to resume)")
+    p.add_argument("--config", help="YAML file with the settings (the keys of PrepareConfig); "
+                   "command-line options override it")
+    p.add_argument("--merge", action="store_true", help="merge the finished directories INPUT... into --out")
+    p.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
+    p.add_argument("--shard", default=None, metavar="I/N", help="process share I of N (0-based)")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
+    g = p.add_argument_group("sources")
+    g.add_argument("--kind", choices=["auto", "text", "jsonl", "parquet", "stdlib"], default=None,
+                   help="source kind (default auto: by extension; directories are text)")
+    g.add_argument("--field", default=None, help="JSONL key / Parquet column with the text (default text)")
+    g.add_argument("--pattern", default=None, help="glob of files under a directory INPUT (default **/*)")
+    g.add_argument("--max-bytes", type=int, default=None, help="a deterministic subset of each source's files")
+    g = p.add_argument_group("cleaning")
+    g.add_argument("--normalize", choices=["NFC", "NFKC", "none"], default=None)
+    for flag, kind in (("--min-chars", int), ("--max-chars", int), ("--max-line-chars", int),
+                       ("--max-non-alnum-fraction", float), ("--max-repeated-line-fraction", float)):
+        g.add_argument(flag, type=kind, default=None)
+    g.add_argument("--exact-dedup", action=argparse.BooleanOptionalAction, default=None)
+    g.add_argument("--near-dedup", action=argparse.BooleanOptionalAction, default=None)
+    g.add_argument("--bands", type=int, default=None, help="LSH bands (default 14)")
+    g.add_argument("--rows", type=int, default=None, help="rows per band (default 8)")
+    g.add_argument("--ngram", type=int, default=None, help="words per shingle (default 5)")
+    g.add_argument("--threshold", type=float, default=None,
+                   help="estimated Jaccard that makes a near duplicate (default (1/bands)^(1/rows))")
+    g = p.add_argument_group("tokenizer and output")
+    g.add_argument("--vocab-size", type=int, default=None, help="BPE vocabulary (default 8192)")
+    g.add_argument("--tokenizer", default=None, help="reuse this tokenizer.json instead of training one")
+    g.add_argument("--val-fraction", type=float, default=None, help="validation share, by document (default 0.05)")
+    g.add_argument("--task-bytes", type=int, default=None, help="input bytes per task")
     p.set_defaults(func=cmd_prepare)
 
     data = sub.add_parser("data", help="check or describe prepared shards")
@@ -37,30 +78,86 @@ def register(sub) -> None:
     i.set_defaults(func=cmd_inspect)
 
 
+def _parse_input(item: str, args: argparse.Namespace) -> dict:
+    path, weight = item, None
+    head, sep, tail = item.rpartition("@")
+    if sep and head:
+        try:
+            path, weight = head, float(tail)
+        except ValueError:
+            pass  # an @ that is part of the path
+    src: dict = {"kind": "stdlib"} if path == "stdlib" else {"path": path}
+    if weight is not None:
+        src["weight"] = weight
+    for key in ("kind", "field", "pattern", "max_bytes"):
+        value = getattr(args, key)
+        if value is not None and not (key == "kind" and path == "stdlib"):
+            src[key] = value
+    return src
+
+
+def _prepare_settings(args: argparse.Namespace) -> dict:
+    from scaletrain.data.prepare_config import load_yaml
+
+    raw = load_yaml(args.config) if args.config else {}
+    if args.input:
+        raw["sources"] = [_parse_input(item, args) for item in args.input]
+    elif "sources" not in raw:
+        raw["sources"] = [_parse_input("stdlib", args)]
+    clean = raw.setdefault("clean", {}) if isinstance(raw.get("clean", {}), dict) else raw["clean"]
+    for key in ("normalize", "min_chars", "max_chars", "max_line_chars", "max_non_alnum_fraction",
+                "max_repeated_line_fraction"):
+        if getattr(args, key) is not None:
+            clean[key] = getattr(args, key)
+    dd = raw.setdefault("dedup", {}) if isinstance(raw.get("dedup", {}), dict) else raw["dedup"]
+    for key, arg in (("exact", "exact_dedup"), ("near", "near_dedup"), ("bands", "bands"),
+                     ("rows", "rows"), ("ngram", "ngram"), ("threshold", "threshold")):
+        if getattr(args, arg) is not None:
+            dd[key] = getattr(args, arg)
+    for key in ("vocab_size", "tokenizer", "val_fraction", "task_bytes"):
+        if getattr(args, key) is not None:
+            raw[key] = getattr(args, key)
+    return raw
+
+
+def _parse_shard(text: str | None) -> tuple[int, int]:
+    if text is None:
+        return (0, 1)
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise UserError(f"--shard: expected I/N (e.g. 0/4), got {text!r}") from None
+    if not (n >= 1 and 0 <= i < n):
+        raise UserError(f"--shard: need 0 <= I < N, got {text!r}")
+    return i, n
+
+
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from pydantic import ValidationError
-
-    from scaletrain.config.load import describe
-    from scaletrain.config.schema import DataConfig
-    from scaletrain.data.prepare import TextSpec, prepare_text
-
-    out = Path(args.out)
-    if out.exists():
-        raise UserError(f"--out: {out} already exists; choose a new directory")
-    try:  # the same bounds as the config's data section
-        DataConfig(vocab_size=args.vocab_size, val_fraction=args.val_fraction, path=args.input,
-                   max_bytes=args.max_bytes)
-    except ValidationError as exc:
-        raise UserError(describe(exc, prefix="data")) from None
-    if args.workers < 1:
+    if args.workers is not None and args.workers < 1:
         raise UserError("--workers must be >= 1")
-    spec = TextSpec(source="dir" if args.input else "stdlib", path=args.input, pattern=args.pattern,
-                    vocab_size=args.vocab_size, val_fraction=args.val_fraction, max_bytes=args.max_bytes)
-    prepare_text(spec, out, workers=args.workers, progress=True)
-    manifest = json.loads((out / "manifest.json").read_text())
-    print(json.dumps({split: {k: v for k, v in entry.items() if k != "files"}
-                      for split, entry in manifest["splits"].items()}))
-    print(f"wrote {out}")
+    if args.merge:
+        from scaletrain.data.merge import merge
+
+        if len(args.input) < 1:
+            raise UserError("--merge needs the finished directories to merge")
+        stats = merge([Path(p) for p in args.input], Path(args.out))
+        print(json.dumps({k: stats[k] for k in ("documents_in", "documents_out", "tokens")}))
+        print(f"wrote {args.out}")
+        return 0
+    from scaletrain.data.pipeline import run_prepare
+    from scaletrain.data.prepare_config import validate
+
+    cfg = validate(_prepare_settings(args))
+    shard = _parse_shard(args.shard)
+    try:
+        stats = run_prepare(cfg, Path(args.out), workers=args.workers, shard=shard, progress=args.progress)
+    except KeyboardInterrupt:
+        print(f"interrupted: finished tasks are kept; rerun the same command to resume {args.out}",
+              file=sys.stderr)
+        return 130
+    summary = {k: stats[k] for k in ("documents_in", "documents_out", "removed", "skipped", "tokens", "seconds")}
+    print(json.dumps(summary))
+    print(f"wrote {args.out}")
     return 0
 
 

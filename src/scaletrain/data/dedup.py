@@ -113,9 +113,10 @@ def near_duplicates(files: list[Path], partitions: int, exclude: np.ndarray, thr
             u, v = _group_edges((rows[:, 0], rows[:, 1]), rows[:, 2])
             us.append(u)
             vs.append(v)
-    if not us:
+    pairs = np.column_stack([np.concatenate(us), np.concatenate(vs)]) if us else np.empty((0, 2), np.uint64)
+    if not len(pairs):
         return np.empty(0, np.uint64), {"candidate_pairs": 0, "verified_pairs": 0}
-    pairs = np.unique(np.column_stack([np.concatenate(us), np.concatenate(vs)]), axis=0)
+    pairs = np.unique(pairs, axis=0)
     nodes, inv = np.unique(pairs, return_inverse=True)
     sig = signatures(nodes)
     inv = inv.reshape(-1, 2)

@@ -45,7 +45,7 @@ def _source_specs(cfg: PrepareConfig) -> list[sources.SourceSpec]:
     out = []
     for s in cfg.sources:
         kind = sources.infer_kind(s.path or "") if s.kind == "auto" else s.kind
-        out.append(sources.SourceSpec(kind, s.path, s.pattern, s.field, s.weight))
+        out.append(sources.SourceSpec(kind, s.path, s.pattern, s.field, s.weight, s.max_bytes))
     return out
 
 

@@ -173,6 +173,8 @@ def prepare_text(spec: TextSpec, out_dir: str | Path, workers: int = 2, progress
                 "dtype": dtype.name,
                 "vocab_size": vocab_size,
                 "tokenizer_fingerprint": tkz.tokenizer_fingerprint(tok),
+                # Checked cheaply whenever the shards are opened (a swapped tokenizer file).
+                "tokenizer_xxh3_128": shards.file_xxh3(tmp / shards.TOKENIZER),
                 "inputs_fingerprint": fingerprint,
                 "splits": splits,
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

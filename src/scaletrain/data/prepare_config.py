@@ -26,6 +26,7 @@ class SourceConfig(_Strict):
     pattern: str = "**/*"  # files under a directory path
     field: str = "text"  # JSONL key or Parquet column
     weight: PositiveFloat = 1.0  # mixture weight: expected copies of each training document
+    max_bytes: Annotated[int, Field(gt=0)] | None = None  # a deterministic subset of the files
 
     @model_validator(mode="after")
     def _needs_path(self) -> "SourceConfig":

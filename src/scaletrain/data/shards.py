@@ -169,6 +169,20 @@ def _split_entry(manifest: dict[str, Any], out_dir: Path, split: str) -> dict[st
     return splits[split]
 
 
+def _checked_dtype(manifest: dict[str, Any], path: Path) -> np.dtype:
+    """The token dtype, which must be uint16/uint32 and hold every id of the vocabulary."""
+    try:
+        dtype = np.dtype(manifest["dtype"]).newbyteorder("<")
+    except TypeError:
+        raise UserError(f"token shard manifest {path}: unknown dtype {manifest['dtype']!r}") from None
+    if dtype not in (np.dtype("<u2"), np.dtype("<u4")):
+        raise UserError(f"token shard manifest {path}: dtype {dtype.name}, expected uint16 or uint32")
+    if int(manifest["vocab_size"]) - 1 > np.iinfo(dtype).max:
+        raise UserError(f"token shard manifest {path}: dtype {dtype.name} cannot hold "
+                        f"vocab_size {manifest['vocab_size']}")
+    return dtype
+
+
 def _expected_sizes(entry: dict[str, Any], itemsize: int) -> list[tuple[str, int]]:
     out = []
     for f in entry["files"]:
@@ -184,17 +198,35 @@ class TokenShards:
     supports `len()` and step-1 slicing. `get(start, length)` always works and returns int64.
     """
 
-    def __init__(self, dir: str | Path, split: str) -> None:
+    def __init__(self, dir: str | Path, split: str, verify: bool = False,
+                 tokenizer_fingerprint: str | None = None) -> None:
+        """Open `split` of `dir`. Always checked: the manifest's fields, dtype against vocabulary,
+        every file's existence and size, and tokenizer.json against the manifest's checksum.
+        `verify=True` also recomputes every shard's checksum (reads the whole split);
+        `tokenizer_fingerprint`: the fingerprint the caller expects (e.g. a run's tokenizer)."""
         self.dir = Path(dir)
         self.split = split
         manifest = read_manifest(self.dir)
         entry = _split_entry(manifest, self.dir, split)
-        self.dtype = np.dtype(manifest["dtype"]).newbyteorder("<")
-        self.vocab_size = int(manifest["vocab_size"])
-        self.eot_id = int(manifest["eot_id"])
-        self.num_tokens = int(entry["tokens"])
-        self.num_documents = int(entry["documents"])
-        self.source_bytes = int(entry["bytes"])
+        path = self.dir / MANIFEST
+        try:
+            self.dtype = _checked_dtype(manifest, path)
+            self.vocab_size = int(manifest["vocab_size"])
+            self.eot_id = int(manifest["eot_id"])
+            self.num_tokens = int(entry["tokens"])
+            self.num_documents = int(entry["documents"])
+            self.source_bytes = int(entry["bytes"])
+            _expected_sizes(entry, self.dtype.itemsize)  # every file entry has its keys
+        except (KeyError, TypeError, ValueError) as e:
+            raise UserError(f"token shard manifest {path} is malformed ({type(e).__name__}: {e})") from None
+        if tokenizer_fingerprint is not None and manifest.get("tokenizer_fingerprint") != tokenizer_fingerprint:
+            raise UserError(f"token shard manifest {path} was made with another tokenizer "
+                            f"({str(manifest.get('tokenizer_fingerprint'))[:16]}, expected {tokenizer_fingerprint[:16]})")
+        tok_sum = manifest.get("tokenizer_xxh3_128")
+        if tok_sum is not None:
+            tok = self.dir / TOKENIZER
+            if not tok.is_file() or file_xxh3(tok) != tok_sum:
+                raise UserError(f"tokenizer {tok} is missing or does not match {path} (checksum)")
         # Cheap integrity check at open: existence and size; checksums are verify()'s job.
         for name, size in _expected_sizes(entry, self.dtype.itemsize):
             path = self.dir / name
@@ -203,6 +235,11 @@ class TokenShards:
             actual = path.stat().st_size
             if actual != size:
                 raise UserError(f"token shard {path} has {actual} bytes, manifest says {size}")
+        if verify:
+            for f in entry["files"]:
+                for kind in ("bin", "idx"):
+                    if file_xxh3(self.dir / f[kind]) != f["xxh3_128"][kind]:
+                        raise UserError(f"token shard {self.dir / f[kind]} does not match its checksum")
         self._shards: list[np.ndarray] = []
         starts: list[np.ndarray] = []
         offset = 0
@@ -283,7 +320,13 @@ def verify(dir: str | Path) -> list[str]:
             problems.append(f"{dir / TOKENIZER}: fingerprint does not match the manifest")
     except UserError as e:
         problems.append(str(e))
-    itemsize = np.dtype(manifest["dtype"]).itemsize
+    tok_sum = manifest.get("tokenizer_xxh3_128")
+    if tok_sum is not None and (dir / TOKENIZER).is_file() and file_xxh3(dir / TOKENIZER) != tok_sum:
+        problems.append(f"{dir / TOKENIZER}: checksum mismatch")
+    try:
+        itemsize = _checked_dtype(manifest, dir / MANIFEST).itemsize
+    except (UserError, KeyError) as e:
+        return problems + [str(e) if isinstance(e, UserError) else f"{dir / MANIFEST}: missing {e}"]
     for split, entry in sorted(manifest.get("splits", {}).items()):
         for f in entry["files"]:
             for kind, size in (("bin", f["tokens"] * itemsize), ("idx", f["documents"] * 8)):

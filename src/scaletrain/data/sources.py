@@ -29,6 +29,7 @@ class SourceSpec:
     pattern: str = "**/*"  # files under a directory (text and jsonl)
     field: str = "text"  # JSONL key / Parquet column holding the document
     weight: float = 1.0
+    max_bytes: int | None = None  # a deterministic subset of the files (spread by path hash)
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,13 @@ def infer_kind(path: str) -> str:
 
 
 def _files(spec: SourceSpec) -> tuple[Path, list[Path]]:
+    root, files = _all_files(spec)
+    if spec.max_bytes is not None:
+        files = corpus.select_max_bytes(files, spec.max_bytes, root)
+    return root, sorted(files, key=lambda p: _rel(p, root))
+
+
+def _all_files(spec: SourceSpec) -> tuple[Path, list[Path]]:
     """(root, files) of a source, sorted by path relative to root; UserError when it matches nothing."""
     if spec.kind == "stdlib":
         return corpus.stdlib_root(), corpus.stdlib_files()
