@@ -72,28 +72,24 @@ def _progress(enabled: bool) -> Progress:
 
 
 def _run(fn: Callable, tasks: list[sources.Task], done: Callable[[sources.Task], bool],
-         workers: int, bar: Progress, label: str) -> None:
+         pool: ProcessPoolExecutor | None, bar: Progress, label: str) -> None:
     todo = [t for t in tasks if not done(t)]
     pt = bar.add_task(label, total=len(tasks), completed=len(tasks) - len(todo))
-    if not todo:
-        return
-    if workers == 1:
+    if pool is None:
         stages.init_worker()
         for t in todo:
             fn(t)
             bar.advance(pt)
         return
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn"),
-                             initializer=stages.init_worker) as pool:
-        futures = [pool.submit(fn, t) for t in todo]
-        try:
-            for fut in as_completed(futures):
-                fut.result()
-                bar.advance(pt)
-        except BaseException:
-            for fut in futures:
-                fut.cancel()
-            raise
+    futures = [pool.submit(fn, t) for t in todo]
+    try:
+        for fut in as_completed(futures):
+            fut.result()
+            bar.advance(pt)
+    except BaseException:
+        for fut in futures:
+            fut.cancel()
+        raise
 
 
 def _open_out(out: Path, plan: dict[str, Any]) -> bool:
@@ -129,20 +125,27 @@ def run_prepare(cfg: PrepareConfig, out: str | Path, workers: int | None = None,
     tasks = [sources.Task(**{**t, "files": tuple(t["files"]), "rel": tuple(t["rel"])}) for t in plan["tasks"]]
     # The tokenizer is trained in this process; its Rust pool may use every worker's core.
     os.environ.setdefault("RAYON_NUM_THREADS", str(workers))
-    with _progress(progress) as bar:
-        _run(partial(stages.scan, cfg, work), tasks,
-             lambda t: stages.scan_paths(work, t.index)["json"].is_file(), workers, bar, "scan + hash")
-        scans = [json.loads(stages.scan_paths(work, t.index)["json"].read_text()) for t in tasks]
-        if not (work / "dedup.json").is_file():
-            pt = bar.add_task("dedup", total=None)
-            _decide(cfg, work, tasks)
-            bar.update(pt, total=1, completed=1)
-        if not (out / shards.TOKENIZER).is_file():
-            pt = bar.add_task("tokenizer", total=None)
-            _tokenizer(cfg, out, work, tasks)
-            bar.update(pt, total=1, completed=1)
-        _run(partial(stages.tokenize, cfg, out, work), tasks,
-             lambda t: (work / "tokenize" / f"{t.index:05d}.json").is_file(), workers, bar, "tokenize")
+    # One pool for both parallel phases: spawning workers costs about a second each time.
+    pool = (ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=stages.init_worker)
+            if workers > 1 else None)
+    try:
+        with _progress(progress) as bar:
+            _run(partial(stages.scan, cfg, work), tasks,
+                 lambda t: stages.scan_paths(work, t.index)["json"].is_file(), pool, bar, "scan + hash")
+            if not (work / "dedup.json").is_file():
+                pt = bar.add_task("dedup", total=None)
+                _decide(cfg, work, tasks)
+                bar.update(pt, total=1, completed=1)
+            if not (out / shards.TOKENIZER).is_file():
+                pt = bar.add_task("tokenizer", total=None)
+                _tokenizer(cfg, out, work, tasks)
+                bar.update(pt, total=1, completed=1)
+            _run(partial(stages.tokenize, cfg, out, work), tasks,
+                 lambda t: (work / "tokenize" / f"{t.index:05d}.json").is_file(), pool, bar, "tokenize")
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+    scans = [json.loads(stages.scan_paths(work, t.index)["json"].read_text()) for t in tasks]
     toks = [json.loads((work / "tokenize" / f"{t.index:05d}.json").read_text()) for t in tasks]
     stats = _finish(cfg, out, work, plan, tasks, scans, toks)
     stats.update(seconds=round(time.perf_counter() - t0, 3), workers=workers, resumed=resumed,
