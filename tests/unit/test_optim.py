@@ -127,9 +127,10 @@ def test_plain_groups_get_defaults():
 
 
 def test_unknown_optimizer_and_registry():
-    with pytest.raises(UserError, match="lamb.*adamw"):
-        build_optimizer("lamb", [], lr=1e-3, weight_decay=0.0)
-    assert {"adam", "adamw", "sgd", "momentum", "nesterov"} <= set(available())
+    with pytest.raises(UserError, match="lamb2.*adamw"):
+        build_optimizer("lamb2", [], lr=1e-3, weight_decay=0.0)
+    assert set(available()) == {"gd", "sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw",
+                                "lamb", "lars", "lion", "muon", "adafactor", "adamw8bit"}
 
     @register("_test_sgd")
     def _f(groups, *, lr, **_):

@@ -13,7 +13,10 @@ from typing import Annotated, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 # The registry's built-in names (scaletrain.optim.registry; a test keeps the two equal).
-BUILTIN_OPTIMIZERS = ("adam", "adamw", "momentum", "nesterov", "sgd")
+BUILTIN_OPTIMIZERS = (
+    "adafactor", "adagrad", "adam", "adamw", "adamw8bit", "gd", "lamb", "lars", "lion", "momentum", "muon",
+    "nesterov", "rmsprop", "sgd",
+)
 
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegInt = Annotated[int, Field(ge=0)]
@@ -101,18 +104,86 @@ class MLPConfig(Section):
 ModelConfig = Annotated[Union[GPTConfig, MLPConfig], Field(discriminator="name")]
 
 
+Beta = Annotated[float, Field(ge=0.0, lt=1.0)]
+
+
+class AdagradOptions(Section):
+    lr_decay: Annotated[float, Field(ge=0.0)] = 0.0  # lr / (1 + (t-1) * lr_decay)
+    initial_accumulator_value: Annotated[float, Field(ge=0.0)] = 0.0
+
+
+class RMSpropOptions(Section):
+    alpha: Beta = 0.99  # decay of the running mean of squared gradients
+    centered: bool = False  # divide by the variance estimate (subtract the mean gradient squared)
+    momentum: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+
+
+class LambOptions(Section):
+    bias_correction: bool = True  # Adam's bias correction of m and v (the paper's Algorithm 2 has it)
+    max_trust_ratio: Annotated[float, Field(gt=0.0)] | None = None  # clip phi(||w||)/||r||; None: no clip
+
+
+class LarsOptions(Section):
+    trust_coefficient: Annotated[float, Field(gt=0.0)] = 0.001  # eta in the paper
+    eps: Annotated[float, Field(ge=0.0)] = 0.0  # added to the denominator of the trust ratio
+    # Groups without weight decay (biases, norms, embeddings) are not adapted by default (You et
+    # al. 2017 and the MLPerf reference skip them): they take plain momentum steps.
+    adapt_no_decay: bool = False
+
+
+class LionOptions(Section):
+    # The paper's defaults (Chen et al. 2023): beta1 interpolates the update, beta2 tracks momentum.
+    betas: Annotated[list[Beta], Field(min_length=2, max_length=2)] = [0.9, 0.99]
+
+
+class MuonOptions(Section):
+    momentum: Beta = 0.95
+    nesterov: bool = True
+    ns_steps: PositiveInt = 5  # Newton-Schulz iterations that orthogonalise the update
+    # "match_rms_adamw" (Moonlight) scales each update to AdamW's RMS so that one lr serves both the
+    # Muon matrices and the AdamW parameters; "original" is Keller Jordan's sqrt(max(1, rows/cols)).
+    adjust_lr_fn: Literal["original", "match_rms_adamw"] = "match_rms_adamw"
+    adamw_lr_ratio: Annotated[float, Field(gt=0.0)] = 1.0  # lr of the AdamW part = lr * this
+
+
+class AdafactorOptions(Section):
+    beta2_decay: Annotated[float, Field(le=0.0)] = -0.8  # beta2_t = 1 - t^beta2_decay
+    eps1: Annotated[float, Field(gt=0.0)] | None = None  # None: torch's finfo(dtype).eps
+    eps2: Annotated[float, Field(gt=0.0)] = 1e-3  # relative step floor: lr * max(eps2, RMS(w))
+    d: Annotated[float, Field(gt=0.0)] = 1.0  # update clipping threshold
+
+
+class AdamW8bitOptions(Section):
+    # Tensors with fewer elements keep 32-bit states (bitsandbytes' default): quantising a bias
+    # saves nothing and costs a block's absmax.
+    min_8bit_size: NonNegInt = 4096
+
+
 class OptimConfig(Section):
+    """The optimizer. Shared hyperparameters at the top; each optimizer's own ones in a section
+    named after it (`optim.lion.betas`, `optim.muon.ns_steps`...), read only by that optimizer.
+    docs/optimizers.md lists which top-level keys each optimizer uses."""
+
     name: str = "adamw"
     lr: Annotated[float, Field(gt=0.0)] = 1e-3
     weight_decay: Annotated[float, Field(ge=0.0)] = 0.1
-    betas: Annotated[list[Annotated[float, Field(ge=0.0, lt=1.0)]], Field(min_length=2, max_length=2)] = [
-        0.9,
-        0.95,
-    ]
+    betas: Annotated[list[Beta], Field(min_length=2, max_length=2)] = [0.9, 0.95]  # adam family
     eps: Annotated[float, Field(gt=0.0)] = 1e-8
-    momentum: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.9
+    momentum: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.9  # momentum, nesterov, lars
     fused: bool | None = None  # None: fused kernels where torch has them for the parameters' device
     lr_multipliers: dict[str, Annotated[float, Field(gt=0.0)]] = {}  # glob on parameter names -> factor
+    # The lr above was tuned at `reference_batch` (global batch, samples or sequences per step); a run
+    # with another global batch scales it: linear (Goyal et al. 2017, SGD) or sqrt (Adam family).
+    lr_scaling: Literal["none", "linear", "sqrt"] = "none"
+    reference_batch: PositiveInt | None = None
+    adagrad: AdagradOptions = AdagradOptions()
+    rmsprop: RMSpropOptions = RMSpropOptions()
+    lamb: LambOptions = LambOptions()
+    lars: LarsOptions = LarsOptions()
+    lion: LionOptions = LionOptions()
+    muon: MuonOptions = MuonOptions()
+    adafactor: AdafactorOptions = AdafactorOptions()
+    adamw8bit: AdamW8bitOptions = AdamW8bitOptions()
 
     @field_validator("name")
     @classmethod
@@ -124,6 +195,15 @@ class OptimConfig(Section):
         if name not in available():
             raise ValueError(f"unknown optimizer {name!r} (known: {', '.join(available())})")
         return name
+
+    @model_validator(mode="after")
+    def _scaling_needs_reference(self) -> "OptimConfig":
+        if self.lr_scaling != "none" and self.reference_batch is None:
+            raise ValueError(
+                f"optim.reference_batch: required with optim.lr_scaling={self.lr_scaling} (the global "
+                "batch at which optim.lr was tuned)"
+            )
+        return self
 
 
 class ScheduleConfig(Section):

@@ -11,7 +11,12 @@ from scaletrain.errors import UserError
 def param_groups(
     model: nn.Module, weight_decay: float, lr_multipliers: dict[str, float] | None = None
 ) -> list[dict]:
-    """Groups for build_optimizer. Each has `params`, `name`, `weight_decay`, `lr_mult`.
+    """Groups for build_optimizer. Each has `params`, `name`, `weight_decay`, `lr_mult`,
+    `param_names` (the canonical name of each parameter) and `param_roles` (each one's role:
+    "embedding"; "output", the last matrix in registration order, i.e. the classifier or untied LM
+    head; "matrix", the other >= 2-D weights, i.e. hidden layers; "vector", biases and norm gains).
+    build_optimizer hands names and roles to the factories (muon places parameters by role) and
+    keeps them out of the optimizer's groups, so checkpoints keep their layout.
 
     Decay applies to matmul weights only (ndim >= 2, not embeddings): decaying biases, norm
     gains or embedding rows just shrinks them toward zero with no regularising benefit.
@@ -48,6 +53,16 @@ def param_groups(
                 owner = owner or pat  # later patterns still count as matched
         buckets.setdefault((owner, decay), []).append(p)
 
+    matrices = [pid for pid, p in params.items() if p.ndim >= 2 and pid not in embedding_ids]
+    output_id = matrices[-1] if matrices else None
+
+    def role(pid: int) -> str:
+        if pid in embedding_ids:
+            return "embedding"
+        if pid == output_id:
+            return "output"
+        return "matrix" if params[pid].ndim >= 2 else "vector"
+
     unmatched = [pat for pat, hit in matched.items() if not hit]
     if unmatched:
         raise UserError(f"optim.lr_multipliers pattern(s) {unmatched} match no trainable parameter name")
@@ -62,6 +77,8 @@ def param_groups(
             name = "decay" if decay else "no_decay"
         groups.append({
             "params": ps,
+            "param_names": [names[id(p)][0] for p in ps],
+            "param_roles": [role(id(p)) for p in ps],
             "name": name,
             "weight_decay": float(weight_decay) if decay else 0.0,
             "lr_mult": float(lr_multipliers.get(owner, 1.0)),

@@ -117,3 +117,14 @@ def apply_lr(optimizer, multiplier: float) -> None:
     base_lr; for any other optimizer the lr found on first call is taken as the base."""
     for g in optimizer.param_groups:
         g["lr"] = g.setdefault("base_lr", g["lr"]) * multiplier
+
+
+def effective_lr(optim_cfg, global_batch: int) -> float:
+    """optim.lr rescaled for a run whose global batch (micro-batch x grad_accum x data-parallel
+    ranks) differs from optim.reference_batch, by optim.lr_scaling. The trainer calls this once
+    and builds the optimizer with the result; schedules then multiply it as usual."""
+    if optim_cfg.lr_scaling == "none":
+        return optim_cfg.lr
+    if optim_cfg.reference_batch is None:
+        raise UserError(f"optim.reference_batch is required with optim.lr_scaling={optim_cfg.lr_scaling}")
+    return scale_lr(optim_cfg.lr, optim_cfg.reference_batch, global_batch, optim_cfg.lr_scaling)
