@@ -101,7 +101,10 @@ def test_overrides_are_applied_and_typed():
     ("gpt-tiny", ["train.max_steps=10", "schedule.warmup_steps=11"], "schedule.warmup_steps"),
     ("gpt-tiny", ["model.d_model=65"], "model.d_model"),
     ("gpt-tiny", ["model.dropout=1.0"], "model.dropout"),
-    ("gpt-tiny", ["parallel.strategy=ddp"], "parallel.strategy"),
+    ("gpt-tiny", ["parallel.strategy=zero3"], "parallel.strategy"),
+    ("gpt-tiny", ["parallel.nproc=0"], "parallel.nproc"),
+    ("gpt-tiny", ["parallel.nnodes=2"], "parallel.nnodes"),
+    ("gpt-tiny", ["parallel.straggler_factor=1"], "parallel.straggler_factor"),
     # missing files
     ("gpt-tiny", ["data.path=/nonexistent/scaletrain-data"], "data.path"),
     ("gpt-tiny", ["train.resume=/nonexistent/scaletrain-ckpt"], "train.resume"),

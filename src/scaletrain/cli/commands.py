@@ -51,11 +51,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     source, overrides = split_items(args.items)
     cfg = load_config(source, overrides)  # validated before torch is even imported
 
+    from scaletrain.parallel.launch import launch, needs_launch
+
+    if needs_launch(cfg):  # parallel.nproc > 1: start torchrun, whose workers land below
+        return launch(cfg, source, overrides)
     from scaletrain.train.build import build_trainer
 
     trainer = build_trainer(cfg)
     summary = trainer.fit()
-    _print_result(trainer.run_dir, summary)
+    if trainer.dist_info.is_main:
+        _print_result(trainer.run_dir, summary)
     return 0
 
 

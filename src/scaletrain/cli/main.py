@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from scaletrain import __version__
-from scaletrain.errors import UserError
+from scaletrain.errors import RunFailure, UserError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -26,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     commands.register(sub)
     data_commands.register(sub)
+    __import__("scaletrain.cli.bench_commands", fromlist=["register"]).register(sub)
     return parser
 
 
@@ -36,6 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except RunFailure as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted: the last completed checkpoint is intact (resume with train.resume=auto)",
               file=sys.stderr)

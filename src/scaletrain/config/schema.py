@@ -257,16 +257,33 @@ class TrainConfig(Section):
 
 
 class ParallelConfig(Section):
-    strategy: Literal["single", "ddp", "zero1", "fsdp", "tp", "pp"] = "single"
-    nproc: PositiveInt = 1
+    """How training is spread over processes (`torchrun` ranks); see docs/parallel.md."""
+
+    # single: one process. ddp: replicate, all-reduce gradients. zero1: ddp + optimizer state
+    # sharded (ZeroRedundancyOptimizer). fsdp: FSDP2 fully_shard (parameters, gradients and
+    # optimizer state sharded). tp: tensor parallel (attention heads and MLP split over ranks).
+    # fsdp+tp: a 2-D mesh (dp x tp). pp: pipeline stages over GPT blocks.
+    strategy: Literal["single", "ddp", "zero1", "fsdp", "tp", "fsdp+tp", "pp"] = "single"
+    nproc: PositiveInt = 1  # processes per node; > 1 makes `scaletrain train` start torchrun
+    nnodes: PositiveInt = 1  # > 1: every node runs the same command with parallel.rdzv_endpoint
+    rdzv_endpoint: str | None = None  # host:port of the c10d rendezvous (multi-node)
+    tp_size: NonNegInt = 0  # ranks per tensor-parallel group; 0: all ranks (tp) or 2 (fsdp+tp)
+    reshard_after_forward: bool = True  # fsdp: True = ZeRO-3, False = ZeRO-2 (keep params gathered)
+    cpu_offload: bool = False  # fsdp: parameters, gradients and optimizer state live on the CPU
+    activation_checkpointing: bool = False  # recompute each block's activations in backward
+    pp_schedule: Literal["gpipe", "1f1b"] = "1f1b"
+    pp_microbatches: PositiveInt = 2  # pp: the step's batch is split into this many micro-batches
+    max_restarts: NonNegInt = 0  # torchrun restarts the group this often after a rank dies
+    timeout_seconds: Annotated[float, Field(gt=0.0)] = 300.0  # a collective waiting longer fails
+    straggler_factor: Annotated[float, Field(gt=1.0)] = 1.5  # a rank slower than median x this is flagged
 
     @model_validator(mode="after")
-    def _available(self) -> "ParallelConfig":
-        if self.strategy != "single" or self.nproc != 1:
-            raise ValueError(
-                f"parallel.strategy: {self.strategy} with nproc {self.nproc} is not available yet: this "
-                "version trains in a single process only (strategy single, nproc 1)"
-            )
+    def _consistent(self) -> "ParallelConfig":
+        if self.nnodes > 1 and not self.rdzv_endpoint:
+            raise ValueError("parallel.nnodes > 1 needs parallel.rdzv_endpoint (host:port of the rendezvous)")
+        if self.strategy == "single" and self.nproc * self.nnodes > 1:
+            raise ValueError(f"parallel.strategy: nproc {self.nproc} x nnodes {self.nnodes} processes need "
+                             "a parallel strategy (ddp, zero1, fsdp, tp, fsdp+tp or pp), not single")
         return self
 
 

@@ -16,7 +16,7 @@ from scaletrain.atomic import write_bytes_atomic
 from scaletrain.config.schema import Config
 from scaletrain.data import images
 from scaletrain.data.prepare import TextSpec, ensure_prepared
-from scaletrain.data.loader import PackedLoader, SampleOrder, TokenWindows, data_fingerprint
+from scaletrain.data.loader import PackedLoader, PreadTokens, SampleOrder, TokenWindows, data_fingerprint
 from scaletrain.data.mixture import ConcatWindows, Mixture
 from scaletrain.data.shards import TokenShards, read_manifest
 from scaletrain.data.tokenizer import load_tokenizer
@@ -96,7 +96,7 @@ def _mixture_task(cfg: Config):
     total_tokens = 0
     for p, w in zip(dirs, weights):
         train = TokenShards(p, "train")
-        windows = TokenWindows(train, d.seq_len)
+        windows = TokenWindows(PreadTokens(train), d.seq_len)
         order = SampleOrder(len(windows), cfg.train.seed, d.train_fraction, fingerprint=data_fingerprint(p))
         sources.append(PackedLoader(windows, order, d.document_mask))
         vals.append(TokenWindows(TokenShards(p, "val"), d.seq_len))
@@ -125,27 +125,42 @@ def _image_task(cfg: Config):
     return task, args, data
 
 
-def build_task(cfg: Config, device: torch.device) -> tuple[object, dict, dict, object]:
+def build_task(cfg: Config, device: torch.device, progress: bool | None = None) -> tuple[object, dict, dict, object]:
     """(task, model args, summary extras, sampler) for the configured data; prepares text if needed."""
     if cfg.data.kind == "text":
-        task, args, tokenizer, data_dir = _text_task(cfg, progress=cfg.log.progress)
+        task, args, tokenizer, data_dir = _text_task(cfg, progress=cfg.log.progress if progress is None else progress)
         return task, args, {"data_dir": str(data_dir)}, _make_sampler(cfg, tokenizer, device)
     task, args, data = _image_task(cfg)
     return task, args, {"dataset": data.name}, None
 
 
 def build_trainer(cfg: Config) -> Trainer:
+    """A trainer for this process; under torchrun, for this rank (joins the process group)."""
+    from scaletrain.parallel.dist import init_distributed
+    from scaletrain.train.ranks import on_main
+
     device = check_device(cfg)
-    run_dir = Path(cfg.train.run_dir).expanduser() if cfg.train.run_dir else default_run_dir(cfg)
-    check_run_dir(cfg, run_dir)
-    task, args, extra, sampler = build_task(cfg, device)
+    info = init_distributed(device.type, cfg.parallel.timeout_seconds)
+    # Rank 0 names the run folder (a default name has a timestamp) and checks it, for everyone.
+    run_dir = on_main(_checked_run_dir, cfg)
+    if info.device.type == "cuda":
+        device = info.device
+    task, args, extra, sampler = build_task(cfg, device, progress=cfg.log.progress and info.is_main)
     torch.manual_seed(cfg.train.seed)  # the initial weights are a function of the seed
     model = build_model(cfg.model.name, args)
     spec = {"name": cfg.model.name, "args": model.args_dict()}
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if "data_dir" in extra:  # the run folder is self-contained for eval/generate
-        write_bytes_atomic(run_dir / "tokenizer.json", (Path(extra["data_dir"]) / "tokenizer.json").read_bytes())
-    return Trainer(cfg, model, task, run_dir=run_dir, model_spec=spec, sampler=sampler, extra_summary=extra)
+    if info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if "data_dir" in extra:  # the run folder is self-contained for eval/generate
+            write_bytes_atomic(run_dir / "tokenizer.json", (Path(extra["data_dir"]) / "tokenizer.json").read_bytes())
+    return Trainer(cfg, model, task, run_dir=run_dir, model_spec=spec, sampler=sampler, extra_summary=extra,
+                   dist_info=info)
+
+
+def _checked_run_dir(cfg: Config) -> Path:
+    run_dir = Path(cfg.train.run_dir).expanduser() if cfg.train.run_dir else default_run_dir(cfg)
+    check_run_dir(cfg, run_dir)
+    return run_dir
 
 
 def _make_sampler(cfg: Config, tokenizer, device: torch.device):

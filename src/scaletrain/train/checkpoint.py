@@ -6,7 +6,9 @@ position, early-stopping state, Python/NumPy RNG), `rng.pt` (torch RNG tensors, 
 `weights_only=True`: nothing is unpickled) and `checksums.json` (XXH3-128 of every file).
 
 A checkpoint is built in a hidden temporary folder and renamed into place, so a folder named
-`step_*` is always complete; older ones are deleted only after the new one is in place.
+`step_*` is always complete; older ones are deleted only after the new one is in place. Under
+torch.distributed every rank writes its own shard of the DCP folder (see `parallel/state.py`), and
+a checkpoint written by one layout or world size loads into any other.
 """
 
 from __future__ import annotations
@@ -25,9 +27,10 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
 import xxhash
 from torch import nn
-from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+import torch.distributed as dist
 
 from scaletrain.errors import UserError
+from scaletrain.parallel.state import load_train_state, train_state
 
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
 
@@ -80,36 +83,54 @@ def list_checkpoints(root: Path) -> list[Path]:
     return sorted(found, key=lambda p: p.name)
 
 
+def _rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def _barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
 def save_checkpoint(root: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
                     trainer_state: dict, keep_last: int) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
+    """Save on every rank (a collective under torch.distributed): each rank writes its own shard,
+    rank 0 the trainer state, the checksums and the final rename."""
+    main = _rank() == 0
     final = root / f"step_{step:08d}"
-    tmp = root / f".tmp-step_{step:08d}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    model_sd, optim_sd = get_state_dict(model, optimizer)
+    tmp = root / f".tmp-step_{step:08d}"  # one name every rank agrees on
+    if main:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)  # a crash's leftover
+        tmp.mkdir()
+    _barrier()
+    state = train_state(model, optimizer)
     with warnings.catch_warnings():  # "no process group: saving in a single process" is expected
         warnings.simplefilter("ignore", UserWarning)
-        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))
-    tensors, plain = rng_state()
-    torch.save(tensors, tmp / "rng.pt")
-    (tmp / "trainer.json").write_text(json.dumps({**trainer_state, "step": step, "rng": plain}))
-    sums = {p.name: _hash_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
-    (tmp / "checksums.json").write_text(json.dumps(sums, indent=1))
-    for p in tmp.iterdir():
-        with open(p, "rb") as fh:
-            os.fsync(fh.fileno())
-    _fsync_dir(tmp)
-    replaced = None
-    if final.exists():  # re-saving the same step (a resumed run reaching it again): move the old
-        replaced = root / f".old-step_{step:08d}-{os.getpid()}"  # one aside, never delete it first
-        os.rename(final, replaced)
-    os.rename(tmp, final)
-    _fsync_dir(root)
-    if replaced is not None:
-        shutil.rmtree(replaced, ignore_errors=True)
-    for old in list_checkpoints(root)[:-keep_last]:
-        shutil.rmtree(old, ignore_errors=True)
+        dcp.save(state, checkpoint_id=str(tmp))
+    del state
+    if main:
+        tensors, plain = rng_state()
+        torch.save(tensors, tmp / "rng.pt")
+        (tmp / "trainer.json").write_text(json.dumps({**trainer_state, "step": step, "rng": plain}))
+        sums = {p.name: _hash_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+        (tmp / "checksums.json").write_text(json.dumps(sums, indent=1))
+        for p in tmp.iterdir():
+            with open(p, "rb") as fh:
+                os.fsync(fh.fileno())
+        _fsync_dir(tmp)
+        replaced = None
+        if final.exists():  # re-saving the same step (a resumed run reaching it again): move the old
+            replaced = root / f".old-step_{step:08d}"  # one aside, never delete it first
+            shutil.rmtree(replaced, ignore_errors=True)
+            os.rename(final, replaced)
+        os.rename(tmp, final)
+        _fsync_dir(root)
+        if replaced is not None:
+            shutil.rmtree(replaced, ignore_errors=True)
+        for old in list_checkpoints(root)[:-keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+    _barrier()  # nobody goes on (or resumes) before the checkpoint is in place
     return final
 
 
@@ -154,13 +175,18 @@ def resolve_resume(resume: str, run_dir: Path) -> tuple[Path | None, list[str]]:
     return None, skipped
 
 
-def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
-    """Restore model, optimizer and RNG in place; return the trainer state saved with them."""
-    problems = verify_checkpoint(path)
-    if problems:
-        raise UserError(f"checkpoint {path} is damaged: {problems[0]}")
-    model_sd, optim_sd = get_state_dict(model, optimizer)
-    state = {"model": model_sd, "optim": optim_sd}
+def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, *,
+                    verified: bool = False) -> dict:
+    """Restore model, optimizer and RNG in place on every rank; return the saved trainer state.
+
+    The checkpoint may come from another world size or layout: DCP reads the slices each rank
+    needs now (resharding). `verified`: the checksums were already checked (by rank 0).
+    """
+    if not verified:
+        problems = verify_checkpoint(path)
+        if problems:
+            raise UserError(f"checkpoint {path} is damaged: {problems[0]}")
+    state = train_state(model, optimizer, for_load=True)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
@@ -169,7 +195,7 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
         lines = str(exc).strip().splitlines()
         reason = lines[-1] if lines else type(exc).__name__  # DCP puts the cause on the last line
         raise UserError(f"checkpoint {path} does not match this model/optimizer: {reason}") from None
-    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    load_train_state(model, optimizer, state)
     trainer = json.loads((path / "trainer.json").read_text())
     set_rng_state(torch.load(path / "rng.pt", weights_only=True), trainer.pop("rng"))
     return trainer

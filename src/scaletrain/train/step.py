@@ -28,36 +28,54 @@ def forward(model: nn.Module, x):
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, micro_batches, loss_fn, *,
                device: torch.device, autocast: AbstractContextManager, grad_clip: float,
-               scaler: torch.amp.GradScaler | None = None,
-               want_norm: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+               scaler: torch.amp.GradScaler | None = None, want_norm: bool = True,
+               layout=None, before_zero_grad=None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Run one step over `micro_batches` [(x, y), ...]; return (mean loss, grad norm) as tensors.
 
     Nothing here calls `.item()`: the caller reads the tensors only on logging steps, so the host
     never waits on the device in the hot path. With clipping off the norm is only computed when
     `want_norm` (a logging step): on a small model it is a fifth of the step.
+
+    `layout` (scaletrain.parallel.layout.Layout) makes the step data-parallel aware: gradients are
+    synchronized only after the last micro-batch, and the norm is the true global one across
+    shards. `before_zero_grad` is called after the optimizer step, while gradients still exist.
     """
     accum = len(micro_batches)
     total = None
-    for x, y in micro_batches:
+    for i, (x, y) in enumerate(micro_batches):
         x, y = to_device(x, device), y.to(device, non_blocking=True)
-        with autocast:
-            loss = loss_fn(forward(model, x), y)
-            if accum > 1:
-                loss = loss / accum
-        (scaler.scale(loss) if scaler else loss).backward()
+        sync = layout.grad_sync(i == accum - 1) if layout is not None else nullcontext()
+        with sync:
+            with autocast:
+                loss = loss_fn(forward(model, x), y)
+                if accum > 1:
+                    loss = loss / accum
+            (scaler.scale(loss) if scaler else loss).backward()
         total = loss.detach() if total is None else total + loss.detach()
     if scaler:
         scaler.unscale_(optimizer)
+    params = [p for p in model.parameters() if p.grad is not None]
     grad_norm = None
+    if grad_clip > 0 or want_norm:
+        if layout is not None:
+            from scaletrain.parallel.layout import global_grad_norm
+
+            grad_norm = global_grad_norm(params, layout.extras.get("pp_group"))
+        else:
+            grad_norm = nn.utils.get_total_norm([p.grad for p in params])
     if grad_clip > 0:
-        grad_norm = nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    elif want_norm:
-        grads = [p.grad for p in model.parameters() if p.grad is not None]
-        grad_norm = nn.utils.get_total_norm(grads)
+        if layout is not None:
+            from scaletrain.parallel.layout import clip_grads
+
+            clip_grads(params, grad_clip, grad_norm)
+        else:
+            nn.utils.clip_grads_with_norm_(params, grad_clip, grad_norm)
     if scaler:
         scaler.step(optimizer)
         scaler.update()
     else:
         optimizer.step()
+    if before_zero_grad is not None:
+        before_zero_grad()
     optimizer.zero_grad(set_to_none=True)
     return total, grad_norm

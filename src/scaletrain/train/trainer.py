@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import shutil
 import time
@@ -14,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_model
 from torch import nn
 
 from scaletrain.config.load import to_yaml
@@ -26,6 +26,10 @@ from scaletrain.optim.schedules import apply_lr, lr_multiplier
 from scaletrain.train import checkpoint as ckpt
 from scaletrain.atomic import write_json_atomic, write_text_atomic
 from scaletrain.train.report import plot_losses, read_metrics, write_report
+from scaletrain.errors import RunFailure
+from scaletrain.parallel.dist import DistInfo, shutdown
+from scaletrain.parallel.layout import Layout, build_layout, wrap_optimizer
+from scaletrain.train import ranks
 from scaletrain.train.step import autocast_context, train_step
 from scaletrain.train.telemetry import Telemetry
 
@@ -65,10 +69,11 @@ class _Meter:
         finally:
             self.excluded += time.perf_counter() - began
 
-    def read(self) -> tuple[float, float, int]:
-        """(mean loss, seconds of training, units) of the window, then start a new window."""
+    def read(self, reduce=lambda t: t) -> tuple[float, float, int]:
+        """(mean loss, seconds of training, units) of the window, then start a new window.
+        `reduce` averages the loss over data-parallel ranks."""
         now = time.perf_counter()
-        mean = float(torch.stack(self.losses).mean()) if self.losses else math.nan
+        mean = float(reduce(torch.stack(self.losses).mean())) if self.losses else math.nan
         result = (mean, now - self.start - self.excluded, self.units)
         self.losses.clear()
         self.units = 0
@@ -82,14 +87,19 @@ def resolve_device(cfg: Config) -> torch.device:
 
 class Trainer:
     def __init__(self, cfg: Config, model: nn.Module, task, *, run_dir: Path,
-                 model_spec: dict | None = None, sampler=None, extra_summary: dict | None = None):
+                 model_spec: dict | None = None, sampler=None, extra_summary: dict | None = None,
+                 dist_info: DistInfo | None = None, model_factory=None):
         self.cfg, self.model, self.task = cfg, model, task
+        self.dist_info = dist_info or DistInfo(device=resolve_device(cfg))
+        self.model_factory = model_factory  # a fresh plain model, for consolidating sharded weights
         self.run_dir = Path(run_dir)
         self.model_spec = model_spec or {"name": "custom", "class": type(model).__qualname__}
         self.sampler = sampler  # callable(model) -> str: a generated sample for the report
         self.extra_summary = extra_summary or {}
-        self.device = resolve_device(cfg)
-        self.autocast = autocast_context(self.device, cfg.train.precision)
+        self.device = self.dist_info.device
+        # FSDP casts parameters itself (MixedPrecisionPolicy); autocast covers the other layouts.
+        fsdp_casts = cfg.parallel.strategy in ("fsdp", "fsdp+tp")
+        self.autocast = autocast_context(self.device, "fp32" if fsdp_casts else cfg.train.precision)
         self.scaler = torch.amp.GradScaler("cuda") if cfg.train.precision == "fp16" else None
         self.state = LoopState()
 
@@ -105,11 +115,30 @@ class Trainer:
         return cls(cfg, model, task, run_dir=run_dir, model_spec=model_spec)
 
     # ---- set-up -------------------------------------------------------------------------------
-    def _build_optimizer(self) -> torch.optim.Optimizer:
+    def _build_optimizer(self, layout: Layout) -> torch.optim.Optimizer:
         o = self.cfg.optim
-        groups = param_groups(self.model, o.weight_decay, o.lr_multipliers)
-        return build_optimizer(o.name, groups, lr=o.lr, weight_decay=o.weight_decay,
-                               betas=tuple(o.betas), eps=o.eps, momentum=o.momentum, fused=o.fused)
+        trained = layout.extras.get("stage_module", layout.model)  # pp: this rank's stage only
+        groups = param_groups(trained, o.weight_decay, o.lr_multipliers)
+
+        def factory(groups):
+            return build_optimizer(o.name, groups, lr=o.lr, weight_decay=o.weight_decay,
+                                   betas=tuple(o.betas), eps=o.eps, momentum=o.momentum, fused=o.fused)
+
+        return wrap_optimizer(layout, groups, factory)
+
+    def _micro_positions(self, position: int, layout: Layout) -> list[int]:
+        """Global sample positions of this rank's micro-batches for the step starting at `position`.
+
+        The step reads the global batch position .. position + batch x accum x dp; micro-batch k of
+        data-parallel rank r is the slice at k x (batch x dp) + r x batch. So the samples of a step,
+        and their order, are the same for any number of ranks (the same global batch split
+        differently), every rank gets equal work, and resuming needs only `position`.
+        """
+        b, dp = self.cfg.train.batch_size, layout.dp_world
+        return [position + k * b * dp + layout.dp_rank * b for k in range(self.cfg.train.grad_accum)]
+
+    def global_batch(self, layout: Layout) -> int:
+        return self.cfg.train.batch_size * self.cfg.train.grad_accum * layout.dp_world
 
     def _lr_multiplier(self, step: int) -> float:
         s = self.cfg.schedule
@@ -125,82 +154,141 @@ class Trainer:
 
     # ---- the loop -----------------------------------------------------------------------------
     def fit(self) -> dict:
+        """Train; under torchrun every rank calls this, and it leaves the process group on return."""
+        try:
+            return self._fit()
+        finally:
+            if self.dist_info.world > 1:
+                shutdown()
+
+    def _fit(self) -> dict:
         cfg, t = self.cfg, self.cfg.train
+        main = self.dist_info.is_main
         wall_start = time.perf_counter()
         if t.threads:
             torch.set_num_threads(t.threads)
-        self.model.to(self.device)
-        optimizer = self._build_optimizer()
+        if self.model_factory is None and cfg.parallel.strategy in ("fsdp", "tp", "fsdp+tp"):
+            # A weightless copy of the plain model, materialized on rank 0 to receive the
+            # consolidated weights at export.
+            template = copy.deepcopy(self.model).to("meta")
+            self.model_factory = lambda: template.to_empty(device="cpu")
+        layout = build_layout(self.model, cfg.parallel, self.dist_info, precision=t.precision,
+                              compile=t.compile)
+        self.layout = layout
+        optimizer = self._build_optimizer(layout)
+        watchdog = ranks.Watchdog(cfg.parallel.timeout_seconds) if layout.distributed else None
         torch.manual_seed(t.seed)  # dropout and sampling; a resume restores the saved RNG instead
 
-        resume_from, damaged = ckpt.resolve_resume(t.resume, self.run_dir) if t.resume else (None, [])
+        found = ranks.on_main(ckpt.resolve_resume, t.resume, self.run_dir) if t.resume else (None, [])
+        resume_from, damaged = found
         if resume_from is not None:
-            saved = ckpt.load_checkpoint(resume_from, self.model, optimizer)
+            saved = ckpt.load_checkpoint(resume_from, layout.model, optimizer, verified=True)
             saved.pop("step", None)
+            data_state = saved.pop("data", None)
+            check = getattr(self.task, "check_data_state", None)
+            if data_state is not None and check is not None:
+                check(data_state)
             self.state = LoopState(step=int(resume_from.name.split("_")[1]), **saved)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        if resume_from is None:  # a fresh start in a reused folder: old curves would mix with new ones
-            (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
-            shutil.rmtree(self.run_dir / "tensorboard", ignore_errors=True)
-        write_text_atomic(self.run_dir / "config.yaml", _config_file_text(cfg))
+        if main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            if resume_from is None:  # a fresh start in a reused folder: old curves would mix with new
+                (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
+                shutil.rmtree(self.run_dir / "tensorboard", ignore_errors=True)
+            write_text_atomic(self.run_dir / "config.yaml", _config_file_text(cfg))
 
         st = self.state
-        tel = Telemetry(self.run_dir, enabled=True, total_steps=t.max_steps, start_step=st.step,
+        tel = Telemetry(self.run_dir, enabled=main, total_steps=t.max_steps, start_step=st.step,
                         unit=self.task.unit, tensorboard=cfg.log.tensorboard, progress=cfg.log.progress)
         for problem in damaged:
             tel.message(f"warning: skipped damaged checkpoint {problem}")
         if resume_from is not None:
             tel.message(f"resumed from {resume_from} at step {st.step}")
+        if layout.distributed:
+            tel.message(f"{self.dist_info.world} ranks, parallel.strategy={layout.strategy}, "
+                        f"global batch {self.global_batch(layout)} samples")
         self._warn_slow_bf16(tel)
-        stopped_by = "max_steps"
-        with tel:
-            meter = _Meter()
-            while st.step < t.max_steps:
-                apply_lr(optimizer, self._lr_multiplier(st.step))
-                batches = []
-                for _ in range(t.grad_accum):
-                    batches.append(self.task.train_batch(st.position, t.batch_size))
-                    st.position += t.batch_size
-                log_step = (st.step + 1) % cfg.log.every == 0 or st.step + 1 == t.max_steps
-                loss, grad_norm = train_step(self.model, optimizer, batches, self.task.loss,
-                                             device=self.device, autocast=self.autocast,
-                                             grad_clip=t.grad_clip, scaler=self.scaler, want_norm=log_step)
-                st.step += 1
-                units = sum(self.task.units(x) for x, _ in batches)
-                st.units_seen += units
-                meter.add(loss, units)
+        self._state_bytes: int | None = None
+        try:
+            with tel:
+                stopped_by = self._loop(layout, optimizer, tel, wall_start)
+                final = self._evaluate(tel, t.final_eval_batches, final=True)
+                self._save(optimizer)
+        except RuntimeError as exc:  # a collective that timed out, or a peer that died
+            if watchdog is None:
+                raise
+            raise watchdog.failure(st.step, exc, cfg.parallel.timeout_seconds) from None
+        return self._finish(final, stopped_by, wall_start, optimizer)
 
-                time_up = bool(t.max_minutes) and time.perf_counter() - wall_start > 60 * t.max_minutes
-                last = st.step == t.max_steps or time_up
-                if st.step % cfg.log.every == 0 or last:
-                    mean_loss, seconds, window_units = meter.read()  # the one host sync per window
-                    st.train_seconds += seconds
-                    record = {"loss": mean_loss, "lr": optimizer.param_groups[0]["lr"]}
-                    if grad_norm is not None:  # absent only on a step cut short by max_minutes
-                        record["grad_norm"] = float(grad_norm)
-                    record[f"{self.task.unit}_per_second"] = window_units / max(seconds, 1e-9)
-                    record["elapsed"] = st.train_seconds
-                    tel.log_train(st.step, record)
-                    if not math.isfinite(mean_loss):
-                        tel.message(f"loss is {mean_loss} at step {st.step}: stopping")
-                        stopped_by = "non_finite_loss"
-                        break
-                if time_up:
-                    tel.message(f"train.max_minutes={t.max_minutes} reached at step {st.step}: stopping")
-                    stopped_by = "max_minutes"
-                    break
-                if t.eval_every and st.step % t.eval_every == 0 and not last:
-                    with meter.paused():
-                        if self._evaluate(tel, t.eval_batches):
-                            stopped_by = "early_stopping"
-                            break
-                if t.checkpoint_every and st.step % t.checkpoint_every == 0 and not last:
-                    with meter.paused():
-                        self._save(optimizer)
+    def _loop(self, layout: Layout, optimizer, tel: Telemetry, wall_start: float) -> str:
+        cfg, t, st = self.cfg, self.cfg.train, self.state
+        params = [p for p in layout.module.parameters() if p.requires_grad]
+        step_fn = layout.extras.get("train_step")  # pipelining runs its own schedule
+        meter = _Meter()
+        while st.step < t.max_steps:
+            apply_lr(optimizer, self._lr_multiplier(st.step))
+            batches = [self.task.train_batch(p, t.batch_size) for p in self._micro_positions(st.position, layout)]
+            st.position += self.global_batch(layout)
+            log_step = (st.step + 1) % cfg.log.every == 0 or st.step + 1 == t.max_steps
+            measure = self._state_bytes is None
+            measure_hook = (lambda: self._measure_state(params, optimizer)) if measure else None
+            if step_fn is not None:
+                loss, grad_norm = step_fn(batches, optimizer, want_norm=log_step, before_zero_grad=measure_hook)
+            else:
+                loss, grad_norm = train_step(
+                    layout.module, optimizer, batches, self.task.loss, device=self.device,
+                    autocast=self.autocast, grad_clip=t.grad_clip, scaler=self.scaler,
+                    want_norm=log_step, layout=layout, before_zero_grad=measure_hook)
+            st.step += 1
+            units = sum(self.task.units(x) for x, _ in batches) * layout.dp_world
+            st.units_seen += units
+            meter.add(loss, units)
 
-            final = self._evaluate(tel, t.final_eval_batches, final=True)
-            self._save(optimizer)
-        return self._finish(final, stopped_by, wall_start)
+            time_up = bool(t.max_minutes) and time.perf_counter() - wall_start > 60 * t.max_minutes
+            time_up = bool(ranks.on_main(lambda: time_up)) if layout.distributed else time_up
+            last = st.step == t.max_steps or time_up
+            if st.step % cfg.log.every == 0 or last:
+                steps_in_window = len(meter.losses)
+                mean_loss, seconds, window_units = meter.read(layout.global_mean)  # one sync per window
+                st.train_seconds += seconds
+                record = {"loss": mean_loss, "lr": optimizer.param_groups[0]["lr"]}
+                if grad_norm is not None:  # absent only on a step cut short by max_minutes
+                    record["grad_norm"] = float(grad_norm)
+                record[f"{self.task.unit}_per_second"] = window_units / max(seconds, 1e-9)
+                record["elapsed"] = st.train_seconds
+                if layout.distributed:
+                    self._rank_times(record, seconds / max(steps_in_window, 1), tel)
+                tel.log_train(st.step, record)
+                if not math.isfinite(mean_loss):
+                    tel.message(f"loss is {mean_loss} at step {st.step}: stopping")
+                    return "non_finite_loss"
+            if time_up:
+                tel.message(f"train.max_minutes={t.max_minutes} reached at step {st.step}: stopping")
+                return "max_minutes"
+            if t.eval_every and st.step % t.eval_every == 0 and not last:
+                with meter.paused():
+                    if self._evaluate(tel, t.eval_batches):
+                        return "early_stopping"
+            if t.checkpoint_every and st.step % t.checkpoint_every == 0 and not last:
+                with meter.paused():
+                    self._save(optimizer)
+        return "max_steps"
+
+    def _rank_times(self, record: dict, step_seconds: float, tel: Telemetry) -> None:
+        """Every rank's mean step time of the window; a rank slower than the median by
+        parallel.straggler_factor is a straggler (flagged in the log and metrics.jsonl)."""
+        times = ranks.gather_floats(step_seconds)
+        record["rank_step_seconds"] = times
+        slow = ranks.stragglers(times, self.cfg.parallel.straggler_factor)
+        record["stragglers"] = slow
+        if slow:
+            tel.message(f"warning: straggler rank(s) {slow} at step {self.state.step}: step time "
+                        f"{', '.join(f'{times[r]:.3f}' for r in slow)} s vs median "
+                        f"{sorted(times)[len(times) // 2]:.3f} s")
+
+    def _measure_state(self, params, optimizer) -> None:
+        """Called once, after the first optimizer step and before gradients are dropped: the
+        parameters, gradients and optimizer state this rank holds, from the tensors themselves."""
+        self._state_bytes = ranks.model_state_bytes(params, ranks.grad_bytes(params), optimizer)
 
     def _warn_slow_bf16(self, tel: Telemetry) -> None:
         """CPUs without native bf16 (AVX2-only, no AVX512-BF16/AMX) run bf16 matmuls ~50x slower."""
@@ -216,12 +304,14 @@ class Trainer:
     def _evaluate(self, tel: Telemetry, batches: int, final: bool = False) -> dict | bool:
         """Evaluate; on the final call return the metrics, otherwise whether to stop early."""
         st = self.state
-        self.model.eval()
         t = self.cfg.train
-        metrics = self.task.evaluate(self.model, batches=batches,
+        model = self._eval_model()
+        model.eval()
+        # Every rank evaluates the same batches: under FSDP/TP the forward is a collective.
+        metrics = self.task.evaluate(model, batches=batches,
                                      batch_size=t.eval_batch_size or t.batch_size,
                                      device=self.device, autocast=self.autocast)
-        self.model.train()
+        model.train()
         tel.log_eval(st.step, metrics)
         if final:
             return metrics
@@ -237,24 +327,44 @@ class Trainer:
             return True
         return False
 
+    def _eval_model(self) -> nn.Module:
+        """The whole model, usable for a forward: pipelining first copies every stage's current
+        weights to every rank (each rank then holds the full, plain model)."""
+        consolidate = self.layout.extras.get("consolidate")
+        if consolidate is not None:
+            consolidate()
+        return self.model
+
     def _save(self, optimizer: torch.optim.Optimizer) -> None:
         state = {k: v for k, v in vars(self.state).items() if k != "step"}
-        ckpt.save_checkpoint(self.run_dir / "checkpoints", self.state.step, self.model, optimizer,
+        data_state = getattr(self.task, "data_state", None)
+        if data_state is not None:  # the loader's position, seed and data fingerprint
+            state["data"] = data_state(self.state.position)
+        trained = self.layout.extras.get("stage_module", self.layout.model)
+        ckpt.save_checkpoint(self.run_dir / "checkpoints", self.state.step, trained, optimizer,
                              state, self.cfg.checkpoint.keep_last)
 
-    def _finish(self, final: dict, stopped_by: str, wall_start: float) -> dict:
+    def _finish(self, final: dict, stopped_by: str, wall_start: float, optimizer) -> dict:
         cfg, st, unit = self.cfg, self.state, self.task.unit
-        self._export()
+        model = self._eval_model()
+        sample = self.sampler(model) if self.sampler else None  # every rank: FSDP/TP forward is collective
+        ranks.export_full_model(model, self.model_factory or self._no_factory,
+                                self.run_dir / "model.safetensors", self.layout.strategy)
+        state_bytes = ranks.gather_objects(self._state_bytes)
+        if not self.dist_info.is_main:
+            return {}
+        write_json_atomic(self.run_dir / "model_config.json", self.model_spec)
         records = read_metrics(self.run_dir / "metrics.jsonl")
         train_losses = [r["loss"] for r in records if r.get("split") == "train"]
         throughput = st.units_seen / st.train_seconds if st.train_seconds else 0.0
         precision_dtype = torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32
         if cfg.train.precision == "fp16":
             precision_dtype = torch.float16
-        peak = hardware.matmul_peak_flops(precision_dtype, self.device.type)
+        world = self.dist_info.world  # each rank's peak, at its own thread count, times the ranks
+        peak = hardware.matmul_peak_flops(precision_dtype, self.device.type) * world
         flops = self._flops_per_unit()
         if flops * throughput > peak:  # the cached peak was measured on a busy machine: measure again
-            peak = hardware.matmul_peak_flops(precision_dtype, self.device.type, refresh=True)
+            peak = hardware.matmul_peak_flops(precision_dtype, self.device.type, refresh=True) * world
         summary = {
             "train_loss": train_losses[-1] if train_losses else None,
             **{k: v for k, v in final.items()},
@@ -264,6 +374,10 @@ class Trainer:
             f"flops_per_{unit[:-1]}": flops,
             "matmul_peak_flops": peak,
             "parameters": sum(p.numel() for p in self.model.parameters()),
+            "world_size": world,
+            "parallel_strategy": self.layout.strategy,
+            "global_batch_size": self.global_batch(self.layout),
+            "model_state_bytes_per_rank": state_bytes,
             "peak_memory_bytes": hardware.peak_memory_bytes(self.device.type),
             "train_seconds": st.train_seconds,
             "wall_seconds": time.perf_counter() - wall_start,
@@ -271,7 +385,6 @@ class Trainer:
             "best_step": st.best_step if st.best_step >= 0 else st.step,
             **self.extra_summary,
         }
-        sample = self.sampler(self.model) if self.sampler else None
         if sample is not None:
             summary["sample"] = sample
         write_json_atomic(self.run_dir / "summary.json", summary)
@@ -279,12 +392,8 @@ class Trainer:
         write_report(self.run_dir, config=cfg.model_dump(mode="json"), summary=summary, sample=sample)
         return summary
 
-    def _export(self) -> None:
-        """Consolidated final weights: model.safetensors + model_config.json (no pickle)."""
-        tmp = self.run_dir / ".model.safetensors.tmp"
-        save_model(self.model, str(tmp))
-        tmp.replace(self.run_dir / "model.safetensors")
-        write_json_atomic(self.run_dir / "model_config.json", self.model_spec)
+    def _no_factory(self) -> nn.Module:
+        raise RuntimeError("a sharded model needs Trainer(model_factory=...) to be exported")
 
 
 def _config_file_text(cfg: Config) -> str:

@@ -1,0 +1,146 @@
+"""What the trainer does across ranks besides training: agree on decisions, compare step times,
+account for memory, name a rank that stopped answering, and write one consolidated model."""
+
+from __future__ import annotations
+
+import datetime
+import statistics
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from scaletrain.errors import RunFailure, UserError
+
+
+def world() -> int:
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def on_main(fn, *args, **kwargs):
+    """Run `fn` on rank 0 and hand its result (or its UserError) to every rank, so that a check
+    that fails fails everywhere instead of leaving the other ranks waiting in a collective."""
+    result, error = None, None
+    if rank() == 0:
+        try:
+            result = fn(*args, **kwargs)
+        except UserError as exc:
+            error = str(exc)
+    if dist.is_initialized():
+        box = [(result, error)]
+        dist.broadcast_object_list(box, src=0)
+        result, error = box[0]
+    if error is not None:
+        raise UserError(error)
+    return result
+
+
+def gather_floats(value: float) -> list[float]:
+    """`value` of every rank, in rank order (one small all-gather)."""
+    if not dist.is_initialized():
+        return [value]
+    t = torch.tensor([value], dtype=torch.float64)
+    out = [torch.zeros_like(t) for _ in range(world())]
+    dist.all_gather(out, t)
+    return [float(x) for x in out]
+
+
+def stragglers(step_seconds: list[float], factor: float) -> list[int]:
+    """Ranks slower than the median step time by more than `factor`."""
+    if len(step_seconds) < 2:
+        return []
+    median = statistics.median(step_seconds)
+    return [r for r, s in enumerate(step_seconds) if median > 0 and s > factor * median]
+
+
+def _local_bytes(t: torch.Tensor) -> int:
+    from torch.distributed.tensor import DTensor
+
+    if isinstance(t, DTensor):
+        t = t.to_local()
+    return t.numel() * t.element_size()
+
+
+def model_state_bytes(params: list[nn.Parameter], grad_bytes: int, optimizer) -> int:
+    """Bytes of parameters, gradients and optimizer state this rank holds (local shards only)."""
+    state = getattr(optimizer, "optim", optimizer).state  # ZeRO-1 keeps the local state in .optim
+    optim_bytes = sum(_local_bytes(v) for s in state.values() for v in s.values()
+                      if isinstance(v, torch.Tensor))
+    return sum(_local_bytes(p) for p in params) + grad_bytes + optim_bytes
+
+
+def grad_bytes(params: list[nn.Parameter]) -> int:
+    return sum(_local_bytes(p.grad) for p in params if p.grad is not None)
+
+
+def gather_objects(obj) -> list:
+    if not dist.is_initialized():
+        return [obj]
+    out = [None] * world()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+class Watchdog:
+    """Names the rank that stopped answering when a collective times out.
+
+    A separate gloo group is used because the training group may be wedged after a timeout;
+    `monitored_barrier` reports exactly which ranks did not arrive.
+    """
+
+    def __init__(self, timeout_seconds: float):
+        self.timeout = datetime.timedelta(seconds=min(timeout_seconds, 30.0))
+        self.group = dist.new_group(backend="gloo") if dist.is_initialized() else None
+
+    def failure(self, step: int, exc: BaseException, timeout_seconds: float) -> RunFailure:
+        missing = "another rank"
+        if self.group is not None:
+            try:
+                dist.monitored_barrier(group=self.group, timeout=self.timeout, wait_all_ranks=True)
+                missing = None
+            except RuntimeError as barrier_exc:
+                missing = _ranks_named(str(barrier_exc)) or "another rank"
+        if missing is None:  # everyone answered: not a stall but a real error; keep its message
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
+            reason = reason if len(reason) < 300 else reason[:300] + " ..."
+            return RunFailure(f"rank {rank()}: step {step + 1} failed: {reason}")
+        return RunFailure(f"step {step + 1}: a collective waited more than {timeout_seconds:g} s "
+                          f"(parallel.timeout_seconds): {missing} did not arrive")
+
+
+def _ranks_named(message: str) -> str | None:
+    import re
+
+    found = sorted({int(r) for r in re.findall(r"[Rr]anks? (\d+)", message) if int(r) != rank()})
+    if not found:
+        # "Ranks 1, 2 failed to pass monitoredBarrier"
+        m = re.search(r"Ranks? ([\d, ]+) failed", message)
+        found = sorted({int(x) for x in re.findall(r"\d+", m.group(1))}) if m else []
+    if not found:
+        return None
+    return ("rank " if len(found) == 1 else "ranks ") + ", ".join(map(str, found))
+
+
+def export_full_model(layout_model: nn.Module, fresh_model_factory, path: Path, strategy: str) -> None:
+    """Write consolidated `model.safetensors` on rank 0 (every rank must call: it may gather)."""
+    from safetensors.torch import save_model
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    if strategy in ("single", "ddp", "zero1", "pp"):
+        full_model = layout_model  # plain tensors, identical on every rank (pp: consolidated first)
+    else:
+        full = get_model_state_dict(layout_model, options=StateDictOptions(full_state_dict=True,
+                                                                           cpu_offload=True))
+        full_model = None
+        if rank() == 0:
+            full_model = fresh_model_factory()
+            full_model.load_state_dict(full)
+    if rank() == 0:
+        tmp = path.with_name("." + path.name + ".tmp")
+        save_model(full_model, str(tmp))
+        tmp.replace(path)
