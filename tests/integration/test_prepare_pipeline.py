@@ -86,6 +86,14 @@ def test_cli_removes_planted_duplicates(tmp_path: Path, run_main) -> None:
     assert not (out / pipeline.WORK).exists()
     rc, _, stderr = run_main("prepare", src, "--out", out, "--vocab-size", "300")
     assert rc == 2 and "finished" in stderr
+    rc, stdout, _ = run_main("data", "inspect", out, "--samples", "2")
+    assert rc == 0 and '"exact_dedup": 3' in stdout and "first tokens" in stdout and "sample 1 (" in stdout
+    victim = sorted(out.glob("val-*.bin"))[0]
+    data = bytearray(victim.read_bytes())
+    data[-1] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    rc, stdout, stderr = run_main("data", "verify", out)
+    assert rc == 2 and f"{victim.name}: checksum mismatch" in stdout and "1 problem" in stderr
 
 
 def test_identical_output_for_1_and_2_workers(tmp_path: Path) -> None:

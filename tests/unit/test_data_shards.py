@@ -101,3 +101,50 @@ def test_open_raises_on_missing_or_truncated(tmp_path: Path) -> None:
         shards.TokenShards(tmp_path, "nosuch")
     with pytest.raises(UserError, match="manifest"):
         shards.TokenShards(tmp_path / "empty", "train")
+
+
+def _rewrite_manifest(tmp: Path, **changes: object) -> None:
+    import json
+
+    m = shards.read_manifest(tmp)
+    m.update(changes)
+    (tmp / shards.MANIFEST).write_text(json.dumps(m))
+
+
+def test_open_checks_checksums_dtype_and_tokenizer(tmp_path: Path) -> None:
+    import json
+
+    _build(tmp_path)
+    tok_sum = shards.file_xxh3(tmp_path / shards.TOKENIZER)
+    _rewrite_manifest(tmp_path, tokenizer_xxh3_128=tok_sum)
+    shards.TokenShards(tmp_path, "train", verify=True)
+    # Same size, one flipped byte: only the checksum sees it.
+    b = tmp_path / "train_00001.bin"
+    data = bytearray(b.read_bytes())
+    data[0] ^= 1
+    b.write_bytes(bytes(data))
+    shards.TokenShards(tmp_path, "train")  # the cheap open does not read the data
+    with pytest.raises(UserError, match="train_00001.bin.*checksum"):
+        shards.TokenShards(tmp_path, "train", verify=True)
+    # A manifest that claims a dtype that cannot hold the vocabulary, or no token dtype at all.
+    _rewrite_manifest(tmp_path, vocab_size=70_000)
+    with pytest.raises(UserError, match="manifest.json.*uint16 cannot hold"):
+        shards.TokenShards(tmp_path, "val")
+    _rewrite_manifest(tmp_path, vocab_size=300, dtype="float32")
+    with pytest.raises(UserError, match="manifest.json.*float32"):
+        shards.TokenShards(tmp_path, "val")
+    _rewrite_manifest(tmp_path, dtype="uint16")
+    # Another tokenizer than the one the shards were made with.
+    with pytest.raises(UserError, match="another tokenizer"):
+        shards.TokenShards(tmp_path, "val", tokenizer_fingerprint="0" * 32)
+    tok = tmp_path / shards.TOKENIZER
+    tok.write_text(json.dumps(json.loads(tok.read_text())) + " ")
+    with pytest.raises(UserError, match="tokenizer.json"):
+        shards.TokenShards(tmp_path, "val")
+    assert any("tokenizer.json: checksum" in p for p in shards.verify(tmp_path))
+    # A manifest with a file entry missing its keys names the manifest.
+    m = shards.read_manifest(tmp_path)
+    del m["splits"]["val"]["files"][0]["tokens"]
+    (tmp_path / shards.MANIFEST).write_text(json.dumps(m))
+    with pytest.raises(UserError, match="manifest.json is malformed"):
+        shards.TokenShards(tmp_path, "val")

@@ -74,7 +74,8 @@ def register(sub) -> None:
     v.set_defaults(func=cmd_verify)
     i = dsub.add_parser("inspect", help="print a shard directory's manifest summary and a sample")
     i.add_argument("dir")
-    i.add_argument("--tokens", type=int, default=64, help="tokens of the first training document to show")
+    i.add_argument("--tokens", type=int, default=64, help="tokens to show of each sample document")
+    i.add_argument("--samples", type=int, default=1, help="training documents to decode and show")
     i.set_defaults(func=cmd_inspect)
 
 
@@ -189,7 +190,16 @@ def cmd_inspect(args: argparse.Namespace) -> int:
               f"{shards.source_bytes / max(shards.num_tokens, 1):.2f} bytes/token, dtype {shards.dtype}")
     tokenizer = load_tokenizer(root / "tokenizer.json")
     train = TokenShards(root, "train")
-    first = train.get(0, min(args.tokens, train.num_tokens))
     print(f"vocab {tokenizer.get_vocab_size()}, tokenizer {manifest['tokenizer_fingerprint'][:16]}")
-    print("first tokens:", repr(tokenizer.decode(first.tolist())))
+    stats_file = root / "stats.json"
+    if stats_file.is_file():  # written by `scaletrain prepare`: what cleaning and dedup removed
+        stats = json.loads(stats_file.read_text())
+        print("stats:", json.dumps({k: stats[k] for k in ("documents_in", "documents_out", "removed",
+                                                          "skipped", "tokens", "seconds") if k in stats}))
+    bounds = list(train.doc_starts[: args.samples + 1]) + [train.num_tokens]
+    for k in range(min(args.samples, train.num_documents)):
+        start, end = int(bounds[k]), int(bounds[k + 1])
+        ids = train.get(start, min(args.tokens, end - start))
+        text = repr(tokenizer.decode(ids.tolist()))
+        print(f"first tokens: {text}" if k == 0 else f"sample {k} ({end - start:,} tokens): {text}")
     return 0
