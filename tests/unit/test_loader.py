@@ -70,6 +70,17 @@ def test_permutation_is_a_bijection_for_awkward_sizes():
         Permutation(10, [7])(np.array([10]))
 
 
+def test_small_calls_and_vectorized_calls_agree():
+    """Micro-batches take a plain-Python path, large calls a numpy one: the same permutation."""
+    from scaletrain.data.permutation import Permutation
+
+    for n in (3, 1000, 10**9 + 7):
+        perm = Permutation(n, [4, 2])
+        index = np.arange(min(n, 3000))
+        pieces = np.concatenate([perm(index[i:i + 4]) for i in range(0, len(index), 4)])
+        assert np.array_equal(perm(index), pieces)
+
+
 def test_permutation_looks_shuffled():
     """A reference for "shuffled": where sample i lands is uncorrelated with i, and the first tenth
     of an epoch draws from the whole range (not from one region of the corpus)."""

@@ -113,3 +113,18 @@ def test_the_order_depends_on_seed_and_fingerprint_the_subset_does_not(data_dir,
     n = a.num_train_samples
     assert set(a.sample_ids(0, n).tolist()) == set(b.sample_ids(0, n).tolist())
     assert not np.array_equal(a.sample_ids(0, n), b.sample_ids(0, n))
+
+
+def test_pread_reads_equal_the_memory_map_across_shards(data_dir):
+    from scaletrain.data.loader import PreadTokens
+
+    shards = TokenShards(data_dir, "train")
+    reader = PreadTokens(shards)
+    assert len(reader) == len(shards) and len(shards._shards) > 3  # several shard files
+    everything = shards.get(0, len(shards))
+    assert np.array_equal(reader.get(0, len(shards)), everything)
+    for start in (0, 499, 500, 1234, len(shards) - 17):  # inside, at and across shard boundaries
+        assert np.array_equal(reader.get(start, 17), everything[start:start + 17])
+    with pytest.raises(IndexError):
+        reader.get(len(shards) - 1, 2)
+    reader.close()

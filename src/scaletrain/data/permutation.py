@@ -13,7 +13,9 @@ from __future__ import annotations
 import numpy as np
 
 _ROUNDS = 6  # Luby-Rackoff: 4 rounds already give a pseudo-random permutation; 6 for margin
-_M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+_C1, _C2, _MASK64 = 0xBF58476D1CE4E5B9, 0x94D049BB133111EB, (1 << 64) - 1
+_M1, _M2 = np.uint64(_C1), np.uint64(_C2)
+_SMALL = 48  # below this many indices plain Python ints beat numpy's per-call overhead (~10x at 4)
 
 
 def _mix(x: np.ndarray, key: np.uint64) -> np.ndarray:
@@ -22,6 +24,14 @@ def _mix(x: np.ndarray, key: np.uint64) -> np.ndarray:
     z = (z ^ (z >> np.uint64(30))) * _M1
     z = (z ^ (z >> np.uint64(27))) * _M2
     return z ^ (z >> np.uint64(31))
+
+
+def _mix_int(x: int, key: int) -> int:
+    """`_mix` on one Python int (same result: products wrap at 64 bits)."""
+    z = x ^ key
+    z = ((z ^ (z >> 30)) * _C1) & _MASK64
+    z = ((z ^ (z >> 27)) * _C2) & _MASK64
+    return z ^ (z >> 31)
 
 
 class Permutation:
@@ -37,6 +47,18 @@ class Permutation:
         self._mask = np.uint64((1 << (bits // 2)) - 1)
         words = [int(k) % 2**64 for k in key]  # SeedSequence wants non-negative entropy
         self._keys = np.random.default_rng(words).integers(0, 2**63, size=_ROUNDS, dtype=np.uint64)
+        self._int_keys = [int(k) for k in self._keys]
+        self._int_half, self._int_mask = bits // 2, (1 << (bits // 2)) - 1
+
+    def _one(self, x: int) -> int:
+        half, mask = self._int_half, self._int_mask
+        while True:  # cycle walking, as in __call__
+            left, right = x >> half, x & mask
+            for k in self._int_keys:
+                left, right = right, left ^ (_mix_int(right, k) & mask)
+            x = (left << half) | right
+            if x < self.n:
+                return x
 
     def _encrypt(self, x: np.ndarray) -> np.ndarray:
         left, right = x >> self._half, x & self._mask
@@ -48,6 +70,8 @@ class Permutation:
         index = np.asarray(index, dtype=np.int64)
         if index.size and (index.min() < 0 or index.max() >= self.n):
             raise IndexError(f"index outside [0, {self.n})")
+        if index.size <= _SMALL:  # a micro-batch: the trainer's usual call
+            return np.array([self._one(int(i)) for i in index.ravel()], dtype=np.int64).reshape(index.shape)
         out = self._encrypt(index.astype(np.uint64))
         # The domain is < 4n, so on average fewer than 3 extra rounds of walking; each walk step
         # stays on the cycle of the original value, which keeps the map a bijection of [0, n).

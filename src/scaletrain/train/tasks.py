@@ -15,7 +15,7 @@ import torch.nn.functional as F
 import xxhash
 from torch import nn
 
-from scaletrain.data.loader import PackedLoader, SampleOrder, TokenWindows
+from scaletrain.data.loader import PackedLoader, PreadTokens, SampleOrder, TokenWindows
 from scaletrain.train.step import forward, to_device
 
 
@@ -44,7 +44,7 @@ class LanguageModeling:
     def from_shards(cls, train_shards, val_shards, *, seq_len: int, seed: int, fraction: float,
                     token_bytes: np.ndarray, train_counts: np.ndarray, fingerprint: str = "",
                     document_mask: bool = False) -> "LanguageModeling":
-        windows = TokenWindows(train_shards, seq_len)
+        windows = TokenWindows(PreadTokens(train_shards), seq_len)
         order = SampleOrder(len(windows), seed, fraction, fingerprint=fingerprint)
         return cls(PackedLoader(windows, order, document_mask), TokenWindows(val_shards, seq_len),
                    token_bytes=token_bytes, train_counts=train_counts)
