@@ -17,7 +17,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from scaletrain.cli import commands, data_commands
+    from scaletrain.cli import commands, data_commands, verify_command
 
     parser = _Parser(prog="scaletrain", description="Train large models with torch.distributed, from "
                      "raw data to a deployable model. `scaletrain COMMAND --help` describes each command.")
@@ -26,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     commands.register(sub)
     data_commands.register(sub)
+    verify_command.register(sub)
     __import__("scaletrain.cli.bench_commands", fromlist=["register"]).register(sub)
     return parser
 

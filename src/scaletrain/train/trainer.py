@@ -102,6 +102,8 @@ class Trainer:
         self.autocast = autocast_context(self.device, "fp32" if fsdp_casts else cfg.train.precision)
         self.scaler = torch.amp.GradScaler("cuda") if cfg.train.precision == "fp16" else None
         self.state = LoopState()
+        # A loop-edge callback after every optimizer step: step_hook(trainer, step, loss) (verify).
+        self.step_hook = None
 
     @classmethod
     def from_config(cls, cfg: Config, model: nn.Module, task, *, model_spec: dict | None = None) -> "Trainer":
@@ -239,6 +241,8 @@ class Trainer:
                     autocast=self.autocast, grad_clip=t.grad_clip, scaler=self.scaler,
                     want_norm=log_step, layout=layout, before_zero_grad=measure_hook)
             st.step += 1
+            if self.step_hook is not None:
+                self.step_hook(self, st.step, layout.global_mean(loss))
             units = sum(self.task.units(x) for x, _ in batches) * layout.dp_world
             st.units_seen += units
             meter.add(loss, units)
@@ -391,6 +395,16 @@ class Trainer:
         plot_losses(records, self.run_dir / "loss.png", title=f"{cfg.name}: loss")
         write_report(self.run_dir, config=cfg.model_dump(mode="json"), summary=summary, sample=sample)
         return summary
+
+    def full_state_dict(self) -> dict[str, torch.Tensor]:
+        """The whole model's weights as plain CPU tensors on every rank (a collective when sharded)."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        model = self._eval_model()
+        if self.layout.strategy in ("fsdp", "tp", "fsdp+tp"):
+            full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
+            return {k: v.detach().cpu() for k, v in full.items()}
+        return {k: v.detach().cpu() for k, v in model.state_dict().items()}
 
     def _no_factory(self) -> nn.Module:
         raise RuntimeError("a sharded model needs Trainer(model_factory=...) to be exported")

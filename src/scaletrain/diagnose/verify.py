@@ -1,0 +1,157 @@
+"""`scaletrain verify CONFIG`: prove a parallel layout computes what one process computes.
+
+Both runs train K steps on the same data through the real trainer: the configured layout (under
+torchrun when it has several ranks) and the reference — one process, fp32, no accumulation, the
+same global batch (so the same samples, by the loader's construction). After every step each run
+records its loss and the full weights; the comparison prints, per step, the loss difference and
+the relative parameter deviation ||w - w_ref|| / ||w_ref||, and fails beyond a tolerance that
+depends on the optimizer and the precision (TOLERANCES, documented in docs/parallel.md).
+"""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from scaletrain.config.schema import Config
+from scaletrain.errors import UserError
+
+# (loss |difference|, parameter relative deviation). SGD-like updates are linear in the gradient:
+# a layout only reorders float sums (~1e-7). Adaptive optimizers divide by sqrt(v), which magnifies
+# the rounding of near-zero gradients (~1e-4 after a few steps, PLATFORM.md). bf16 compute rounds
+# every matmul to 8 bits of mantissa.
+TOLERANCES = {
+    ("sgd", "fp32"): (1e-5, 1e-5),
+    ("adaptive", "fp32"): (1e-3, 2e-3),
+    ("sgd", "bf16"): (5e-2, 5e-2),
+    ("adaptive", "bf16"): (5e-2, 1e-1),
+}
+_SGD_LIKE = {"gd", "sgd", "momentum", "nesterov"}
+
+_QUIET = ["train.eval_every=0", "train.checkpoint_every=0", "train.final_eval_batches=1",
+          "log.sample_tokens=0", "log.tensorboard=false", "log.progress=false", "train.resume=false",
+          # K steps of the configured schedule would be all warmup: a constant lr compares the same
+          "schedule.name=constant", "schedule.warmup_steps=0"]
+
+
+def tolerance(cfg: Config) -> tuple[float, float]:
+    family = "sgd" if cfg.optim.name in _SGD_LIKE else "adaptive"
+    precision = "fp32" if cfg.train.precision == "fp32" else "bf16"
+    return TOLERANCES[(family, precision)]
+
+
+def reference_overrides(cfg: Config) -> list[str]:
+    t = cfg.train
+    dp = _dp_world(cfg)
+    return ["parallel.strategy=single", "parallel.nproc=1", "parallel.nnodes=1", "train.precision=fp32",
+            "train.grad_accum=1", f"train.batch_size={t.batch_size * t.grad_accum * dp}",
+            "parallel.activation_checkpointing=false", "train.compile=false"]
+
+
+def _dp_world(cfg: Config) -> int:
+    p = cfg.parallel
+    world = p.nproc * p.nnodes
+    if p.strategy in ("tp", "pp", "single"):
+        return 1
+    if p.strategy == "fsdp+tp":
+        return world // (p.tp_size or 2)
+    return world
+
+
+def record_run(source: str | None, overrides: list[str], out: Path) -> None:
+    """Train (this process is one rank, or the only one) and save loss + weights after each step."""
+    from safetensors.torch import save_file
+
+    from scaletrain.config.load import load_config
+    from scaletrain.train.build import build_trainer
+
+    cfg = load_config(source, overrides)
+    trainer = build_trainer(cfg)
+
+    def hook(trainer, step: int, loss: torch.Tensor) -> None:
+        weights = trainer.full_state_dict()
+        if trainer.dist_info.is_main:
+            unique = {}
+            seen = set()
+            for name, tensor in weights.items():  # tied weights appear twice
+                if tensor.data_ptr() in seen:
+                    continue
+                seen.add(tensor.data_ptr())
+                unique[name] = tensor.float().contiguous()
+            save_file(unique, str(out / f"step_{step:05d}.safetensors"), metadata={"loss": repr(float(loss))})
+
+    trainer.step_hook = hook
+    trainer.fit()
+
+
+def compare(run: Path, ref: Path, steps: int) -> list[dict]:
+    from safetensors import safe_open
+
+    rows = []
+    for step in range(1, steps + 1):
+        name = f"step_{step:05d}.safetensors"
+        with safe_open(run / name, "pt") as a, safe_open(ref / name, "pt") as b:
+            loss_a, loss_b = float(a.metadata()["loss"]), float(b.metadata()["loss"])
+            diff_sq = ref_sq = 0.0
+            max_abs = 0.0
+            for key in b.keys():
+                if key not in a.keys():
+                    raise UserError(f"verify: parameter {key} is missing from the layout's weights")
+                wa, wb = a.get_tensor(key).double(), b.get_tensor(key).double()
+                diff_sq += float((wa - wb).pow(2).sum())
+                ref_sq += float(wb.pow(2).sum())
+                max_abs = max(max_abs, float((wa - wb).abs().max()))
+        rows.append({"step": step, "loss": loss_a, "ref_loss": loss_b, "loss_diff": abs(loss_a - loss_b),
+                     "param_rel_dev": math.sqrt(diff_sq / max(ref_sq, 1e-30)), "param_max_abs": max_abs})
+    return rows
+
+
+def verify(cfg: Config, source: str | None, overrides: list[str], steps: int, keep: Path | None = None) -> tuple[list[dict], tuple[float, float]]:
+    if getattr(cfg.model, "dropout", 0) > 0:
+        raise UserError("verify: model.dropout must be 0 (dropout masks differ between layouts by design)")
+    base = [*overrides, f"train.max_steps={steps}", *_QUIET]
+    root = keep or Path(tempfile.mkdtemp(prefix="scaletrain-verify-"))
+    run_dir, ref_dir = root / "layout", root / "reference"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ref_dir.mkdir(parents=True, exist_ok=True)
+    layout_args = [*base, f"train.run_dir={root / 'layout-run'}"]
+    world = cfg.parallel.nproc * cfg.parallel.nnodes
+    if world > 1:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+               str(cfg.parallel.nproc), "-m", "scaletrain.diagnose.verify", str(run_dir),
+               *([source] if source else []), *layout_args]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+            reason = errors[0].removeprefix("error: ") if errors else proc.stderr.strip().splitlines()[-1]
+            raise UserError(f"verify: the {cfg.parallel.strategy} run failed: {reason}")
+    else:
+        record_run(source, layout_args, run_dir)
+    ref_args = [*base, *reference_overrides(cfg), f"train.run_dir={root / 'reference-run'}"]
+    record_run(source, ref_args, ref_dir)
+    return compare(run_dir, ref_dir, steps), tolerance(cfg)
+
+
+def main(argv: list[str]) -> int:
+    """Worker entry under torchrun: `python -m scaletrain.diagnose.verify OUT [CONFIG] overrides...`."""
+    from scaletrain.cli.commands import split_items
+
+    from scaletrain.errors import RunFailure
+
+    out = Path(argv[0])
+    source, overrides = split_items(argv[1:])
+    try:
+        record_run(source, overrides, out)
+    except (UserError, RunFailure) as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
