@@ -53,8 +53,10 @@ def param_groups(
                 owner = owner or pat  # later patterns still count as matched
         buckets.setdefault((owner, decay), []).append(p)
 
-    matrices = [pid for pid, p in params.items() if p.ndim >= 2 and pid not in embedding_ids]
-    output_id = matrices[-1] if matrices else None
+    # The output layer is the last matrix registered, counting tied names: a head tied to the
+    # embedding comes last under its own name, so such a model has no separate output matrix.
+    matrices = [id(p) for _, p in model.named_parameters(remove_duplicate=False) if p.ndim >= 2 and id(p) in params]
+    output_id = matrices[-1] if matrices and matrices[-1] not in embedding_ids else None
 
     def role(pid: int) -> str:
         if pid in embedding_ids:
