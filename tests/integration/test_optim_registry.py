@@ -49,6 +49,7 @@ def test_trains_the_mlp(tmp_path, fast, name):
     assert summary["val_loss"] < 2.0
 
 
+@pytest.mark.slow  # three short runs per optimizer
 @pytest.mark.parametrize("name", sorted(LR))
 def test_resume_is_bit_exact(tmp_path, fast, name):
     n = 6
