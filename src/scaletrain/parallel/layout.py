@@ -73,7 +73,12 @@ class Layout:
         return contextlib.nullcontext()
 
     def global_mean(self, value: torch.Tensor) -> torch.Tensor:
-        """Mean of a per-rank scalar over the data-parallel ranks (for logging)."""
+        """Mean of a per-rank scalar over the data-parallel ranks (for logging); with pipelining,
+        the last stage's value (only it computes the loss)."""
+        if self.strategy == "pp":
+            value = value.detach().clone().float()
+            dist.broadcast(value, src=self.extras["last_rank"], group=self.extras["pp_group"])
+            return value
         if not self.distributed or self.dp_world == 1:
             return value
         value = value.detach().clone().float()

@@ -29,7 +29,8 @@ def forward(model: nn.Module, x):
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, micro_batches, loss_fn, *,
                device: torch.device, autocast: AbstractContextManager, grad_clip: float,
                scaler: torch.amp.GradScaler | None = None, want_norm: bool = True,
-               layout=None, before_zero_grad=None) -> tuple[torch.Tensor, torch.Tensor | None]:
+               layout=None, before_zero_grad=None,
+               weights: list[float] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Run one step over `micro_batches` [(x, y), ...]; return (mean loss, grad norm) as tensors.
 
     Nothing here calls `.item()`: the caller reads the tensors only on logging steps, so the host
@@ -39,6 +40,7 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, micro_batches
     `layout` (scaletrain.parallel.layout.Layout) makes the step data-parallel aware: gradients are
     synchronized only after the last micro-batch, and the norm is the true global one across
     shards. `before_zero_grad` is called after the optimizer step, while gradients still exist.
+    `weights`: each micro-batch's factor in the step's loss (default 1/len(micro_batches)).
     """
     accum = len(micro_batches)
     total = None
@@ -48,7 +50,9 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, micro_batches
         with sync:
             with autocast:
                 loss = loss_fn(forward(model, x), y)
-                if accum > 1:
+                if weights is not None:
+                    loss = loss * weights[i]
+                elif accum > 1:
                     loss = loss / accum
             (scaler.scale(loss) if scaler else loss).backward()
         total = loss.detach() if total is None else total + loss.detach()

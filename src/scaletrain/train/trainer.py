@@ -27,6 +27,8 @@ from scaletrain.train import checkpoint as ckpt
 from scaletrain.atomic import write_json_atomic, write_text_atomic
 from scaletrain.train.report import plot_losses, read_metrics, write_report
 from scaletrain.errors import RunFailure
+from scaletrain.data.prefetch import Prefetcher
+from scaletrain.parallel import faults
 from scaletrain.parallel.dist import DistInfo, shutdown
 from scaletrain.parallel.layout import Layout, build_layout, wrap_optimizer
 from scaletrain.train import ranks
@@ -128,19 +130,38 @@ class Trainer:
 
         return wrap_optimizer(layout, groups, factory)
 
-    def _micro_positions(self, position: int, layout: Layout) -> list[int]:
-        """Global sample positions of this rank's micro-batches for the step starting at `position`.
+    def _micro_batches(self, position: int, layout: Layout) -> list[tuple[int, int]]:
+        """(global position, size) of this rank's micro-batches for the step starting at `position`.
 
         The step reads the global batch position .. position + batch x accum x dp; micro-batch k of
         data-parallel rank r is the slice at k x (batch x dp) + r x batch. So the samples of a step,
         and their order, are the same for any number of ranks (the same global batch split
         differently), every rank gets equal work, and resuming needs only `position`.
+        `optim.name=gd` reads the whole training set per step in micro-batches of train.batch_size.
         """
-        b, dp = self.cfg.train.batch_size, layout.dp_world
-        return [position + k * b * dp + layout.dp_rank * b for k in range(self.cfg.train.grad_accum)]
+        b, dp, r = self.cfg.train.batch_size, layout.dp_world, layout.dp_rank
+        if self.cfg.optim.name == "gd":
+            n = self.task.num_train_samples
+            chunks = -(-n // (b * dp))
+            return [(position + k * b * dp + r * b, max(0, min(b, n - k * b * dp - r * b))) for k in range(chunks)]
+        return [(position + k * b * dp + r * b, b) for k in range(self.cfg.train.grad_accum)]
 
     def global_batch(self, layout: Layout) -> int:
+        if self.cfg.optim.name == "gd":  # true full-batch gradient descent: one step per epoch
+            return self.task.num_train_samples
         return self.cfg.train.batch_size * self.cfg.train.grad_accum * layout.dp_world
+
+    def _step_batches(self, position: int, layout: Layout) -> tuple[list, list[float] | None]:
+        """The step's micro-batches and, for gd, each one's weight in the exact full-batch mean
+        (its share of the samples, times dp because data-parallel gradient sync averages ranks).
+        A rank with no samples left in the last chunk still runs one, with weight 0, so every
+        rank takes part in every gradient synchronization."""
+        plan = self._micro_batches(position, layout)
+        batches = [self.task.train_batch(p, max(n, 1)) for p, n in plan]
+        if self.cfg.optim.name != "gd":
+            return batches, None
+        total = self.global_batch(layout)
+        return batches, [n / total * layout.dp_world for _, n in plan]
 
     def _lr_multiplier(self, step: int) -> float:
         s = self.cfg.schedule
@@ -184,7 +205,8 @@ class Trainer:
         found = ranks.on_main(ckpt.resolve_resume, t.resume, self.run_dir) if t.resume else (None, [])
         resume_from, damaged = found
         if resume_from is not None:
-            saved = ckpt.load_checkpoint(resume_from, layout.model, optimizer, verified=True)
+            trained = layout.extras.get("stage_module", layout.model)  # pp: this rank's stage
+            saved = ckpt.load_checkpoint(resume_from, trained, optimizer, verified=True)
             saved.pop("step", None)
             data_state = saved.pop("data", None)
             check = getattr(self.task, "check_data_state", None)
@@ -224,11 +246,26 @@ class Trainer:
     def _loop(self, layout: Layout, optimizer, tel: Telemetry, wall_start: float) -> str:
         cfg, t, st = self.cfg, self.cfg.train, self.state
         params = [p for p in layout.module.parameters() if p.requires_grad]
-        step_fn = layout.extras.get("train_step")  # pipelining runs its own schedule
+        make_step = layout.extras.get("make_step")  # pipelining runs its own schedule
+        step_fn = make_step(self.task.loss, t.grad_clip) if make_step else None
         meter = _Meter()
+        start_step, start_position, per_step = st.step, st.position, self.global_batch(layout)
+        # The batches of the next steps are read in a background thread while this one trains;
+        # they are a pure function of the step, so prefetching never changes which batch comes.
+        prefetch = Prefetcher(lambda step: self._step_batches(start_position + (step - start_step) * per_step,
+                                                              layout), depth=2)
+        try:
+            return self._steps(layout, optimizer, tel, wall_start, meter, prefetch, step_fn, params)
+        finally:
+            prefetch.close()
+
+    def _steps(self, layout, optimizer, tel, wall_start, meter, prefetch, step_fn, params) -> str:
+        cfg, t, st = self.cfg, self.cfg.train, self.state
         while st.step < t.max_steps:
+            if layout.distributed:
+                faults.maybe_inject(st.step + 1, self.dist_info.rank)
             apply_lr(optimizer, self._lr_multiplier(st.step))
-            batches = [self.task.train_batch(p, t.batch_size) for p in self._micro_positions(st.position, layout)]
+            batches, weights = prefetch.get(st.step)
             st.position += self.global_batch(layout)
             log_step = (st.step + 1) % cfg.log.every == 0 or st.step + 1 == t.max_steps
             measure = self._state_bytes is None
@@ -239,11 +276,12 @@ class Trainer:
                 loss, grad_norm = train_step(
                     layout.module, optimizer, batches, self.task.loss, device=self.device,
                     autocast=self.autocast, grad_clip=t.grad_clip, scaler=self.scaler,
-                    want_norm=log_step, layout=layout, before_zero_grad=measure_hook)
+                    want_norm=log_step, layout=layout, before_zero_grad=measure_hook, weights=weights)
             st.step += 1
             if self.step_hook is not None:
                 self.step_hook(self, st.step, layout.global_mean(loss))
-            units = sum(self.task.units(x) for x, _ in batches) * layout.dp_world
+            units = (self.global_batch(layout) * self.task.units(batches[0][0]) // len(batches[0][1])
+                     if weights else sum(self.task.units(x) for x, _ in batches) * layout.dp_world)
             st.units_seen += units
             meter.add(loss, units)
 
