@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -104,8 +105,8 @@ def test_identical_output_for_1_and_2_workers(tmp_path: Path) -> None:
     s2 = pipeline.run_prepare(_cfg(src), two, workers=2, progress=False)
     assert s1["tasks"] > 3
     assert _files(one) == _files(two)
-    assert {k: v for k, v in s1.items() if k not in ("seconds", "workers", "created")} == \
-        {k: v for k, v in s2.items() if k not in ("seconds", "workers", "created")}
+    timing = ("seconds", "phase_seconds", "workers", "created")
+    assert {k: v for k, v in s1.items() if k not in timing} == {k: v for k, v in s2.items() if k not in timing}
 
 
 def test_resume_after_crash_redoes_only_unfinished_tasks(tmp_path: Path, monkeypatch) -> None:
@@ -201,3 +202,40 @@ def test_shards_and_merge(tmp_path: Path, run_main) -> None:
     pipeline.run_prepare(_cfg(src, vocab_size=270), other, workers=1, progress=False)
     rc, _, err = run_main("prepare", "--merge", parts[0], other, "--out", tmp_path / "bad")
     assert rc == 2 and "tokenizer" in err and "other" in err
+
+
+def test_jsonl_and_parquet_mixture_with_bad_input(tmp_path: Path) -> None:
+    """Bad lines are counted in stats.json; weights write floor(w) copies plus one with
+    probability frac(w), drawn per document id; validation documents are written once."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from scaletrain.data import sources
+
+    words = corpus.read_text(corpus.stdlib_root() / "argparse.py").split()
+    assert len(words) > 60 * 40
+    docs = [" ".join(words[i * 40 : i * 40 + 40]) for i in range(60)]
+    jl = tmp_path / "a.jsonl"
+    lines = [json.dumps({"text": d}) for d in docs[:20]] + ["{oops", json.dumps({"title": "x"}), ""]
+    jl.write_text("\n".join(lines) + "\n")
+    pqf = tmp_path / "b.parquet"
+    pq.write_table(pa.table({"body": docs[20:] + [None]}), pqf, row_group_size=16)
+    cfg = validate({"sources": [{"path": str(jl), "weight": 2.0},
+                                {"path": str(pqf), "field": "body", "weight": 0.5}],
+                    "vocab_size": 300, "val_fraction": 0.2, "dedup": {"near": False}})
+    stats = pipeline.run_prepare(cfg, tmp_path / "out", workers=1, progress=False)
+    assert stats["skipped"] == {"bad_json": 1, "missing_field": 2, "empty": 1}
+    assert stats["documents_in"] == stats["documents_out"] == 60
+    expected = {"train": 0, "val": 0}
+    for spec in pipeline._source_specs(cfg):
+        for task in sources.plan_tasks([spec], cfg.task_bytes):
+            for doc in sources.read_task(task, spec.field, 10**6, "replace", Counter(), Counter()):
+                doc_id = doc.id.replace("0:", f"{0 if spec.kind == 'jsonl' else 1}:", 1)
+                if stages.unit_hash(doc_id, 0, stages._SEED_SPLIT) < 0.2:
+                    expected["val"] += 1
+                else:
+                    w = spec.weight
+                    expected["train"] += int(w) + (stages.unit_hash(doc_id, 0, stages._SEED_MIX) < w - int(w))
+    assert stats["splits"]["train"]["documents"] == expected["train"]
+    assert stats["splits"]["val"]["documents"] == expected["val"]
+    assert expected["val"] > 0 and stats["documents_written"] == expected["train"] + expected["val"]

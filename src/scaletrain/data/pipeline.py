@@ -128,20 +128,26 @@ def run_prepare(cfg: PrepareConfig, out: str | Path, workers: int | None = None,
     # One pool for both parallel phases: spawning workers costs about a second each time.
     pool = (ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=stages.init_worker)
             if workers > 1 else None)
+    phase: dict[str, float] = {}  # seconds of this invocation per phase: where the time goes
     try:
         with _progress(progress) as bar:
+            t = time.perf_counter()
             _run(partial(stages.scan, cfg, work), tasks,
                  lambda t: stages.scan_paths(work, t.index)["json"].is_file(), pool, bar, "scan + hash")
+            phase["scan"], t = time.perf_counter() - t, time.perf_counter()
             if not (work / "dedup.json").is_file():
                 pt = bar.add_task("dedup", total=None)
                 _decide(cfg, work, tasks)
                 bar.update(pt, total=1, completed=1)
+            phase["dedup"], t = time.perf_counter() - t, time.perf_counter()
             if not (out / shards.TOKENIZER).is_file():
                 pt = bar.add_task("tokenizer", total=None)
                 _tokenizer(cfg, out, work, tasks)
                 bar.update(pt, total=1, completed=1)
+            phase["tokenizer"], t = time.perf_counter() - t, time.perf_counter()
             _run(partial(stages.tokenize, cfg, out, work), tasks,
                  lambda t: (work / "tokenize" / f"{t.index:05d}.json").is_file(), pool, bar, "tokenize")
+            phase["tokenize"] = time.perf_counter() - t
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
@@ -149,6 +155,7 @@ def run_prepare(cfg: PrepareConfig, out: str | Path, workers: int | None = None,
     toks = [json.loads((work / "tokenize" / f"{t.index:05d}.json").read_text()) for t in tasks]
     stats = _finish(cfg, out, work, plan, tasks, scans, toks)
     stats.update(seconds=round(time.perf_counter() - t0, 3), workers=workers, resumed=resumed,
+                 phase_seconds={k: round(v, 3) for k, v in phase.items()},
                  created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     write_json_atomic(out / STATS, stats)
     write_json_atomic(out / shards.MANIFEST, _manifest(cfg, out, plan, tasks, scans, toks))

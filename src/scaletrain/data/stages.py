@@ -103,7 +103,8 @@ _TOKENIZERS: dict[str, Any] = {}
 def _tokenizer(path: Path):
     from scaletrain.data.tokenizer import load_tokenizer
 
-    key = str(path)
+    st = path.stat()
+    key = f"{path}:{st.st_mtime_ns}:{st.st_size}"  # a rewritten file is a new tokenizer
     if key not in _TOKENIZERS:
         _TOKENIZERS[key] = load_tokenizer(path)
     return _TOKENIZERS[key]
