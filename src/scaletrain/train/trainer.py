@@ -190,11 +190,11 @@ class Trainer:
         wall_start = time.perf_counter()
         if t.threads:
             torch.set_num_threads(t.threads)
-        if self.model_factory is None and cfg.parallel.strategy in ("fsdp", "tp", "fsdp+tp"):
-            # A weightless copy of the plain model, materialized on rank 0 to receive the
-            # consolidated weights at export.
-            template = copy.deepcopy(self.model).to("meta")
-            self.model_factory = lambda: template.to_empty(device="cpu")
+        if self.model_factory is None and cfg.parallel.strategy in ("fsdp", "tp", "fsdp+tp") and main:
+            # A plain copy on rank 0 receives the consolidated weights at export (a copy, not a
+            # meta-device skeleton: materializing one would untie tied weights).
+            template = copy.deepcopy(self.model)
+            self.model_factory = lambda: template
         layout = build_layout(self.model, cfg.parallel, self.dist_info, precision=t.precision,
                               compile=t.compile)
         self.layout = layout
