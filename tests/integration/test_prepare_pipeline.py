@@ -239,3 +239,23 @@ def test_jsonl_and_parquet_mixture_with_bad_input(tmp_path: Path) -> None:
     assert stats["splits"]["train"]["documents"] == expected["train"]
     assert stats["splits"]["val"]["documents"] == expected["val"]
     assert expected["val"] > 0 and stats["documents_written"] == expected["train"] + expected["val"]
+
+
+def test_bad_settings_name_the_key(tmp_path: Path, run_main) -> None:
+    cfg = tmp_path / "prep.yaml"
+    cfg.write_text("dedup: {bnds: 3}\n")
+    rc, _, err = run_main("prepare", "--config", cfg, "--out", tmp_path / "o")
+    assert rc == 2 and "dedup.bnds: unknown key" in err
+    cfg.write_text("sources: [{path: x, kind: csv}]\n")
+    rc, _, err = run_main("prepare", "--config", cfg, "--out", tmp_path / "o")
+    assert rc == 2 and "sources.0.kind" in err
+    rc, _, err = run_main("prepare", "--shard", "2/2", "--out", tmp_path / "o")
+    assert rc == 2 and "--shard" in err
+    rc, _, err = run_main("prepare", tmp_path / "missing", "--out", tmp_path / "o")
+    assert rc == 2 and "missing" in err
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "notes.txt").write_text("mine")
+    src, _ = make_corpus(tmp_path)
+    rc, _, err = run_main("prepare", src, "--out", busy, "--vocab-size", "300")
+    assert rc == 2 and "not an unfinished preparation" in err
