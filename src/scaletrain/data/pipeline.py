@@ -102,13 +102,15 @@ def _open_out(out: Path, plan: dict[str, Any]) -> bool:
         if old.get("fingerprint") != plan["fingerprint"]:
             raise UserError(f"--out: {out} holds an unfinished run with other settings or inputs; "
                             "rerun the same command to resume it, or choose a new directory")
-        return True
-    if out.exists() and any(out.iterdir()):
+        resumed = True
+    elif out.exists() and any(out.iterdir()):
         raise UserError(f"--out: {out} exists and is not an unfinished preparation; choose a new directory")
+    else:
+        write_json_atomic(plan_file, plan)  # first: a directory with work/ is always resumable
+        resumed = False
     (out / WORK / "scan").mkdir(parents=True, exist_ok=True)
     (out / WORK / "tokenize").mkdir(parents=True, exist_ok=True)
-    write_json_atomic(plan_file, plan)
-    return False
+    return resumed
 
 
 def run_prepare(cfg: PrepareConfig, out: str | Path, workers: int | None = None,
