@@ -128,8 +128,10 @@ def run_prepare(cfg: PrepareConfig, out: str | Path, workers: int | None = None,
     # The tokenizer is trained in this process; its Rust pool may use every worker's core.
     os.environ.setdefault("RAYON_NUM_THREADS", str(workers))
     # One pool for both parallel phases: spawning workers costs about a second each time.
-    pool = (ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=stages.init_worker)
-            if workers > 1 else None)
+    # More processes than tasks would only add start-up time.
+    procs = min(workers, len(tasks))
+    pool = (ProcessPoolExecutor(procs, mp_context=get_context("spawn"), initializer=stages.init_worker)
+            if procs > 1 else None)
     phase: dict[str, float] = {}  # seconds of this invocation per phase: where the time goes
     try:
         with _progress(progress) as bar:
