@@ -38,7 +38,8 @@ def launch(cfg: Config, source: str | None, overrides: list[str]) -> int:
     from scaletrain.train.build import check_run_dir, default_run_dir
 
     run_dir = Path(cfg.train.run_dir).expanduser() if cfg.train.run_dir else default_run_dir(cfg)
-    check_run_dir(cfg, run_dir)  # with the user's own resume setting, before anything starts
+    if cfg.parallel.nnodes == 1:  # with the user's own resume setting, before anything starts
+        check_run_dir(cfg, run_dir)  # (several nodes: rank 0 checks, the others may start later)
     extra = [f"train.run_dir={run_dir}"]
     if cfg.parallel.max_restarts > 0 and cfg.train.resume is False:
         extra.append("train.resume=auto")

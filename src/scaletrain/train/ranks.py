@@ -114,13 +114,11 @@ class Watchdog:
 
 
 def _ranks_named(message: str) -> str | None:
+    """The ranks a monitored_barrier failure names ("Rank 1 failed ..." / "Ranks 1, 3 failed ...")."""
     import re
 
-    found = sorted({int(r) for r in re.findall(r"[Rr]anks? (\d+)", message) if int(r) != rank()})
-    if not found:
-        # "Ranks 1, 2 failed to pass monitoredBarrier"
-        m = re.search(r"Ranks? ([\d, ]+) failed", message)
-        found = sorted({int(x) for x in re.findall(r"\d+", m.group(1))}) if m else []
+    m = re.search(r"[Rr]anks? ([\d, ]+?) failed", message)
+    found = sorted({int(x) for x in re.findall(r"\d+", m.group(1))} - {rank()}) if m else []
     if not found:
         return None
     return ("rank " if len(found) == 1 else "ranks ") + ", ".join(map(str, found))

@@ -1,0 +1,92 @@
+"""The parts of the parallel layer that need no process group: mesh shapes, pipeline splits,
+straggler detection, verify's comparison, the launcher's torchrun arguments."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from scaletrain.config.load import load_config
+from scaletrain.config.schema import ParallelConfig
+from scaletrain.diagnose.verify import compare, reference_overrides, tolerance
+from scaletrain.errors import UserError
+from scaletrain.parallel.launch import torchrun_args
+from scaletrain.parallel.layout import mesh_shape
+from scaletrain.parallel.pipeline import stage_layers
+from scaletrain.train.ranks import _ranks_named, stragglers
+
+
+@pytest.mark.parametrize("strategy, world, tp, expected", [
+    ("ddp", 2, 0, ((2,), ("dp",))),
+    ("fsdp", 4, 0, ((4,), ("dp",))),
+    ("tp", 2, 0, ((1, 2), ("dp", "tp"))),
+    ("fsdp+tp", 4, 2, ((2, 2), ("dp", "tp"))),
+    ("pp", 2, 0, ((2,), ("pp",))),
+])
+def test_mesh_shapes(strategy, world, tp, expected):
+    assert mesh_shape(ParallelConfig(strategy=strategy, tp_size=tp), world) == expected
+
+
+@pytest.mark.parametrize("strategy, world, tp, message", [
+    ("single", 2, 0, "parallel.strategy=single"),
+    ("ddp", 1, 0, "needs several processes"),
+    ("tp", 4, 2, "parallel.tp_size=2"),
+    ("fsdp+tp", 3, 2, "must divide"),
+])
+def test_impossible_layouts_are_named(strategy, world, tp, message):
+    with pytest.raises(UserError, match=message):
+        mesh_shape(ParallelConfig(strategy=strategy, tp_size=tp), world)
+
+
+def test_pipeline_stages_cover_every_block_once():
+    for n_layer in range(1, 9):
+        for stages in range(1, n_layer + 1):
+            blocks = [i for s in range(stages) for i in stage_layers(n_layer, stages, s)]
+            assert blocks == list(range(n_layer))
+            sizes = [len(stage_layers(n_layer, stages, s)) for s in range(stages)]
+            assert max(sizes) - min(sizes) <= 1
+
+
+def test_stragglers_are_ranks_slower_than_the_median_by_the_factor():
+    assert stragglers([0.10, 0.11, 0.30, 0.10], 1.5) == [2]
+    assert stragglers([0.10, 0.14], 1.5) == []
+    assert stragglers([0.1], 1.5) == []
+
+
+def test_rank_named_from_monitored_barrier_messages():
+    assert _ranks_named("Rank 1 failed to pass monitoredBarrier in 5000 ms") == "rank 1"
+    assert _ranks_named("Ranks 1, 3 failed to pass monitoredBarrier in 5000 ms") == "ranks 1, 3"
+
+
+def test_verify_compares_loss_and_relative_deviation(tmp_path):
+    run, ref = tmp_path / "run", tmp_path / "ref"
+    run.mkdir()
+    ref.mkdir()
+    w = torch.tensor([3.0, 4.0])  # norm 5
+    save_file({"w": w}, str(ref / "step_00001.safetensors"), metadata={"loss": "2.0"})
+    save_file({"w": w + torch.tensor([0.0, 0.05])}, str(run / "step_00001.safetensors"), metadata={"loss": "2.5"})
+    [row] = compare(run, ref, 1)
+    assert row["loss_diff"] == pytest.approx(0.5)
+    assert row["param_rel_dev"] == pytest.approx(0.05 / 5.0, rel=1e-5)  # float32 weights
+    assert row["param_max_abs"] == pytest.approx(0.05, rel=1e-5)
+
+
+def test_verify_reference_is_one_process_fp32_with_the_same_global_batch():
+    cfg = load_config("gpt-tiny", ["parallel.strategy=ddp", "parallel.nproc=2", "train.grad_accum=3",
+                                   "train.batch_size=4", "train.precision=bf16"])
+    ref = reference_overrides(cfg)
+    assert "train.batch_size=24" in ref and "train.grad_accum=1" in ref and "train.precision=fp32" in ref
+    assert tolerance(cfg) == (5e-2, 1e-1)
+    sgd = load_config("gpt-tiny", ["optim.name=sgd", "train.precision=fp32"])
+    assert tolerance(sgd) == (1e-5, 1e-5)
+
+
+def test_launcher_starts_torchrun_standalone_or_with_rendezvous():
+    one = load_config("gpt-tiny", ["parallel.strategy=ddp", "parallel.nproc=2", "parallel.max_restarts=3"])
+    args = torchrun_args(one, ["train", "gpt-tiny"])
+    assert args[:4] == ["--nproc-per-node", "2", "--max-restarts", "3"] and "--standalone" in args
+    assert args[-4:] == ["--module", "scaletrain", "train", "gpt-tiny"]
+    two = load_config("gpt-tiny", ["parallel.strategy=fsdp", "parallel.nnodes=2", "parallel.rdzv_endpoint=h:29500"])
+    args = torchrun_args(two, ["train"])
+    assert "--standalone" not in args and args[args.index("--rdzv-endpoint") + 1] == "h:29500"
