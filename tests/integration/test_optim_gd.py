@@ -15,7 +15,6 @@ from scaletrain.train.build import build_trainer
 STEPS, LR = 2, 0.5
 
 
-@pytest.mark.xfail(strict=False, reason="trainer side pending: full-batch gradient when optim.name == 'gd'")
 def test_gd_is_the_full_batch_step(tmp_path, fast):
     cfg = load_config("mlp-digits", [
         *fast, "log.tensorboard=false", f"train.run_dir={tmp_path / 'run'}", "optim.name=gd", f"optim.lr={LR}",

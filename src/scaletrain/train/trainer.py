@@ -22,7 +22,7 @@ from scaletrain.config.schema import Config
 from scaletrain.diagnose import hardware
 from scaletrain.optim.param_groups import param_groups
 from scaletrain.optim.registry import build_optimizer
-from scaletrain.optim.schedules import apply_lr, lr_multiplier
+from scaletrain.optim.schedules import apply_lr, effective_lr, lr_multiplier
 from scaletrain.train import checkpoint as ckpt
 from scaletrain.atomic import write_json_atomic, write_text_atomic
 from scaletrain.train.report import plot_losses, read_metrics, write_report
@@ -124,9 +124,13 @@ class Trainer:
         trained = layout.extras.get("stage_module", layout.model)  # pp: this rank's stage only
         groups = param_groups(trained, o.weight_decay, o.lr_multipliers)
 
+        # optim.lr_scaling adapts the lr tuned at optim.reference_batch to this run's global batch.
+        lr = effective_lr(o, self.global_batch(layout))
+
         def factory(groups):
-            return build_optimizer(o.name, groups, lr=o.lr, weight_decay=o.weight_decay,
-                                   betas=tuple(o.betas), eps=o.eps, momentum=o.momentum, fused=o.fused)
+            return build_optimizer(o.name, groups, lr=lr, weight_decay=o.weight_decay,
+                                   betas=tuple(o.betas), eps=o.eps, momentum=o.momentum, fused=o.fused,
+                                   options=getattr(o, o.name, None))  # the optim.<name> section
 
         return wrap_optimizer(layout, groups, factory)
 
