@@ -90,3 +90,10 @@ def test_launcher_starts_torchrun_standalone_or_with_rendezvous():
     two = load_config("gpt-tiny", ["parallel.strategy=fsdp", "parallel.nnodes=2", "parallel.rdzv_endpoint=h:29500"])
     args = torchrun_args(two, ["train"])
     assert "--standalone" not in args and args[args.index("--rdzv-endpoint") + 1] == "h:29500"
+
+
+@pytest.mark.parametrize("optimizer", ["adafactor", "adamw8bit"])
+def test_optimizers_that_need_whole_tensors_are_refused_under_fsdp(optimizer):
+    with pytest.raises(UserError, match=f"optim.name: {optimizer} does not run on sharded"):
+        load_config("gpt-tiny", [f"optim.name={optimizer}", "parallel.strategy=fsdp", "parallel.nproc=2"])
+    load_config("gpt-tiny", [f"optim.name={optimizer}", "parallel.strategy=ddp", "parallel.nproc=2"])

@@ -18,6 +18,12 @@ BUILTIN_OPTIMIZERS = (
     "nesterov", "rmsprop", "sgd",
 )
 
+# Optimizers measured to fail on FSDP/TP's DTensor parameters (docs/optimizers.md), and why.
+_NEEDS_PLAIN_TENSORS = {
+    "adafactor": "its factored row/column statistics need the whole matrix",
+    "adamw8bit": "bitsandbytes kernels take plain tensors only",
+}
+
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegInt = Annotated[int, Field(ge=0)]
 Fraction = Annotated[float, Field(gt=0.0, le=1.0)]
@@ -318,6 +324,11 @@ class Config(Section):
             raise ValueError("model.name=gpt needs data.kind=text")
         if self.model.name == "mlp" and self.data.kind != "images":
             raise ValueError("model.name=mlp needs data.kind=images")
+        sharded = self.parallel.strategy in ("fsdp", "tp", "fsdp+tp")
+        if sharded and self.optim.name in _NEEDS_PLAIN_TENSORS:
+            raise ValueError(f"optim.name: {self.optim.name} does not run on sharded (DTensor) parameters "
+                             f"({_NEEDS_PLAIN_TENSORS[self.optim.name]}); with parallel.strategy="
+                             f"{self.parallel.strategy} choose another optimizer, or use ddp/zero1/pp")
         if self.schedule.warmup_steps >= self.train.max_steps and self.schedule.warmup_steps > 0:
             raise ValueError(
                 f"schedule.warmup_steps: {self.schedule.warmup_steps} must be below "
