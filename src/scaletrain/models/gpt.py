@@ -32,6 +32,11 @@ class GPTArgs:
     norm: str = "layernorm"
     tie_embeddings: bool = True
     rope: bool = False  # rotary embeddings on q/k instead of a learned absolute position table
+    # Per-block widths, set by structured pruning (scaletrain.compress): block i keeps layer_heads[i]
+    # heads of d_model // n_head each and an MLP of layer_d_ff[i] units. None: every block has
+    # n_head heads and d_ff units (the default; these keys are then left out of args_dict).
+    layer_heads: list[int] | None = None
+    layer_d_ff: list[int] | None = None
 
     def __post_init__(self) -> None:
         if self.d_ff is None:
@@ -46,6 +51,16 @@ class GPTArgs:
             raise UserError(f"model.rope needs an even head dim, got d_model/n_head = {self.d_model // self.n_head}")
         if not 0.0 <= self.dropout < 1.0:
             raise UserError(f"model.dropout must be in [0, 1), got {self.dropout!r}")
+        for key in ("layer_heads", "layer_d_ff"):
+            value = getattr(self, key)
+            if value is None:
+                continue
+            value = list(value)
+            setattr(self, key, value)
+            if len(value) != self.n_layer or any(not isinstance(v, int) or isinstance(v, bool) or v <= 0
+                                                 for v in value):
+                raise UserError(f"model.{key} must be {self.n_layer} positive integers (one per layer), "
+                                f"got {value!r}")
         if self.norm not in _NORMS:
             raise UserError(f"model.norm must be one of {list(_NORMS)}, got {self.norm!r}")
 
@@ -84,13 +99,14 @@ def _document_mask(doc_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, args: GPTArgs):
+    def __init__(self, args: GPTArgs, n_head: int | None = None):
         super().__init__()
         self.head_dim = args.d_model // args.n_head
         self.dropout = args.dropout
+        width = (n_head or args.n_head) * self.head_dim  # d_model unless heads were pruned
         # One fused projection: a single matmul, and TP can shard it column-wise.
-        self.qkv = nn.Linear(args.d_model, 3 * args.d_model, bias=args.bias)
-        self.proj = nn.Linear(args.d_model, args.d_model, bias=args.bias)
+        self.qkv = nn.Linear(args.d_model, 3 * width, bias=args.bias)
+        self.proj = nn.Linear(width, args.d_model, bias=args.bias)
         self.resid_drop = nn.Dropout(args.dropout)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None,
@@ -117,10 +133,11 @@ class CausalSelfAttention(nn.Module):
 
 
 class FeedForward(nn.Module):
-    def __init__(self, args: GPTArgs):
+    def __init__(self, args: GPTArgs, d_ff: int | None = None):
         super().__init__()
-        self.fc = nn.Linear(args.d_model, args.d_ff, bias=args.bias)
-        self.proj = nn.Linear(args.d_ff, args.d_model, bias=args.bias)
+        d_ff = d_ff or args.d_ff
+        self.fc = nn.Linear(args.d_model, d_ff, bias=args.bias)
+        self.proj = nn.Linear(d_ff, args.d_model, bias=args.bias)
         self.drop = nn.Dropout(args.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -128,12 +145,12 @@ class FeedForward(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, args: GPTArgs):
+    def __init__(self, args: GPTArgs, layer: int = 0):
         super().__init__()
         self.norm1 = _make_norm(args)
-        self.attn = CausalSelfAttention(args)
+        self.attn = CausalSelfAttention(args, args.layer_heads[layer] if args.layer_heads else None)
         self.norm2 = _make_norm(args)
-        self.mlp = FeedForward(args)
+        self.mlp = FeedForward(args, args.layer_d_ff[layer] if args.layer_d_ff else None)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None,
                 mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -154,7 +171,7 @@ class GPT(nn.Module):
             self.register_buffer("rope_cos", cos, persistent=False)
             self.register_buffer("rope_sin", sin, persistent=False)
         self.drop = nn.Dropout(args.dropout)
-        self.blocks = nn.ModuleList(Block(args) for _ in range(args.n_layer))
+        self.blocks = nn.ModuleList(Block(args, i) for i in range(args.n_layer))
         self.norm_f = _make_norm(args)
         self.lm_head = nn.Linear(args.d_model, args.vocab_size, bias=False)
         if args.tie_embeddings:
@@ -224,9 +241,13 @@ class GPT(nn.Module):
         T×T matrix, i.e. causal masking is not discounted, as in PaLM's MFU convention.
         """
         a = self.args
-        n_matmul = a.n_layer * (4 * a.d_model * a.d_model + 2 * a.d_model * a.d_ff)
+        hd = a.d_model // a.n_head
+        heads = a.layer_heads or [a.n_head] * a.n_layer
+        d_ff = a.layer_d_ff or [a.d_ff] * a.n_layer
+        # Per layer: qkv + proj are 4·d·(heads·hd) (4·d² unpruned), the MLP 2·d·d_ff.
+        n_matmul = sum(4 * a.d_model * h * hd + 2 * a.d_model * f for h, f in zip(heads, d_ff))
         n_matmul += a.vocab_size * a.d_model
-        return float(6 * n_matmul + 12 * a.n_layer * a.d_model * a.seq_len)
+        return float(6 * n_matmul + 12 * a.seq_len * sum(h * hd for h in heads))
 
     @torch.no_grad()
     def generate(
@@ -262,7 +283,11 @@ class GPT(nn.Module):
         return idx
 
     def args_dict(self) -> dict:
-        return dataclasses.asdict(self.args)
+        d = dataclasses.asdict(self.args)
+        for key in ("layer_heads", "layer_d_ff"):  # unpruned models keep the original layout
+            if d[key] is None:
+                del d[key]
+        return d
 
     @classmethod
     def from_args_dict(cls, d: dict) -> "GPT":
