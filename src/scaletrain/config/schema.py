@@ -293,6 +293,18 @@ class ParallelConfig(Section):
         return self
 
 
+class GuardConfig(Section):
+    """What the trainer does with a bad step: a NaN/Inf loss or gradient norm, or a loss spike."""
+
+    # skip: drop the step's update and go on; rollback: reload the last checkpoint and continue
+    # with the learning rate times lr_factor; stop: end the run (stopped_by=non_finite_loss);
+    # off: no check (saves one host sync per step; a NaN is then only seen at the next log line).
+    action: Literal["skip", "rollback", "stop", "off"] = "skip"
+    spike_factor: Annotated[float, Field(gt=1.0)] | None = None  # loss > factor x recent mean is bad
+    lr_factor: Annotated[float, Field(gt=0.0, le=1.0)] = 0.5  # rollback: lr multiplied by this
+    max_consecutive: PositiveInt = 5  # more bad steps in a row than this ends the run
+
+
 class CheckpointConfig(Section):
     keep_last: PositiveInt = 2
 
@@ -315,6 +327,7 @@ class Config(Section):
     schedule: ScheduleConfig = ScheduleConfig()
     train: TrainConfig = TrainConfig()
     parallel: ParallelConfig = ParallelConfig()
+    guard: GuardConfig = GuardConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
     log: LogConfig = LogConfig()
 

@@ -1,8 +1,17 @@
-"""Fault injection for the reliability tests: make one rank die or stall at a given step.
+"""Fault injection for the reliability and diagnosis tests: make a rank die, stall or lag, the data
+slow, or the loss NaN, at a given step.
 
-`SCALETRAIN_FAULT="kill:rank=1:step=5"` or `"stall:rank=1:step=3:seconds=60"`. A test hook, not a
-setting: it acts only on the first attempt of a torchrun group (a restarted group runs clean), so
-a test can check that training survives the fault.
+`SCALETRAIN_FAULT` holds one or more faults separated by commas, each `kind:key=value:...`:
+
+- `kill:rank=1:step=5` — SIGKILL rank 1 before step 5 (a crash: no cleanup);
+- `stall:rank=1:step=3:seconds=60` — rank 1 sleeps before step 3 (a hang);
+- `slow_rank:rank=1:seconds=0.05` — rank 1 sleeps before every step (a straggler);
+- `slow_data:seconds=0.05` — building every batch takes this much longer (a data-bound run);
+- `nan:step=4` — the loss of step 4 is NaN (a numerical fault);
+- `spike:step=4:factor=20` — the loss of step 4 is 20 times larger (a loss spike).
+
+A test hook, not a setting: kill, stall and nan act only on the first attempt of a torchrun group (a
+restarted group runs clean), so a test can check that training survives the fault.
 """
 
 from __future__ import annotations
@@ -14,20 +23,56 @@ import time
 from scaletrain.parallel.dist import restart_count
 
 
-def _parse(spec: str) -> tuple[str, dict[str, float]]:
-    kind, *fields = spec.split(":")
-    return kind, {k: float(v) for k, v in (f.split("=", 1) for f in fields)}
+def _faults() -> list[tuple[str, dict[str, float]]]:
+    spec = os.environ.get("SCALETRAIN_FAULT", "")
+    out = []
+    for item in filter(None, (s.strip() for s in spec.split(","))):
+        kind, *fields = item.split(":")
+        out.append((kind, {k: float(v) for k, v in (f.split("=", 1) for f in fields)}))
+    return out
+
+
+def _find(kind: str) -> dict[str, float] | None:
+    for k, args in _faults():
+        if k == kind:
+            return args
+    return None
 
 
 def maybe_inject(step: int, rank: int) -> None:
     """Called before optimizer step `step` (1-based) on every rank."""
-    spec = os.environ.get("SCALETRAIN_FAULT")
-    if not spec or restart_count() > 0:
+    lag = _find("slow_rank")
+    if lag is not None and int(lag.get("rank", 0)) == rank:
+        time.sleep(lag.get("seconds", 0.05))
+    if restart_count() > 0:
         return
-    kind, args = _parse(spec)
-    if int(args.get("rank", 0)) != rank or int(args.get("step", 0)) != step:
-        return
-    if kind == "kill":
-        os.kill(os.getpid(), signal.SIGKILL)  # a crash: no cleanup, no exception handler
-    elif kind == "stall":
+    for kind in ("kill", "stall"):
+        args = _find(kind)
+        if args is None or int(args.get("rank", 0)) != rank or int(args.get("step", 0)) != step:
+            continue
+        if kind == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
         time.sleep(args.get("seconds", 3600))
+
+
+def data_delay() -> float:
+    args = _find("slow_data")
+    return args.get("seconds", 0.05) if args is not None else 0.0
+
+
+_fired: set[str] = set()
+
+
+def loss_factor(step: int) -> float | None:
+    """What the loss of `step` is multiplied by (NaN, or a spike's factor), or None. Each fault fires
+    once per process: a rollback that reaches the same step again runs clean, as after a
+    transient fault."""
+    if restart_count() > 0:
+        return None
+    for kind, factor in (("nan", float("nan")), ("spike", None)):
+        args = _find(kind)
+        if args is None or int(args.get("step", 0)) != step or kind in _fired:
+            continue
+        _fired.add(kind)
+        return factor if factor is not None else args.get("factor", 20.0)
+    return None

@@ -30,7 +30,8 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, micro_batches
                device: torch.device, autocast: AbstractContextManager, grad_clip: float,
                scaler: torch.amp.GradScaler | None = None, want_norm: bool = True,
                layout=None, before_zero_grad=None,
-               weights: list[float] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+               weights: list[float] | None = None,
+               skip_if=None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Run one step over `micro_batches` [(x, y), ...]; return (mean loss, grad norm) as tensors.
 
     Nothing here calls `.item()`: the caller reads the tensors only on logging steps, so the host
@@ -41,6 +42,7 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, micro_batches
     synchronized only after the last micro-batch, and the norm is the true global one across
     shards. `before_zero_grad` is called after the optimizer step, while gradients still exist.
     `weights`: each micro-batch's factor in the step's loss (default 1/len(micro_batches)).
+    `skip_if(loss, grad_norm) -> bool`: checked before the update; True drops it (the guard).
     """
     accum = len(micro_batches)
     total = None
@@ -67,6 +69,11 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, micro_batches
             grad_norm = global_grad_norm(params, layout.extras.get("pp_group"))
         else:
             grad_norm = nn.utils.get_total_norm([p.grad for p in params])
+    if skip_if is not None and skip_if(total, grad_norm):
+        optimizer.zero_grad(set_to_none=True)
+        if scaler:
+            scaler.update()
+        return total, grad_norm
     if grad_clip > 0:
         if layout is not None:
             from scaletrain.parallel.layout import clip_grads

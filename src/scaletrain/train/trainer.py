@@ -48,6 +48,13 @@ class LoopState:
     units_seen: int = 0
     train_seconds: float = 0.0
     evals: list = field(default_factory=list)
+    skipped_steps: int = 0  # steps whose update the guard dropped (NaN/Inf, spike)
+    rollbacks: int = 0
+    lr_scale: float = 1.0  # lowered by each rollback (guard.lr_factor)
+
+
+class _Rollback(Exception):
+    """Raised inside the step loop after a rollback: the loop restarts from the restored state."""
 
 
 class _Meter:
@@ -57,6 +64,7 @@ class _Meter:
         self.losses: list[torch.Tensor] = []  # summed once per window: no tensor op per step
         self.units = 0
         self.excluded = 0.0
+        self.data_seconds = 0.0  # time spent waiting for batches
         self.start = time.perf_counter()
 
     def add(self, loss: torch.Tensor, units: int) -> None:
@@ -79,6 +87,7 @@ class _Meter:
         result = (mean, now - self.start - self.excluded, self.units)
         self.losses.clear()
         self.units = 0
+        self.data_seconds = 0.0
         self.excluded, self.start = 0.0, now
         return result
 
@@ -236,6 +245,7 @@ class Trainer:
                         f"global batch {self.global_batch(layout)} samples")
         self._warn_slow_bf16(tel)
         self._state_bytes: int | None = None
+        self._loss_mean, self._good_steps, self._bad_in_a_row, self._last_loss = None, 0, 0, math.nan
         try:
             with tel:
                 stopped_by = self._loop(layout, optimizer, tel, wall_start)
@@ -253,47 +263,73 @@ class Trainer:
         make_step = layout.extras.get("make_step")  # pipelining runs its own schedule
         step_fn = make_step(self.task.loss, t.grad_clip) if make_step else None
         meter = _Meter()
-        start_step, start_position, per_step = st.step, st.position, self.global_batch(layout)
-        # The batches of the next steps are read in a background thread while this one trains;
-        # they are a pure function of the step, so prefetching never changes which batch comes.
-        prefetch = Prefetcher(lambda step: self._step_batches(start_position + (step - start_step) * per_step,
-                                                              layout), depth=2)
-        try:
-            return self._steps(layout, optimizer, tel, wall_start, meter, prefetch, step_fn, params)
-        finally:
-            prefetch.close()
+        while True:
+            start_step, start_position, per_step = st.step, st.position, self.global_batch(layout)
+
+            def produce(step: int, start_step=start_step, start_position=start_position, per_step=per_step):
+                delay = faults.data_delay()
+                if delay:
+                    time.sleep(delay)
+                return self._step_batches(start_position + (step - start_step) * per_step, layout)
+
+            # The batches of the next steps are read in a background thread while this one trains;
+            # they are a pure function of the step, so prefetching never changes which batch comes.
+            prefetch = Prefetcher(produce, depth=2)
+            try:
+                return self._steps(layout, optimizer, tel, wall_start, meter, prefetch, step_fn, params)
+            except _Rollback:
+                continue  # the state is the checkpoint's now: read batches from its position
+            finally:
+                prefetch.close()
 
     def _steps(self, layout, optimizer, tel, wall_start, meter, prefetch, step_fn, params) -> str:
         cfg, t, st = self.cfg, self.cfg.train, self.state
+        guard = self.cfg.guard
+        checking = guard.action != "off" and step_fn is None  # pipelining: loss only on the last stage
         while st.step < t.max_steps:
-            if layout.distributed:
-                faults.maybe_inject(st.step + 1, self.dist_info.rank)
-            apply_lr(optimizer, self._lr_multiplier(st.step))
+            faults.maybe_inject(st.step + 1, self.dist_info.rank)
+            apply_lr(optimizer, self._lr_multiplier(st.step) * st.lr_scale)
+            waited = time.perf_counter()
             batches, weights = prefetch.get(st.step)
+            meter.data_seconds += time.perf_counter() - waited
             st.position += self.global_batch(layout)
             log_step = (st.step + 1) % cfg.log.every == 0 or st.step + 1 == t.max_steps
             measure = self._state_bytes is None
             measure_hook = (lambda: self._measure_state(params, optimizer)) if measure else None
+            factor = faults.loss_factor(st.step + 1)
+            loss_fn = self.task.loss if factor is None else _scaled_loss(self.task.loss, factor)
+            verdict: list[str] = []
+            skip_if = (lambda loss, norm: self._bad_step(loss, norm, verdict, layout)) if checking else None
             if step_fn is not None:
                 loss, grad_norm = step_fn(batches, optimizer, want_norm=log_step, before_zero_grad=measure_hook)
             else:
                 loss, grad_norm = train_step(
-                    layout.module, optimizer, batches, self.task.loss, device=self.device,
+                    layout.module, optimizer, batches, loss_fn, device=self.device,
                     autocast=self.autocast, grad_clip=t.grad_clip, scaler=self.scaler,
-                    want_norm=log_step, layout=layout, before_zero_grad=measure_hook, weights=weights)
+                    want_norm=log_step, layout=layout, before_zero_grad=measure_hook, weights=weights,
+                    skip_if=skip_if)
+            if verdict:  # the guard dropped this step's update
+                stop = self._handle_bad_step(verdict[0], optimizer, tel)
+                if stop:
+                    return stop
+            else:
+                self._bad_in_a_row = 0
             st.step += 1
+            if checking and not verdict:
+                self._note_good_loss(loss)
             if self.step_hook is not None:
                 self.step_hook(self, st.step, layout.global_mean(loss))
             units = (self.global_batch(layout) * self.task.units(batches[0][0]) // len(batches[0][1])
                      if weights else sum(self.task.units(x) for x, _ in batches) * layout.dp_world)
             st.units_seen += units
-            meter.add(loss, units)
+            if not verdict:  # a dropped step's loss (NaN, a spike) stays out of the logged mean
+                meter.add(loss, units)
 
             time_up = bool(t.max_minutes) and time.perf_counter() - wall_start > 60 * t.max_minutes
             time_up = bool(ranks.on_main(lambda: time_up)) if layout.distributed else time_up
             last = st.step == t.max_steps or time_up
             if st.step % cfg.log.every == 0 or last:
-                steps_in_window = len(meter.losses)
+                steps_in_window, data_seconds = len(meter.losses), meter.data_seconds
                 mean_loss, seconds, window_units = meter.read(layout.global_mean)  # one sync per window
                 st.train_seconds += seconds
                 record = {"loss": mean_loss, "lr": optimizer.param_groups[0]["lr"]}
@@ -301,10 +337,13 @@ class Trainer:
                     record["grad_norm"] = float(grad_norm)
                 record[f"{self.task.unit}_per_second"] = window_units / max(seconds, 1e-9)
                 record["elapsed"] = st.train_seconds
+                record["data_wait_fraction"] = min(1.0, data_seconds / max(seconds, 1e-9))
+                if st.skipped_steps:
+                    record["skipped_steps"] = st.skipped_steps
                 if layout.distributed:
                     self._rank_times(record, seconds / max(steps_in_window, 1), tel)
                 tel.log_train(st.step, record)
-                if not math.isfinite(mean_loss):
+                if steps_in_window and not math.isfinite(mean_loss):  # (a window of skipped steps has none)
                     tel.message(f"loss is {mean_loss} at step {st.step}: stopping")
                     return "non_finite_loss"
             if time_up:
@@ -318,6 +357,68 @@ class Trainer:
                 with meter.paused():
                     self._save(optimizer)
         return "max_steps"
+
+    # ---- guard rails -------------------------------------------------------------------------
+    def _bad_step(self, loss: torch.Tensor, norm, verdict: list, layout: Layout) -> bool:
+        """Whether to drop this step's update (before the optimizer sees it): a NaN/Inf loss or
+        gradient norm, or a loss above guard.spike_factor x the recent mean. All ranks agree."""
+        value = float(loss)  # the guard's one host sync per step (guard.action=off removes it)
+        reason = None
+        if not math.isfinite(value):
+            reason = f"loss is {value}"
+        elif norm is not None and not math.isfinite(float(norm)):
+            reason = f"gradient norm is {float(norm)}"
+        elif (self.cfg.guard.spike_factor and self._loss_mean is not None and self._good_steps >= 5
+              and value > self.cfg.guard.spike_factor * self._loss_mean):
+            reason = f"loss spiked to {value:.4g} (recent mean {self._loss_mean:.4g})"
+        if layout.distributed:  # one rank's bad step is everyone's: gradients are shared
+            flag = torch.tensor([1.0 if reason else 0.0])
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            if flag.item() and reason is None:
+                reason = "another rank's loss or gradient was bad"
+        if reason:
+            verdict.append(reason)
+        self._last_loss = value
+        return reason is not None
+
+    def _note_good_loss(self, loss: torch.Tensor) -> None:
+        value = self._last_loss
+        self._good_steps += 1
+        self._loss_mean = value if self._loss_mean is None else 0.9 * self._loss_mean + 0.1 * value
+
+    def _handle_bad_step(self, reason: str, optimizer, tel: Telemetry) -> str | None:
+        """Skip, roll back or stop after a dropped update; return a stop reason or None."""
+        g, st = self.cfg.guard, self.state
+        st.skipped_steps += 1  # the step still counts (its data is consumed); only its update is dropped
+        self._bad_in_a_row += 1
+        if g.action == "stop" or self._bad_in_a_row > g.max_consecutive:
+            why = "guard.action=stop" if g.action == "stop" else \
+                f"{self._bad_in_a_row} bad steps in a row (guard.max_consecutive={g.max_consecutive})"
+            tel.message(f"error: step {st.step + 1}: {reason}; stopping ({why})")
+            return "non_finite_loss"
+        if g.action == "rollback":
+            found = ranks.on_main(lambda: (ckpt.list_checkpoints(self.run_dir / "checkpoints") or [None])[-1])
+            if found is not None:
+                self._rollback(found, optimizer, tel, reason)
+                raise _Rollback
+            tel.message(f"warning: step {st.step + 1}: {reason}; no checkpoint to roll back to: update skipped")
+            return None
+        tel.message(f"warning: step {st.step + 1}: {reason}; update skipped (guard.action=skip)")
+        return None
+
+    def _rollback(self, path: Path, optimizer, tel: Telemetry, reason: str) -> None:
+        st = self.state
+        trained = self.layout.extras.get("stage_module", self.layout.model)
+        saved = ckpt.load_checkpoint(path, trained, optimizer)
+        saved.pop("step", None)
+        saved.pop("data", None)
+        keep = {"skipped_steps": st.skipped_steps, "rollbacks": st.rollbacks + 1,
+                "lr_scale": st.lr_scale * self.cfg.guard.lr_factor}
+        saved.update(keep)
+        bad_step = st.step + 1
+        self.state = LoopState(step=int(path.name.split("_")[1]), **saved)
+        tel.message(f"warning: step {bad_step}: {reason}; rolled back to {path.name}, learning rate x "
+                    f"{self.state.lr_scale:g} (guard.action=rollback)")
 
     def _rank_times(self, record: dict, step_seconds: float, tel: Telemetry) -> None:
         """Every rank's mean step time of the window; a rank slower than the median by
@@ -450,6 +551,11 @@ class Trainer:
 
     def _no_factory(self) -> nn.Module:
         raise RuntimeError("a sharded model needs Trainer(model_factory=...) to be exported")
+
+
+def _scaled_loss(loss_fn, factor: float):
+    """Fault injection (`SCALETRAIN_FAULT=nan:step=N` / `spike:step=N`): a NaN or spiked loss."""
+    return lambda logits, y: loss_fn(logits, y) * factor
 
 
 def _config_file_text(cfg: Config) -> str:
