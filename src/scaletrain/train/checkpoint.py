@@ -31,6 +31,7 @@ import torch.distributed as dist
 
 from scaletrain.errors import UserError
 from scaletrain.parallel.state import load_train_state, train_state
+from scaletrain.train import untrusted
 
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
 
@@ -150,6 +151,10 @@ def verify_checkpoint(path: Path) -> list[str]:
             problems.append(f"{file}: missing")
         elif _hash_file(file) != expected:
             problems.append(f"{file}: checksum mismatch")
+    if not problems:  # intact, but possibly planted: refuse pickles that would run code
+        for name, check in ((".metadata", untrusted.check_metadata), ("rng.pt", untrusted.check_torch_file)):
+            if (path / name).is_file() and (reason := check(path / name)):
+                problems.append(f"{path / name}: {reason}")
     return problems
 
 
@@ -187,15 +192,25 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
         if problems:
             raise UserError(f"checkpoint {path} is damaged: {problems[0]}")
     state = train_state(model, optimizer, for_load=True)
+    reason = untrusted.check_metadata(path / ".metadata")  # every rank reads it: every rank checks
+    if reason:
+        raise UserError(f"checkpoint {path / '.metadata'}: {reason}")
+    planner = untrusted.PlainDataLoadPlanner()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            dcp.load(state, checkpoint_id=str(path))
+            dcp.load(state, checkpoint_id=str(path), planner=planner)
     except (Exception, CheckpointException) as exc:  # a key or shape mismatch: another model's
+        if planner.refused:
+            raise UserError(f"checkpoint {path}: refused a pickled object that is not plain data "
+                            f"({planner.refused}); nothing from it was run") from None
         lines = str(exc).strip().splitlines()
         reason = lines[-1] if lines else type(exc).__name__  # DCP puts the cause on the last line
         raise UserError(f"checkpoint {path} does not match this model/optimizer: {reason}") from None
     load_train_state(model, optimizer, state)
     trainer = json.loads((path / "trainer.json").read_text())
+    reason = untrusted.check_torch_file(path / "rng.pt")
+    if reason:
+        raise UserError(f"checkpoint {path / 'rng.pt'}: {reason}")
     set_rng_state(torch.load(path / "rng.pt", weights_only=True), trainer.pop("rng"))
     return trainer

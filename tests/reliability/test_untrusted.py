@@ -1,0 +1,126 @@
+"""Item 7: files that carry a pickle payload are refused without running it; config paths cannot
+make a run write outside its folder.
+
+The payload is real: unpickling it opens (creates) a marker file. The attacker controls the whole
+checkpoint folder, so checksums.json is rewritten to match: the checksums prove integrity, not
+trust, and the refusal must come from never unpickling anything but plain data.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import shutil
+
+import pytest
+import torch
+
+from scaletrain.errors import UserError
+from scaletrain.parallel.state import train_state
+from scaletrain.train import checkpoint as ckpt
+
+import torch.distributed.checkpoint as dcp
+
+
+class Payload:
+    """Unpickling this calls open(marker, "w"): code from the file runs."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+    def __deepcopy__(self, memo):  # dcp.save copies the state dict; keep the payload unrun
+        return self
+
+
+def _model_and_optimizer(seed=0):
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    model(torch.randn(3, 4)).sum().backward()
+    opt.step()
+    opt.zero_grad()
+    return model, opt
+
+
+def _rehash(folder):
+    """What an attacker does after planting a payload: make the checksums match again."""
+    sums = {p.name: ckpt._hash_file(p) for p in sorted(folder.iterdir())
+            if p.is_file() and p.name != "checksums.json"}
+    (folder / "checksums.json").write_text(json.dumps(sums))
+
+
+@pytest.fixture
+def good(tmp_path):
+    model, opt = _model_and_optimizer()
+    root = tmp_path / "checkpoints"
+    ckpt.save_checkpoint(root, 1, model, opt, {"position": 8}, keep_last=5)
+    return root, model, opt
+
+
+def _assert_refused(path, marker, fresh_model_opt):
+    model, opt = fresh_model_opt
+    with pytest.raises(UserError) as info:
+        ckpt.load_checkpoint(path, model, opt)
+    assert not marker.exists(), "the payload ran"
+    return str(info.value)
+
+
+def test_pickle_payload_in_dcp_metadata_is_refused(good, tmp_path):
+    root, model, opt = good
+    marker = tmp_path / "pwned-metadata"
+    bad = root / "step_00000002"
+    shutil.copytree(root / "step_00000001", bad)
+    (bad / ".metadata").write_bytes(pickle.dumps(Payload(marker)))
+    _rehash(bad)
+    assert ckpt.verify_checkpoint(bad) != []  # the integrity check itself refuses it
+    assert not marker.exists()
+    message = _assert_refused(bad, marker, _model_and_optimizer(1))
+    assert ".metadata" in message and "io.open" in message
+    # resume=auto falls back to the previous good checkpoint and says why.
+    chosen, skipped = ckpt.resolve_resume("auto", tmp_path)
+    assert chosen == root / "step_00000001"
+    assert skipped and "step_00000002" in skipped[0] and ".metadata" in skipped[0]
+    assert not marker.exists()
+
+
+def test_pickle_payload_in_a_dcp_bytes_item_is_refused(good, tmp_path):
+    """DCP stores non-tensor values (the optimizer's param_groups) as pickled bytes and its default
+    planner reads them with torch.load(weights_only=False): a planted object would run."""
+    root, model, opt = good
+    marker = tmp_path / "pwned-bytes"
+    bad = root / "step_00000002"
+    shutil.copytree(root / "step_00000001", bad)
+    for p in bad.glob("*.distcp"):
+        p.unlink()
+    (bad / ".metadata").unlink()
+    state = train_state(model, opt)
+    state["optim"]["param_groups"][0]["lr"] = Payload(marker)
+    dcp.save(state, checkpoint_id=str(bad))
+    _rehash(bad)
+    assert not marker.exists()
+    message = _assert_refused(bad, marker, _model_and_optimizer(1))
+    assert "refused" in message
+
+
+def test_pickle_payload_in_rng_state_is_refused(good, tmp_path):
+    root, _, _ = good
+    marker = tmp_path / "pwned-rng"
+    bad = root / "step_00000002"
+    shutil.copytree(root / "step_00000001", bad)
+    torch.save({"torch": Payload(marker)}, bad / "rng.pt")
+    _rehash(bad)
+    message = _assert_refused(bad, marker, _model_and_optimizer(1))
+    assert "rng.pt" in message
+
+
+def test_a_good_checkpoint_still_loads_exactly(good):
+    root, model, opt = good
+    other, other_opt = _model_and_optimizer(1)
+    state = ckpt.load_checkpoint(root / "step_00000001", other, other_opt)
+    assert state["position"] == 8
+    for a, b in zip(model.parameters(), other.parameters()):
+        assert torch.equal(a, b)
+    assert other_opt.param_groups[0]["lr"] == opt.param_groups[0]["lr"]
