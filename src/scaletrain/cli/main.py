@@ -28,6 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     data_commands.register(sub)
     verify_command.register(sub)
     __import__("scaletrain.cli.bench_commands", fromlist=["register"]).register(sub)
+    __import__("scaletrain.cli.compress_command", fromlist=["register"]).register(sub)
+    __import__("scaletrain.cli.diagnose_commands", fromlist=["register"]).register(sub)
     return parser
 
 

@@ -1,0 +1,478 @@
+"""`scaletrain doctor RUN_DIR`: what went wrong in a run, with the evidence and a remedy.
+
+Reads only what a run folder already holds (metrics.jsonl, summary.json, config.yaml), so it works
+on finished, stopped and crashed runs alike, and on a run still in progress. Each check is a pure
+function of the parsed run returning findings; thresholds are named constants next to the check
+that uses them, with the reason for the value.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from scaletrain.errors import UserError
+
+KINDS = ("overfitting", "divergence", "nan", "grad_explosion", "lr_too_high", "lr_too_low",
+         "data_bound", "low_mfu", "straggler", "memory_pressure")
+SEVERITIES = ("info", "warning", "error")
+
+
+@dataclass
+class Finding:
+    kind: str
+    severity: str
+    summary: str  # one line
+    evidence: str  # steps and numbers, readable
+    remedy: str
+    data: dict = field(default_factory=dict)  # the same evidence as raw numbers, for scripts
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Run:
+    path: Path
+    train: list[dict]  # train records in step order
+    val: list[dict]  # evaluation records (split "val") in step order
+    summary: dict
+    config: dict
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def load_run(run_dir: Path | str) -> Run:
+    """Parse a run folder; UserError naming the file when it is not a run folder."""
+    path = Path(run_dir)
+    if not path.is_dir():
+        raise UserError(f"doctor: {path} is not a directory (give a run folder)")
+    metrics = path / "metrics.jsonl"
+    if not metrics.is_file():
+        raise UserError(f"doctor: {metrics} does not exist: {path} is not a run folder")
+    records = []
+    for number, line in enumerate(metrics.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)  # json reads the NaN/Infinity literals the trainer writes
+        except json.JSONDecodeError:
+            continue  # a line cut by a crash: the rest of the file is still evidence
+        if isinstance(rec, dict) and isinstance(rec.get("step"), (int, float)):
+            records.append(rec)
+    train = sorted((r for r in records if r.get("split") == "train"), key=lambda r: r["step"])
+    val = sorted((r for r in records if r.get("split") == "val"), key=lambda r: r["step"])
+    summary: dict = {}
+    if (path / "summary.json").is_file():
+        try:
+            summary = json.loads((path / "summary.json").read_text(encoding="utf-8"))
+        except ValueError as exc:
+            raise UserError(f"doctor: {path / 'summary.json'} is not valid JSON ({exc})") from None
+    config: dict = {}
+    if (path / "config.yaml").is_file():
+        import yaml
+
+        try:
+            config = yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise UserError(f"doctor: {path / 'config.yaml'} is not valid YAML ({exc})") from None
+    return Run(path, train, val, summary, config if isinstance(config, dict) else {})
+
+
+def _cfg(run: Run, section: str, key: str, default=None):
+    value = run.config.get(section, {})
+    return value.get(key, default) if isinstance(value, dict) else default
+
+
+def _steps(items: list[int], limit: int = 8) -> str:
+    shown = ", ".join(map(str, items[:limit]))
+    return shown + (f", … ({len(items)} in all)" if len(items) > limit else "")
+
+
+# ---- numerics ---------------------------------------------------------------------------------
+
+def check_nan(run: Run) -> list[Finding]:
+    bad = [r["step"] for r in run.train if not _finite(r.get("loss")) or
+           ("grad_norm" in r and not _finite(r["grad_norm"]))]
+    skipped = max((int(r.get("skipped_steps", 0)) for r in run.train), default=0)
+    skipped = max(skipped, int(run.summary.get("skipped_steps", 0) or 0))
+    stopped = run.summary.get("stopped_by") == "non_finite_loss"
+    if not bad and not skipped and not stopped:
+        return []
+    parts = []
+    if bad:
+        parts.append(f"non-finite loss or gradient norm logged at step(s) {_steps(bad)}")
+    if skipped:
+        parts.append(f"{skipped} step update(s) dropped by the guard (skipped_steps in metrics.jsonl)")
+    if stopped:
+        parts.append(f"the run stopped early (stopped_by=non_finite_loss at step {run.summary.get('steps')})")
+    survived = not bad and not stopped
+    return [Finding(
+        "nan", "warning" if survived else "error",
+        "NaN/Inf in the loss or gradients" + (" (survived: the guard skipped the bad steps)" if survived else ""),
+        "; ".join(parts),
+        "lower optim.lr (3-10x) or lengthen schedule.warmup_steps; keep train.grad_clip > 0 (now "
+        f"{_cfg(run, 'train', 'grad_clip', '?')}); train in bf16, not fp16; check the data for "
+        "empty or corrupt samples; guard.action=rollback returns to the last checkpoint with a lower lr",
+        {"steps": bad, "skipped_steps": skipped, "stopped": stopped})]
+
+
+# A logged window mean more than this factor above the median of the windows before it is a spike:
+# window means already average log.every steps, so normal noise stays well below 1.3x.
+SPIKE_FACTOR = 1.3
+# Ending this much above the best loss seen means training lost what it had learned.
+DIVERGED_FRACTION = 0.15
+
+
+UNIFORM_FACTOR = 1.25  # a language model's loss this far above ln(vocabulary) has blown up
+
+
+def _uniform_loss(run: Run) -> float | None:
+    """ln(V) for a GPT run: the loss of a uniform prediction over the vocabulary."""
+    vocab = _cfg(run, "data", "vocab_size", None)
+    if _cfg(run, "model", "name", None) != "gpt" or not _finite(vocab) or vocab < 2:
+        return None
+    return math.log(vocab)
+
+
+def _losses(run: Run) -> list[tuple[int, float]]:
+    return [(r["step"], float(r["loss"])) for r in run.train if _finite(r.get("loss"))]
+
+
+def check_divergence(run: Run) -> list[Finding]:
+    pts = _losses(run)
+    if len(pts) < 4:
+        return []
+    out = []
+    spikes = []
+    for i in range(3, len(pts)):
+        before = statistics.median(v for _, v in pts[max(0, i - 5):i])
+        if pts[i][1] > SPIKE_FACTOR * before:
+            spikes.append((pts[i][0], pts[i][1], before))
+    first, (best_step, best) = pts[0][1], min(pts, key=lambda p: p[1])
+    last_step, last = pts[-1]
+    diverged = last > best * (1 + DIVERGED_FRACTION) and last_step > best_step
+    uniform = _uniform_loss(run)
+    above = [(s, v) for s, v in pts if uniform and v > UNIFORM_FACTOR * uniform]
+    if above and not diverged:
+        # Worse than guessing uniformly: the first steps blew the weights up (the first logged
+        # window may already be past the blow-up, so "worse than the start" would miss it).
+        recovered = pts[-1][1] <= uniform
+        out.append(Finding(
+            "divergence", "warning" if recovered else "error",
+            "the loss went above a uniform guess" + (" (then recovered)" if recovered else ""),
+            f"loss {max(v for _, v in above):.4g} at step(s) {_steps([s for s, _ in above])} vs "
+            f"ln(vocabulary) = {uniform:.4g}, the loss of predicting every token equally; "
+            f"{last:.4g} at step {last_step}",
+            "lower optim.lr (3-10x), add schedule.warmup_steps, keep train.grad_clip at ~1.0 (now "
+            f"{_cfg(run, 'train', 'grad_clip', '?')}); set guard.spike_factor with guard.action=rollback",
+            {"steps": [s for s, _ in above], "uniform_loss": uniform, "max_loss": max(v for _, v in above),
+             "last_loss": last}))
+        return out
+    if diverged:
+        worse_than_start = last >= first
+        out.append(Finding(
+            "divergence", "error" if worse_than_start else "warning",
+            "the training loss diverged" + (" (worse than at the start)" if worse_than_start else ""),
+            f"loss {first:.4g} at step {pts[0][0]}, best {best:.4g} at step {best_step}, "
+            f"{last:.4g} at step {last_step} ({100 * (last / best - 1):.0f} % above the best)",
+            "lower optim.lr (3-10x), add or lengthen schedule.warmup_steps, keep train.grad_clip at "
+            "~1.0, set guard.spike_factor with guard.action=rollback; resume from the checkpoint "
+            f"before step {best_step} with the lower lr",
+            {"first_loss": first, "best_loss": best, "best_step": best_step, "last_loss": last,
+             "last_step": last_step}))
+    if spikes and not diverged:
+        s0 = spikes[0]
+        out.append(Finding(
+            "divergence", "warning", f"{len(spikes)} loss spike(s)",
+            f"loss at step(s) {_steps([s[0] for s in spikes])} jumped above {SPIKE_FACTOR}x the "
+            f"median of the windows before (first: {s0[1]:.4g} vs {s0[2]:.4g} at step {s0[0]})",
+            "lower optim.lr or raise schedule.warmup_steps; keep train.grad_clip > 0; set "
+            "guard.spike_factor so the trainer skips or rolls back such steps",
+            {"spike_steps": [s[0] for s in spikes], "spikes": [[s[0], s[1], s[2]] for s in spikes]}))
+    return out
+
+
+# A gradient norm this many times the median of those before it is an explosion, not noise.
+EXPLOSION_FACTOR = 10.0
+
+
+def check_grad_explosion(run: Run) -> list[Finding]:
+    norms = [(r["step"], float(r["grad_norm"])) for r in run.train if _finite(r.get("grad_norm"))]
+    hits = []
+    for i in range(3, len(norms)):
+        before = statistics.median(v for _, v in norms[:i])
+        if before > 0 and norms[i][1] > EXPLOSION_FACTOR * before:
+            hits.append((norms[i][0], norms[i][1], before))
+    if not hits:
+        return []
+    top = max(hits, key=lambda h: h[1] / h[2])
+    clip = _cfg(run, "train", "grad_clip", None)
+    return [Finding(
+        "grad_explosion", "warning", "the gradient norm exploded",
+        f"grad_norm above {EXPLOSION_FACTOR:g}x its running median at step(s) {_steps([h[0] for h in hits])} "
+        f"(largest: {top[1]:.4g} at step {top[0]} vs median {top[2]:.4g})",
+        f"clip gradients (train.grad_clip=1.0; now {clip}), lower optim.lr, lengthen "
+        "schedule.warmup_steps; with bf16 keep fp32 master weights and loss in fp32",
+        {"steps": [h[0] for h in hits], "largest": top[1], "median_before": top[2]})]
+
+
+# ---- learning rate ----------------------------------------------------------------------------
+
+LOW_LR_IMPROVEMENT = 0.03  # under 3 % lower loss over >= LOW_LR_MIN_STEPS steps: barely learning
+LOW_LR_MIN_STEPS = 20
+UPS_FRACTION = 0.4  # more than 40 % of windows going up (by > 2 %) is oscillation, not noise
+
+
+def check_lr(run: Run, findings: list[Finding]) -> list[Finding]:
+    pts = _losses(run)
+    lr = _cfg(run, "optim", "lr", None)
+    if len(pts) < 3:
+        return []
+    diverged = any(f.kind == "divergence" or (f.kind == "nan" and f.severity == "error") for f in findings)
+    ups = [pts[i][0] for i in range(1, len(pts)) if pts[i][1] > pts[i - 1][1] * 1.02]
+    oscillating = len(pts) >= 6 and len(ups) / (len(pts) - 1) > UPS_FRACTION
+    exploded = any(f.kind == "grad_explosion" for f in findings)
+    if diverged or (oscillating and exploded) or (oscillating and pts[-1][1] > pts[0][1] * 0.9):
+        return [Finding(
+            "lr_too_high", "warning", "the learning rate looks too high",
+            f"optim.lr={lr}: the loss went up in {len(ups)} of {len(pts) - 1} log windows "
+            f"(step(s) {_steps(ups)}); {'the run diverged' if diverged else 'it oscillates'}; loss "
+            f"{pts[0][1]:.4g} -> {pts[-1][1]:.4g}",
+            f"divide optim.lr by 3-10 (try {_fmt_lr(lr, 0.3)}), or add warm-up; an lr sweep on a short run "
+            "(scaletrain bench optim) finds the largest stable value",
+            {"lr": lr, "up_steps": ups, "windows": len(pts) - 1})]
+    first, best = pts[0][1], min(v for _, v in pts)
+    span = pts[-1][0] - pts[0][0]
+    gain = (first - best) / abs(first) if first else 0.0
+    if span >= LOW_LR_MIN_STEPS and gain < LOW_LR_IMPROVEMENT and not findings_of(findings, "nan"):
+        return [Finding(
+            "lr_too_low", "warning", "the loss barely moves: the learning rate looks too low",
+            f"optim.lr={lr}: loss {first:.4g} at step {pts[0][0]} -> best {best:.4g} over {span} steps "
+            f"({100 * gain:.1f} % lower)",
+            f"multiply optim.lr by 3-10 (try {_fmt_lr(lr, 3.0)}); check that the schedule is not stuck "
+            "in warm-up (schedule.warmup_steps) and that weight decay is not dominating",
+            {"lr": lr, "first_loss": first, "best_loss": best, "steps": span})]
+    return []
+
+
+def findings_of(findings: list[Finding], kind: str) -> list[Finding]:
+    return [f for f in findings if f.kind == kind]
+
+
+def _fmt_lr(lr, factor: float) -> str:
+    return f"optim.lr={lr * factor:.2g}" if _finite(lr) else "a 3x different optim.lr"
+
+
+# ---- generalization ---------------------------------------------------------------------------
+
+OVERFIT_RISE = 0.02  # validation loss 2 % above its best, ...
+OVERFIT_EVALS_AFTER = 2  # ... at the last of at least this many evaluations after the best
+
+
+def check_overfitting(run: Run) -> list[Finding]:
+    vals = [(r["step"], float(r["val_loss"])) for r in run.val if _finite(r.get("val_loss"))]
+    # The final evaluation repeats the last step (on more batches): keep one value per step.
+    by_step = {}
+    for step, v in vals:
+        by_step[step] = v
+    vals = sorted(by_step.items())
+    if len(vals) < 3:
+        return []
+    best_i = min(range(len(vals)), key=lambda i: vals[i][1])
+    (best_step, best), (last_step, last) = vals[best_i], vals[-1]
+    if len(vals) - 1 - best_i < OVERFIT_EVALS_AFTER or last < best * (1 + OVERFIT_RISE):
+        return []
+    train_at = {r["step"]: float(r["loss"]) for r in run.train if _finite(r.get("loss"))}
+    t_best = _nearest(train_at, best_step)
+    t_last = _nearest(train_at, last_step)
+    if t_best is None or t_last is None or t_last >= t_best:
+        return []  # validation worse and training worse too: that is divergence, not overfitting
+    wd, drop = _cfg(run, "optim", "weight_decay", "?"), _cfg(run, "model", "dropout", "?")
+    frac = _cfg(run, "data", "train_fraction", "?")
+    return [Finding(
+        "overfitting", "warning", "validation loss rises while training loss falls",
+        f"val_loss best {best:.4g} at step {best_step}, {last:.4g} at step {last_step} "
+        f"(+{100 * (last / best - 1):.1f} %); train loss {t_best:.4g} -> {t_last:.4g} over the same steps; "
+        f"gap val - train at the end {last - t_last:.3g}",
+        f"stop at the best step (train.early_stopping=2; the best weights were at step {best_step}); "
+        f"raise optim.weight_decay (now {wd}) or model.dropout (now {drop}); more data "
+        f"(data.train_fraction now {frac}); or a smaller model",
+        {"best_step": best_step, "best_val_loss": best, "last_step": last_step, "last_val_loss": last,
+         "train_loss_at_best": t_best, "train_loss_at_last": t_last})]
+
+
+def _nearest(values: dict[int, float], step: int) -> float | None:
+    if not values:
+        return None
+    return values[min(values, key=lambda s: (abs(s - step), s))]
+
+
+# ---- speed ------------------------------------------------------------------------------------
+
+DATA_BOUND_FRACTION = 0.2  # a fifth of the step time spent waiting for batches
+
+
+def check_data_bound(run: Run) -> list[Finding]:
+    # The first window includes the prefetcher's start-up: judge the steady state.
+    recs = [r for r in run.train[1:] if _finite(r.get("data_wait_fraction"))] or \
+        [r for r in run.train if _finite(r.get("data_wait_fraction"))]
+    if not recs:
+        return []
+    fractions = [float(r["data_wait_fraction"]) for r in recs]
+    mean = statistics.fmean(fractions)
+    if mean < DATA_BOUND_FRACTION:
+        return []
+    worst = max(recs, key=lambda r: r["data_wait_fraction"])
+    return [Finding(
+        "data_bound", "error" if mean > 0.5 else "warning", "training is data-bound",
+        f"{100 * mean:.0f} % of step time spent waiting for batches (mean over {len(recs)} log windows; "
+        f"worst {100 * worst['data_wait_fraction']:.0f} % at step {worst['step']})",
+        "prepare the data ahead of time (scaletrain prepare: tokenized, memory-mapped shards), put "
+        "shards on local fast storage, move per-sample work out of the loader, or raise the batch so "
+        "compute covers the loading time; the trainer already prefetches 2 steps ahead",
+        {"mean_fraction": mean, "worst_step": worst["step"], "worst_fraction": worst["data_wait_fraction"]})]
+
+
+LOW_MFU = 0.05  # below 5 % of the measured matmul peak the hardware mostly idles
+LOW_MFU_INFO = 0.2  # well-tuned large-model training reaches 0.3-0.5
+
+
+def check_mfu(run: Run) -> list[Finding]:
+    mfu = run.summary.get("mfu")
+    if not _finite(mfu) or mfu >= LOW_MFU_INFO:
+        return []
+    unit = "tokens" if "tokens_per_second" in run.summary else "samples"
+    rate = run.summary.get(f"{unit}_per_second")
+    micro = _cfg(run, "train", "batch_size", "?")
+    return [Finding(
+        "low_mfu", "warning" if mfu < LOW_MFU else "info", f"low model FLOPs utilization ({100 * mfu:.1f} %)",
+        f"mfu {mfu:.3f} against a matmul peak of {run.summary.get('matmul_peak_flops', 0) / 1e9:.0f} GFLOP/s "
+        f"({_fmt_rate(rate)} {unit}/s, micro-batch {micro})",
+        "raise train.batch_size (bigger matmuls; scaletrain plan says what fits), use bf16 on hardware "
+        "with native bf16, train.compile=true, fused optimizers (optim.fused), fewer evaluations and "
+        "checkpoints; scaletrain profile shows where the step goes",
+        {"mfu": mfu, f"{unit}_per_second": rate})]
+
+
+def _fmt_rate(rate) -> str:
+    return f"{rate:,.0f}" if _finite(rate) else "?"
+
+
+IMBALANCE = 1.25  # slowest / fastest rank: above this the fast ranks wait a quarter of the time
+
+
+def check_stragglers(run: Run) -> list[Finding]:
+    recs = [r for r in run.train if isinstance(r.get("rank_step_seconds"), list) and r["rank_step_seconds"]]
+    if not recs:
+        return []
+    flagged: dict[int, list[int]] = {}
+    for r in recs:
+        for rank in r.get("stragglers") or []:
+            flagged.setdefault(int(rank), []).append(r["step"])
+    world = len(recs[0]["rank_step_seconds"])
+    mean_times = [statistics.fmean(float(r["rank_step_seconds"][k]) for r in recs
+                                   if len(r["rank_step_seconds"]) > k) for k in range(world)]
+    fastest, slowest = min(mean_times), max(mean_times)
+    ratio = slowest / fastest if fastest > 0 else math.inf
+    times = ", ".join(f"rank {k}: {t * 1000:.1f} ms" for k, t in enumerate(mean_times))
+    if flagged:
+        worst = max(flagged, key=lambda k: len(flagged[k]))
+        return [Finding(
+            "straggler", "warning", f"straggler rank(s) {sorted(flagged)}",
+            f"rank {worst} flagged in {len(flagged[worst])} of {len(recs)} log windows (step(s) "
+            f"{_steps(flagged[worst])}); mean step time {times}; slowest/fastest {ratio:.2f}x",
+            f"look at rank {worst}'s host (other jobs, CPU/GPU clocks, thermal throttling, a slow disk or "
+            "NIC); every rank waits for the slowest at each gradient synchronization; restart without "
+            "the node (parallel.max_restarts with an elastic launcher) if it persists",
+            {"ranks": sorted(flagged), "steps": flagged, "mean_step_seconds": mean_times, "ratio": ratio})]
+    if ratio > IMBALANCE:
+        slow = mean_times.index(slowest)
+        return [Finding(
+            "straggler", "info", "step times differ between ranks",
+            f"mean step time {times}; slowest/fastest {ratio:.2f}x (rank {slow})",
+            "uneven load between ranks: check the hosts and, for pipelines, the split of blocks per stage",
+            {"mean_step_seconds": mean_times, "ratio": ratio})]
+    return []
+
+
+# ---- memory -----------------------------------------------------------------------------------
+
+MEMORY_WARNING = 0.85  # of the device (or host) memory; allocator fragmentation eats the rest
+MEMORY_ERROR = 0.95
+
+
+def host_memory_bytes() -> int:
+    """This machine's memory: the cgroup limit when one is set (containers), else MemTotal."""
+    try:
+        text = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if text.isdigit():
+            limit = int(text)
+        else:
+            limit = None
+    except OSError:
+        limit = None
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return min(limit, total) if limit else total
+
+
+def check_memory(run: Run, device_memory_bytes: int | None) -> list[Finding]:
+    peak = run.summary.get("peak_memory_bytes")
+    if not _finite(peak) or peak <= 0:
+        return []
+    on_cpu = _cfg(run, "train", "device", None) != "cuda"  # None: cuda only where one was present
+    if device_memory_bytes is None and not on_cpu:
+        return []  # a GPU run judged on another machine: give --device-memory
+    # CPU ranks of one node share the host's memory; a GPU rank has its device to itself.
+    per_node = (_cfg(run, "parallel", "nproc", 1) or 1) if on_cpu and device_memory_bytes is None else 1
+    limit = device_memory_bytes or host_memory_bytes()
+    used = peak * per_node
+    share = used / limit
+    if share < MEMORY_WARNING:
+        return []
+    what = f"{per_node} ranks x {peak / 2**30:.2f} GiB = " if per_node > 1 else ""
+    return [Finding(
+        "memory_pressure", "error" if share >= MEMORY_ERROR else "warning", "memory close to the limit",
+        f"peak {what}{used / 2**30:.2f} GiB, {100 * share:.0f} % of "
+        f"{limit / 2**30:.2f} GiB",
+        "parallel.activation_checkpointing=true (activations dominate at large batches), a smaller "
+        "train.batch_size with train.grad_accum keeping the global batch, parallel.strategy=fsdp "
+        "(shards parameters, gradients and optimizer state) or zero1, parallel.cpu_offload=true; "
+        "scaletrain plan CONFIG --device-memory GB lists the layouts that fit",
+        {"peak_bytes": peak, "ranks_per_node": per_node, "limit_bytes": limit, "fraction": share})]
+
+
+# ---- all together -----------------------------------------------------------------------------
+
+def diagnose(run: Run, *, device_memory_bytes: int | None = None) -> list[Finding]:
+    findings: list[Finding] = []
+    findings += check_nan(run)
+    findings += check_divergence(run)
+    findings += check_grad_explosion(run)
+    findings += check_lr(run, findings)
+    findings += check_overfitting(run)
+    findings += check_data_bound(run)
+    findings += check_mfu(run)
+    findings += check_stragglers(run)
+    findings += check_memory(run, device_memory_bytes)
+    order = {s: i for i, s in enumerate(reversed(SEVERITIES))}
+    return sorted(findings, key=lambda f: order[f.severity])
+
+
+def format_text(run: Run, findings: list[Finding]) -> str:
+    steps = run.train[-1]["step"] if run.train else 0
+    head = (f"doctor: {run.path} ({steps} steps logged in {len(run.train)} train and {len(run.val)} "
+            f"eval records{'' if run.summary else '; no summary.json: the run did not finish'})")
+    if not findings:
+        return head + "\nno problems found"
+    lines = [head]
+    for f in findings:
+        lines += [f"[{f.severity}] {f.kind}: {f.summary}", f"    evidence: {f.evidence}",
+                  f"    remedy:   {f.remedy}"]
+    return "\n".join(lines)

@@ -1,0 +1,140 @@
+"""doctor's checks on run folders written record by record: each threshold on both of its sides."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from scaletrain.diagnose import doctor
+from scaletrain.errors import UserError
+
+
+def write_run(path, train, val=(), summary=None, config=None):
+    path.mkdir(parents=True, exist_ok=True)
+    lines = [json.dumps({"split": "train", **r}) for r in train] + [json.dumps({"split": "val", **r}) for r in val]
+    (path / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    if summary is not None:
+        (path / "summary.json").write_text(json.dumps(summary))
+    cfg = config or {"model": {"name": "gpt"}, "data": {"vocab_size": 512}, "optim": {"lr": 3e-3},
+                     "train": {"grad_clip": 1.0}}
+    import yaml
+
+    (path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    return doctor.load_run(path)
+
+
+def falling(n=10, start=6.0, step=0.2, every=5, **extra):
+    return [{"step": every * (i + 1), "loss": start - step * i, "grad_norm": 1.0, **extra} for i in range(n)]
+
+
+def kinds(findings, severities=("warning", "error")):
+    return sorted(f.kind for f in findings if f.severity in severities)
+
+
+def test_healthy_run_has_no_findings(tmp_path):
+    run = write_run(tmp_path, falling(), val=[{"step": 25, "val_loss": 5.3}, {"step": 50, "val_loss": 4.4}],
+                    summary={"mfu": 0.4, "peak_memory_bytes": 10**8, "tokens_per_second": 1e4})
+    assert doctor.diagnose(run) == []
+
+
+def test_overfitting_needs_a_rise_after_the_best_while_training_improves(tmp_path):
+    train = falling(20)
+    val = [{"step": 10, "val_loss": 5.5}, {"step": 20, "val_loss": 5.0}, {"step": 30, "val_loss": 5.06},
+           {"step": 40, "val_loss": 5.2}]
+    (f,) = [f for f in doctor.diagnose(write_run(tmp_path / "a", train, val)) if f.kind == "overfitting"]
+    assert f.data["best_step"] == 20 and f.data["last_val_loss"] == 5.2
+    assert f.data["train_loss_at_best"] == pytest.approx(5.4) and f.data["train_loss_at_last"] == pytest.approx(4.6)
+    # +1 % above the best is within noise (threshold 2 %)
+    val[-1]["val_loss"] = 5.05
+    assert "overfitting" not in kinds(doctor.diagnose(write_run(tmp_path / "b", train, val)))
+
+
+def test_divergence_above_uniform_guess_and_after_the_best(tmp_path):
+    up = [{"step": 5 * (i + 1), "loss": v, "grad_norm": 1.0} for i, v in enumerate([6.0, 5.0, 4.5, 4.4, 5.3, 6.5])]
+    found = doctor.diagnose(write_run(tmp_path / "a", up))
+    (f,) = [f for f in found if f.kind == "divergence"]
+    assert f.severity == "error" and f.data["best_step"] == 20 and f.data["last_loss"] == 6.5
+    assert "lr_too_high" in kinds(found)
+    blown = [{"step": 5 * (i + 1), "loss": v, "grad_norm": 5.0} for i, v in enumerate([13.0, 11.0, 8.0, 6.0, 5.8])]
+    (f,) = [f for f in doctor.diagnose(write_run(tmp_path / "b", blown)) if f.kind == "divergence"]
+    assert f.severity == "warning" and f.data["steps"] == [5, 10, 15]  # 1.25 x ln 512 = 7.80
+    assert f.data["uniform_loss"] == pytest.approx(math.log(512))
+
+
+def test_nan_logged_is_an_error_and_skipped_steps_a_warning(tmp_path):
+    train = falling(5)
+    train[3]["loss"] = float("nan")
+    (f,) = [f for f in doctor.diagnose(write_run(tmp_path / "a", train)) if f.kind == "nan"]
+    assert f.severity == "error" and f.data["steps"] == [20]
+    survived = falling(5)
+    survived[2]["skipped_steps"] = 1
+    survived[3]["skipped_steps"] = 1
+    (f,) = [f for f in doctor.diagnose(write_run(tmp_path / "b", survived)) if f.kind == "nan"]
+    assert f.severity == "warning" and f.data["skipped_steps"] == 1
+
+
+def test_grad_explosion_is_ten_times_the_running_median(tmp_path):
+    train = falling(8)
+    train[6]["grad_norm"] = 12.0
+    (f,) = [f for f in doctor.diagnose(write_run(tmp_path / "a", train)) if f.kind == "grad_explosion"]
+    assert f.data["steps"] == [35] and f.data["largest"] == 12.0
+    train[6]["grad_norm"] = 9.0
+    assert "grad_explosion" not in kinds(doctor.diagnose(write_run(tmp_path / "b", train)))
+
+
+def test_lr_too_low_when_the_loss_barely_moves(tmp_path):
+    flat = falling(8, start=6.0, step=0.01)  # 1.2 % over 35 steps
+    (f,) = [f for f in doctor.diagnose(write_run(tmp_path / "a", flat)) if f.kind == "lr_too_low"]
+    assert f.data["lr"] == 3e-3 and "optim.lr=0.009" in f.remedy
+    moving = falling(8, start=6.0, step=0.05)  # 5.8 %
+    assert doctor.diagnose(write_run(tmp_path / "b", moving)) == []
+
+
+def test_data_bound_ignores_the_first_window(tmp_path):
+    train = falling(4)
+    for r, w in zip(train, [0.9, 0.1, 0.15, 0.12]):
+        r["data_wait_fraction"] = w
+    assert "data_bound" not in kinds(doctor.diagnose(write_run(tmp_path / "a", train)))
+    for r in train[1:]:
+        r["data_wait_fraction"] = 0.3
+    (f,) = [f for f in doctor.diagnose(write_run(tmp_path / "b", train)) if f.kind == "data_bound"]
+    assert f.severity == "warning" and f.data["mean_fraction"] == pytest.approx(0.3)
+
+
+def test_stragglers_flagged_and_imbalance(tmp_path):
+    train = falling(4)
+    for r in train:
+        r["rank_step_seconds"], r["stragglers"] = [0.1, 0.3], [1]
+    (f,) = [f for f in doctor.diagnose(write_run(tmp_path / "a", train)) if f.kind == "straggler"]
+    assert f.severity == "warning" and f.data["ranks"] == [1] and f.data["ratio"] == pytest.approx(3.0)
+    for r in train:
+        r["rank_step_seconds"], r["stragglers"] = [0.1, 0.13], []
+    (f,) = [f for f in doctor.diagnose(write_run(tmp_path / "b", train)) if f.kind == "straggler"]
+    assert f.severity == "info" and f.data["ratio"] == pytest.approx(1.3)
+
+
+def test_memory_pressure_against_a_given_limit(tmp_path):
+    run = write_run(tmp_path, falling(), summary={"peak_memory_bytes": 9 * 10**8, "mfu": 0.4})
+    (f,) = [f for f in doctor.diagnose(run, device_memory_bytes=10**9) if f.kind == "memory_pressure"]
+    assert f.severity == "warning" and f.data["fraction"] == pytest.approx(0.9)
+    assert doctor.diagnose(run, device_memory_bytes=2 * 10**9) == []
+    (f,) = doctor.diagnose(run, device_memory_bytes=9 * 10**8)
+    assert f.severity == "error"
+
+
+def test_low_mfu_levels(tmp_path):
+    run = write_run(tmp_path / "a", falling(), summary={"mfu": 0.03, "matmul_peak_flops": 1e11,
+                                                        "tokens_per_second": 100.0})
+    (f,) = doctor.diagnose(run)
+    assert (f.kind, f.severity) == ("low_mfu", "warning")
+    run = write_run(tmp_path / "b", falling(), summary={"mfu": 0.15})
+    assert [(f.kind, f.severity) for f in doctor.diagnose(run)] == [("low_mfu", "info")]
+
+
+def test_not_a_run_folder(tmp_path, run_main):
+    with pytest.raises(UserError, match="metrics.jsonl"):
+        doctor.load_run(tmp_path)
+    code, _, err = run_main("doctor", tmp_path / "missing")
+    assert code == 2 and err.startswith("error: doctor:") and "Traceback" not in err
