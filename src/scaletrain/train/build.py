@@ -6,6 +6,7 @@ data files, an existing run folder) runs before the run folder is created.
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -27,6 +28,11 @@ from scaletrain.train.trainer import Trainer, resolve_device
 
 
 def default_run_dir(cfg: Config) -> Path:
+    # The name becomes a folder name under runs/: a separator in it (`name=../../x`) would place
+    # the run anywhere on the disk.
+    if any(sep in cfg.name for sep in ("/", "\\", os.sep, "\0")):
+        raise UserError(f"name: {cfg.name!r} is used as a folder name under runs/ and must not contain "
+                        "a path separator; choose the folder with train.run_dir")
     return Path("runs") / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
@@ -37,6 +43,10 @@ def check_run_dir(cfg: Config, run_dir: Path) -> None:
                         "continue it with train.resume=auto or choose another train.run_dir")
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"train.run_dir: {run_dir} is a file")
+    # A read-only folder (or disk) is found before any work, not at the first write.
+    existing = next((p for p in (run_dir, *run_dir.absolute().parents) if p.exists()), None)
+    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"train.run_dir: {existing} is not writable (read-only file system or no permission)")
 
 
 def check_device(cfg: Config) -> torch.device:

@@ -29,7 +29,7 @@ import xxhash
 from torch import nn
 import torch.distributed as dist
 
-from scaletrain.errors import UserError
+from scaletrain.errors import RunFailure, UserError
 from scaletrain.parallel.state import load_train_state, train_state
 from scaletrain.train import untrusted
 
@@ -100,11 +100,32 @@ def save_checkpoint(root: Path, step: int, model: nn.Module, optimizer: torch.op
     main = _rank() == 0
     final = root / f"step_{step:08d}"
     tmp = root / f".tmp-step_{step:08d}"  # one name every rank agrees on
+    try:
+        if main:
+            root.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(tmp, ignore_errors=True)  # a crash's leftover
+            tmp.mkdir()
+        _barrier()
+        _write_files(tmp, model, optimizer, trainer_state, step, main)
+    except (OSError, RuntimeError, CheckpointException) as exc:  # a full disk, a read-only folder
+        raise _write_failure(root, tmp, step, exc, main) from None
     if main:
-        root.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)  # a crash's leftover
-        tmp.mkdir()
-    _barrier()
+        replaced = None
+        if final.exists():  # re-saving the same step (a resumed run reaching it again): move the old
+            replaced = root / f".old-step_{step:08d}"  # one aside, never delete it first
+            shutil.rmtree(replaced, ignore_errors=True)
+            os.rename(final, replaced)
+        os.rename(tmp, final)
+        _fsync_dir(root)
+        if replaced is not None:
+            shutil.rmtree(replaced, ignore_errors=True)
+        for old in list_checkpoints(root)[:-keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+    _barrier()  # nobody goes on (or resumes) before the checkpoint is in place
+    return final
+
+
+def _write_files(tmp: Path, model, optimizer, trainer_state: dict, step: int, main: bool) -> None:
     state = train_state(model, optimizer)
     with warnings.catch_warnings():  # "no process group: saving in a single process" is expected
         warnings.simplefilter("ignore", UserWarning)
@@ -120,19 +141,26 @@ def save_checkpoint(root: Path, step: int, model: nn.Module, optimizer: torch.op
             with open(p, "rb") as fh:
                 os.fsync(fh.fileno())
         _fsync_dir(tmp)
-        replaced = None
-        if final.exists():  # re-saving the same step (a resumed run reaching it again): move the old
-            replaced = root / f".old-step_{step:08d}"  # one aside, never delete it first
-            shutil.rmtree(replaced, ignore_errors=True)
-            os.rename(final, replaced)
-        os.rename(tmp, final)
-        _fsync_dir(root)
-        if replaced is not None:
-            shutil.rmtree(replaced, ignore_errors=True)
-        for old in list_checkpoints(root)[:-keep_last]:
-            shutil.rmtree(old, ignore_errors=True)
-    _barrier()  # nobody goes on (or resumes) before the checkpoint is in place
-    return final
+
+
+def _write_failure(root: Path, tmp: Path, step: int, exc: BaseException, main: bool) -> RunFailure:
+    """One line for a checkpoint that could not be written; its partial folder is removed (it
+    would hold the space a retry needs) and the last complete checkpoint is named, untouched."""
+    if main:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if isinstance(exc, OSError) and exc.strerror:
+        reason = f"{exc.strerror} ({exc.filename or root})"
+    else:  # DCP and torch.save wrap the OSError of a full disk in their own messages
+        lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+        reason = lines[-1].strip() if lines else type(exc).__name__
+    try:
+        free = f"; {shutil.disk_usage(root).free / 2**20:.1f} MiB free there"
+    except OSError:
+        free = ""
+    previous = list_checkpoints(root)
+    kept = f"the last complete checkpoint {previous[-1]} is intact" if previous else "no earlier checkpoint exists"
+    return RunFailure(f"checkpoint step {step} could not be written to {root}: {reason}{free}; {kept} "
+                      "(free space or fix the folder, then continue with train.resume=auto)")
 
 
 def verify_checkpoint(path: Path) -> list[str]:
