@@ -22,4 +22,12 @@ def model_from_config_json(d: dict) -> nn.Module:
     """Rebuild a model from {"name": ..., "args": {...}} (the model_config.json layout)."""
     if not isinstance(d, dict) or "name" not in d or "args" not in d:
         raise UserError('model config must be a mapping with keys "name" and "args"')
-    return build_model(d["name"], d["args"])
+    model = build_model(d["name"], d["args"])
+    if d.get("factorized"):  # low-rank layers written by `scaletrain compress --method lowrank`
+        from scaletrain.compress.lowrank import factorize_skeleton
+
+        try:
+            factorize_skeleton(model, d["factorized"])
+        except (ValueError, AttributeError) as exc:
+            raise UserError(f"model config: factorized: {exc}") from None
+    return model

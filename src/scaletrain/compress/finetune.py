@@ -1,0 +1,53 @@
+"""Short training runs for compressed models, through the ordinary trainer.
+
+A fine-tune (recovery after pruning or factorization) and a distillation are both `Trainer.fit`
+on the source run's config with a few settings changed: one process, the given step count, no
+intermediate evaluations or checkpoints, a warm-up that fits the run. The trainer writes its own
+run folder (metrics, loss curve) under the compressed folder, e.g. `OUT/finetune/`.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+def train_config(cfg, steps: int, run_dir: Path, lr: float | None = None, seed: int | None = None):
+    c = cfg.model_copy(deep=True)
+    c.train.max_steps = steps
+    c.train.run_dir = str(run_dir)
+    c.train.resume = False
+    c.train.eval_every = 0
+    c.train.checkpoint_every = 0
+    c.train.early_stopping = False
+    c.train.max_minutes = None
+    c.train.device = "cpu"
+    if seed is not None:
+        c.train.seed = seed
+    c.schedule.warmup_steps = min(c.schedule.warmup_steps, steps // 10)
+    c.parallel.strategy = "single"
+    c.parallel.nproc = 1
+    c.log.progress = False
+    c.log.sample_tokens = 0
+    c.log.tensorboard = False
+    if lr is not None:
+        c.optim.lr = lr
+    return c
+
+
+def train(model: nn.Module, cfg, task, steps: int, run_dir: Path, spec: dict, *, lr: float | None = None,
+          seed: int | None = None) -> dict:
+    """Train `model` in place for `steps` optimizer steps; the trainer's summary."""
+    from scaletrain.train.trainer import Trainer
+
+    c = train_config(cfg, steps, run_dir, lr=lr, seed=seed)
+    threads = torch.get_num_threads()
+    model.train()
+    trainer = Trainer.from_config(c, model, task, model_spec=spec)
+    try:
+        summary = trainer.fit()
+    finally:
+        torch.set_num_threads(threads)  # the run's train.threads must not leak into the latency runs
+    model.eval()
+    return summary

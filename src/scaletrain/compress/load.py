@@ -1,0 +1,166 @@
+"""Reading what compression starts from, and loading back what it wrote.
+
+A source is a finished run folder: `config.yaml`, `model_config.json` and the weights, either the
+consolidated `model.safetensors` or, when that is missing (a run stopped before its export) or
+`checkpoint=` names one, a DCP checkpoint. A DCP checkpoint loads into a plain model in one
+process with no process group: that is the consolidation of a checkpoint that FSDP/TP ranks wrote
+as shards (DCP reads every shard's slice into the full tensor).
+"""
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from scaletrain.errors import UserError
+
+
+@dataclass
+class Source:
+    run_dir: Path
+    cfg: object             # scaletrain.config.schema.Config of the run
+    model: nn.Module        # fp32, eval mode, on CPU
+    spec: dict              # model_config.json
+    weights: Path           # the file or checkpoint folder the weights came from
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def build_from_spec(spec: dict, where: Path) -> nn.Module:
+    """An untrained model with the structure model_config.json describes (low-rank factors too)."""
+    from scaletrain.models import model_from_config_json
+
+    try:
+        return model_from_config_json(spec)
+    except UserError as exc:
+        raise UserError(f"{where}: {exc}") from None
+
+
+def read_spec(path: Path) -> dict:
+    try:
+        spec = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path}: not readable JSON ({_first_line(exc)})") from None
+    if not isinstance(spec, dict) or "name" not in spec or "args" not in spec:
+        raise UserError(f'{path}: expected a mapping with "name" and "args" (a model_config.json)')
+    return spec
+
+
+def load_safetensors_into(model: nn.Module, path: Path) -> None:
+    """Strict load: a missing, extra or differently shaped tensor is a UserError naming the file."""
+    from safetensors.torch import load_model
+
+    try:
+        missing, unexpected = load_model(model, str(path), strict=False)
+    except Exception as exc:  # SafetensorError (corrupted header/data) or a shape mismatch
+        raise UserError(f"{path}: cannot load the weights into the model of model_config.json "
+                        f"({_first_line(exc)})") from None
+    if missing or unexpected:
+        raise UserError(f"{path}: does not match model_config.json (missing {sorted(missing)[:3]}, "
+                        f"unexpected {sorted(unexpected)[:3]}): wrong architecture?")
+
+
+def load_checkpoint_into(model: nn.Module, ckpt: Path) -> None:
+    """The model part of a DCP checkpoint (any layout, any world size) into a plain model."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
+
+    from scaletrain.train.checkpoint import verify_checkpoint
+
+    problems = verify_checkpoint(ckpt)
+    if problems:
+        raise UserError(f"checkpoint {ckpt} is damaged: {problems[0]}")
+    state = {"model": get_model_state_dict(model)}
+    try:
+        with warnings.catch_warnings():  # "no process group: loading in a single process" is the point
+            warnings.simplefilter("ignore", UserWarning)
+            dcp.load(state, checkpoint_id=str(ckpt))
+    except Exception as exc:
+        lines = str(exc).strip().splitlines()
+        raise UserError(f"checkpoint {ckpt} does not match model_config.json: "
+                        f"{lines[-1] if lines else type(exc).__name__}") from None
+    set_model_state_dict(model, state["model"])
+
+
+def load_source(run: str | Path, checkpoint: str | Path | None = None) -> Source:
+    from scaletrain.config.load import load_config
+    from scaletrain.train.checkpoint import list_checkpoints
+
+    run_dir = Path(run)
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir}: not a run folder (no such directory)")
+    for name in ("config.yaml", "model_config.json"):
+        if not (run_dir / name).is_file():
+            raise UserError(f"{run_dir / name}: missing (is {run_dir} a run folder?)")
+    cfg = load_config(str(run_dir / "config.yaml"))
+    spec = read_spec(run_dir / "model_config.json")
+    if spec["name"] not in ("gpt", "mlp"):
+        raise UserError(f"{run_dir / 'model_config.json'}: model {spec['name']!r} cannot be compressed "
+                        "(known: gpt, mlp)")
+    model = build_from_spec(spec, run_dir / "model_config.json")
+    if checkpoint is not None:
+        ckpt = Path(checkpoint)
+        found = list_checkpoints(ckpt / "checkpoints") or list_checkpoints(ckpt) or [ckpt]
+        load_checkpoint_into(model, found[-1])
+        weights = found[-1]
+    elif (run_dir / "model.safetensors").is_file():
+        weights = run_dir / "model.safetensors"
+        load_safetensors_into(model, weights)
+    else:
+        found = list_checkpoints(run_dir / "checkpoints")
+        if not found:
+            raise UserError(f"{run_dir}: neither model.safetensors nor a checkpoint in checkpoints/")
+        weights = found[-1]
+        load_checkpoint_into(model, weights)
+    return Source(run_dir=run_dir, cfg=cfg, model=model.float().eval(), spec=spec, weights=weights)
+
+
+def save_model_dir(model: nn.Module, spec: dict, out: Path, name: str = "model.safetensors") -> Path:
+    """`out/name` (tied tensors stored once) and `out/model_config.json`, each written atomically."""
+    from safetensors.torch import save_model
+
+    from scaletrain.atomic import write_json_atomic
+
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / name
+    tmp = out / f".{name}.tmp"
+    save_model(model, str(tmp))
+    os.replace(tmp, path)
+    write_json_atomic(out / "model_config.json", spec)
+    return path
+
+
+def load_model_dir(out: str | Path) -> nn.Module:
+    """The fp32 model of a compressed folder (model.safetensors + model_config.json): pruned,
+    factorized and distilled models as they are; quantized ones with their int8-rounded weights.
+    For the quantized runtime model use `load_runtime`."""
+    out = Path(out)
+    spec = read_spec(out / "model_config.json")
+    model = build_from_spec(spec, out / "model_config.json")
+    load_safetensors_into(model, out / "model.safetensors")
+    return model.eval()
+
+
+def load_runtime(out: str | Path):
+    """What a compressed folder runs as: a torchao int8 model (rebuilt from model_int8.safetensors),
+    an ONNX Runtime session wrapper (model_int8.onnx) or the plain fp32 model."""
+    out = Path(out)
+    summary = json.loads((out / "summary.json").read_text())
+    method = summary["method"]
+    if method in ("int8-dynamic", "int8-weight"):
+        from scaletrain.compress.quantize import load_int8
+
+        return load_int8(out, method)
+    if method == "onnx-int8":
+        from scaletrain.compress.export import OrtModel
+
+        return OrtModel(out / "model_int8.onnx", threads=torch.get_num_threads())
+    return load_model_dir(out)
