@@ -36,7 +36,8 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, micro_batches
 
     Nothing here calls `.item()`: the caller reads the tensors only on logging steps, so the host
     never waits on the device in the hot path. With clipping off the norm is only computed when
-    `want_norm` (a logging step): on a small model it is a fifth of the step.
+    `want_norm` (a logging step) or when `skip_if` needs it (an Inf gradient can come with a finite
+    loss): on a small model it is a fifth of the step.
 
     `layout` (scaletrain.parallel.layout.Layout) makes the step data-parallel aware: gradients are
     synchronized only after the last micro-batch, and the norm is the true global one across
@@ -62,7 +63,7 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, micro_batches
         scaler.unscale_(optimizer)
     params = [p for p in model.parameters() if p.grad is not None]
     grad_norm = None
-    if grad_clip > 0 or want_norm:
+    if grad_clip > 0 or want_norm or skip_if is not None:  # the guard judges the norm of every step
         if layout is not None:
             from scaletrain.parallel.layout import global_grad_norm
 
