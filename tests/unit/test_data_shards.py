@@ -108,7 +108,7 @@ def _rewrite_manifest(tmp: Path, **changes: object) -> None:
 
     m = shards.read_manifest(tmp)
     m.update(changes)
-    (tmp / shards.MANIFEST).write_text(json.dumps(m))
+    shards.write_manifest(tmp, m)  # with a matching self-checksum: the field checks behind it are tested
 
 
 def test_open_checks_checksums_dtype_and_tokenizer(tmp_path: Path) -> None:
@@ -145,6 +145,6 @@ def test_open_checks_checksums_dtype_and_tokenizer(tmp_path: Path) -> None:
     # A manifest with a file entry missing its keys names the manifest.
     m = shards.read_manifest(tmp_path)
     del m["splits"]["val"]["files"][0]["tokens"]
-    (tmp_path / shards.MANIFEST).write_text(json.dumps(m))
+    shards.write_manifest(tmp_path, m)
     with pytest.raises(UserError, match="manifest.json is malformed"):
         shards.TokenShards(tmp_path, "val")

@@ -162,7 +162,7 @@ def run_prepare(cfg: PrepareConfig, out: str | Path, workers: int | None = None,
                  phase_seconds={k: round(v, 3) for k, v in phase.items()},
                  created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     write_json_atomic(out / STATS, stats)
-    write_json_atomic(out / shards.MANIFEST, _manifest(cfg, out, plan, tasks, scans, toks))
+    shards.write_manifest(out, _manifest(cfg, out, plan, tasks, scans, toks))  # with its own checksum
     shutil.rmtree(work, ignore_errors=True)
     return stats
 
