@@ -224,11 +224,24 @@ def main() -> int:
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--only", default=None, help="comma-separated configuration names")
     ap.add_argument("--out", type=Path, default=ROOT / "docs")
+    ap.add_argument("--repredict", action="store_true",
+                    help="recompute the predictions for the measured figures in OUT/results/plan.json")
     args = ap.parse_args()
     if args.worker is not None:
         result = worker(json.loads(args.worker))
         if int(os.environ.get("RANK", "0")) == 0:
             print("RESULT " + json.dumps(result), flush=True)
+        return 0
+    if args.repredict:  # the model changed, the measurements stand: recompute the predictions only
+        saved = json.loads((args.out / "results" / "plan.json").read_text())["configs"]
+        rows = []
+        for row in saved:
+            pred = predicted(row["overrides"])
+            error = pred["memory"]["peak"] / row["measured_bytes"] - 1
+            rows.append({**row, "predicted_bytes": pred["memory"]["peak"], "predicted_breakdown": pred["memory"],
+                         "predicted_step_seconds": pred["step_seconds"], "error": error,
+                         "within_15pct": abs(error) <= 0.15})
+        write_outputs(rows, args.out / "plan.md", args.out / "results" / "plan.json")
         return 0
     grid = [(n, o) for n, o in GRID if not args.only or n in args.only.split(",")]
     rows = []
