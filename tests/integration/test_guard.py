@@ -62,6 +62,18 @@ def test_rollback_reloads_the_last_checkpoint_with_a_lower_lr(tmp_path, monkeypa
     assert lrs[8] == pytest.approx(lrs[4] * 0.25)
 
 
+def test_rollback_continues_exactly_from_the_checkpoint(tmp_path, monkeypatch, cache_dir):
+    """A transient NaN, rolled back with the lr unchanged, ends where a clean run ends: the
+    checkpoint's weights, optimizer state, data position and RNG all came back."""
+    code, out, run = _run(tmp_path, monkeypatch, cache_dir, "rolled", "nan:step=5", "guard.action=rollback",
+                          "train.checkpoint_every=2", "guard.lr_factor=1.0")
+    assert code == 0 and "rolled back to step_00000004" in out, out
+    code, out, clean = _run(tmp_path, monkeypatch, cache_dir, "clean", "", "train.checkpoint_every=2")
+    assert code == 0, out
+    a, b = load_file(run / "model.safetensors"), load_file(clean / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_loss_spike_is_caught(tmp_path, monkeypatch, cache_dir):
     code, out, run = _run(tmp_path, monkeypatch, cache_dir, "spike", "spike:step=7:factor=50",
                           "guard.spike_factor=3")

@@ -10,8 +10,6 @@ import copy
 import math
 import shutil
 import time
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -25,8 +23,9 @@ from scaletrain.optim.registry import build_optimizer
 from scaletrain.optim.schedules import apply_lr, effective_lr, lr_multiplier
 from scaletrain.train import checkpoint as ckpt
 from scaletrain.atomic import write_json_atomic, write_text_atomic
+from scaletrain.train.guard import Guard
+from scaletrain.train.loop_state import LoopState, Meter, Rollback
 from scaletrain.train.report import plot_losses, read_metrics, write_report
-from scaletrain.errors import RunFailure
 from scaletrain.data.prefetch import Prefetcher
 from scaletrain.parallel import faults
 from scaletrain.parallel.dist import DistInfo, shutdown
@@ -34,62 +33,6 @@ from scaletrain.parallel.layout import Layout, build_layout, wrap_optimizer
 from scaletrain.train import ranks
 from scaletrain.train.step import autocast_context, train_step
 from scaletrain.train.telemetry import Telemetry
-
-
-@dataclass
-class LoopState:
-    """Everything besides tensors that a resume needs to continue exactly."""
-
-    step: int = 0
-    position: int = 0  # global index of the next training sample
-    best_val: float = math.inf
-    best_step: int = -1
-    bad_evals: int = 0  # evaluations since the last improvement (early stopping)
-    units_seen: int = 0
-    train_seconds: float = 0.0
-    evals: list = field(default_factory=list)
-    skipped_steps: int = 0  # steps whose update the guard dropped (NaN/Inf, spike)
-    rollbacks: int = 0
-    lr_scale: float = 1.0  # lowered by each rollback (guard.lr_factor)
-
-
-class _Rollback(Exception):
-    """Raised inside the step loop after a rollback: the loop restarts from the restored state."""
-
-
-class _Meter:
-    """Loss and throughput since the last log line; loop edges (eval, checkpoint) are not timed."""
-
-    def __init__(self):
-        self.losses: list[torch.Tensor] = []  # summed once per window: no tensor op per step
-        self.units = 0
-        self.excluded = 0.0
-        self.data_seconds = 0.0  # time spent waiting for batches
-        self.start = time.perf_counter()
-
-    def add(self, loss: torch.Tensor, units: int) -> None:
-        self.losses.append(loss)
-        self.units += units
-
-    @contextmanager
-    def paused(self):
-        began = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.excluded += time.perf_counter() - began
-
-    def read(self, reduce=lambda t: t) -> tuple[float, float, int]:
-        """(mean loss, seconds of training, units) of the window, then start a new window.
-        `reduce` averages the loss over data-parallel ranks."""
-        now = time.perf_counter()
-        mean = float(reduce(torch.stack(self.losses).mean())) if self.losses else math.nan
-        result = (mean, now - self.start - self.excluded, self.units)
-        self.losses.clear()
-        self.units = 0
-        self.data_seconds = 0.0
-        self.excluded, self.start = 0.0, now
-        return result
 
 
 def resolve_device(cfg: Config) -> torch.device:
@@ -245,7 +188,7 @@ class Trainer:
                         f"global batch {self.global_batch(layout)} samples")
         self._warn_slow_bf16(tel)
         self._state_bytes: int | None = None
-        self._loss_mean, self._good_steps, self._bad_in_a_row, self._last_loss = None, 0, 0, math.nan
+        self._guard = Guard(cfg.guard, layout.distributed)
         try:
             with tel:
                 stopped_by = self._loop(layout, optimizer, tel, wall_start)
@@ -258,12 +201,13 @@ class Trainer:
         return self._finish(final, stopped_by, wall_start, optimizer)
 
     def _loop(self, layout: Layout, optimizer, tel: Telemetry, wall_start: float) -> str:
-        cfg, t, st = self.cfg, self.cfg.train, self.state
+        t = self.cfg.train
         params = [p for p in layout.module.parameters() if p.requires_grad]
         make_step = layout.extras.get("make_step")  # pipelining runs its own schedule
         step_fn = make_step(self.task.loss, t.grad_clip) if make_step else None
-        meter = _Meter()
+        meter = Meter()
         while True:
+            st = self.state  # a new object after a rollback
             start_step, start_position, per_step = st.step, st.position, self.global_batch(layout)
 
             def produce(step: int, start_step=start_step, start_position=start_position, per_step=per_step):
@@ -277,7 +221,7 @@ class Trainer:
             prefetch = Prefetcher(produce, depth=2)
             try:
                 return self._steps(layout, optimizer, tel, wall_start, meter, prefetch, step_fn, params)
-            except _Rollback:
+            except Rollback:
                 continue  # the state is the checkpoint's now: read batches from its position
             finally:
                 prefetch.close()
@@ -298,8 +242,12 @@ class Trainer:
             measure_hook = (lambda: self._measure_state(params, optimizer)) if measure else None
             factor = faults.loss_factor(st.step + 1)
             loss_fn = self.task.loss if factor is None else _scaled_loss(self.task.loss, factor)
-            verdict: list[str] = []
-            skip_if = (lambda loss, norm: self._bad_step(loss, norm, verdict, layout)) if checking else None
+            verdict: list[str | None] = []  # the guard's reason, when it drops the update
+
+            def skip_if(loss, norm):
+                verdict.append(self._guard.verdict(loss, norm))
+                return verdict[-1] is not None
+
             if step_fn is not None:
                 loss, grad_norm = step_fn(batches, optimizer, want_norm=log_step, before_zero_grad=measure_hook)
             else:
@@ -307,22 +255,21 @@ class Trainer:
                     layout.module, optimizer, batches, loss_fn, device=self.device,
                     autocast=self.autocast, grad_clip=t.grad_clip, scaler=self.scaler,
                     want_norm=log_step, layout=layout, before_zero_grad=measure_hook, weights=weights,
-                    skip_if=skip_if)
-            if verdict:  # the guard dropped this step's update
+                    skip_if=skip_if if checking else None)
+            bad = bool(verdict and verdict[0])
+            if bad:  # the guard dropped this step's update
                 stop = self._handle_bad_step(verdict[0], optimizer, tel)
                 if stop:
                     return stop
-            else:
-                self._bad_in_a_row = 0
+            elif checking:
+                self._guard.good()
             st.step += 1
-            if checking and not verdict:
-                self._note_good_loss(loss)
             if self.step_hook is not None:
                 self.step_hook(self, st.step, layout.global_mean(loss))
             units = (self.global_batch(layout) * self.task.units(batches[0][0]) // len(batches[0][1])
                      if weights else sum(self.task.units(x) for x, _ in batches) * layout.dp_world)
             st.units_seen += units
-            if not verdict:  # a dropped step's loss (NaN, a spike) stays out of the logged mean
+            if not bad:  # a dropped step's loss (NaN, a spike) stays out of the logged mean
                 meter.add(loss, units)
 
             time_up = bool(t.max_minutes) and time.perf_counter() - wall_start > 60 * t.max_minutes
@@ -359,48 +306,21 @@ class Trainer:
         return "max_steps"
 
     # ---- guard rails -------------------------------------------------------------------------
-    def _bad_step(self, loss: torch.Tensor, norm, verdict: list, layout: Layout) -> bool:
-        """Whether to drop this step's update (before the optimizer sees it): a NaN/Inf loss or
-        gradient norm, or a loss above guard.spike_factor x the recent mean. All ranks agree."""
-        value = float(loss)  # the guard's one host sync per step (guard.action=off removes it)
-        reason = None
-        if not math.isfinite(value):
-            reason = f"loss is {value}"
-        elif norm is not None and not math.isfinite(float(norm)):
-            reason = f"gradient norm is {float(norm)}"
-        elif (self.cfg.guard.spike_factor and self._loss_mean is not None and self._good_steps >= 5
-              and value > self.cfg.guard.spike_factor * self._loss_mean):
-            reason = f"loss spiked to {value:.4g} (recent mean {self._loss_mean:.4g})"
-        if layout.distributed:  # one rank's bad step is everyone's: gradients are shared
-            flag = torch.tensor([1.0 if reason else 0.0])
-            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-            if flag.item() and reason is None:
-                reason = "another rank's loss or gradient was bad"
-        if reason:
-            verdict.append(reason)
-        self._last_loss = value
-        return reason is not None
-
-    def _note_good_loss(self, loss: torch.Tensor) -> None:
-        value = self._last_loss
-        self._good_steps += 1
-        self._loss_mean = value if self._loss_mean is None else 0.9 * self._loss_mean + 0.1 * value
-
     def _handle_bad_step(self, reason: str, optimizer, tel: Telemetry) -> str | None:
         """Skip, roll back or stop after a dropped update; return a stop reason or None."""
         g, st = self.cfg.guard, self.state
         st.skipped_steps += 1  # the step still counts (its data is consumed); only its update is dropped
-        self._bad_in_a_row += 1
-        if g.action == "stop" or self._bad_in_a_row > g.max_consecutive:
+        too_many = self._guard.bad()
+        if g.action == "stop" or too_many:
             why = "guard.action=stop" if g.action == "stop" else \
-                f"{self._bad_in_a_row} bad steps in a row (guard.max_consecutive={g.max_consecutive})"
+                f"{self._guard.bad_in_a_row} bad steps in a row (guard.max_consecutive={g.max_consecutive})"
             tel.message(f"error: step {st.step + 1}: {reason}; stopping ({why})")
             return "non_finite_loss"
         if g.action == "rollback":
             found = ranks.on_main(lambda: (ckpt.list_checkpoints(self.run_dir / "checkpoints") or [None])[-1])
             if found is not None:
                 self._rollback(found, optimizer, tel, reason)
-                raise _Rollback
+                raise Rollback
             tel.message(f"warning: step {st.step + 1}: {reason}; no checkpoint to roll back to: update skipped")
             return None
         tel.message(f"warning: step {st.step + 1}: {reason}; update skipped (guard.action=skip)")

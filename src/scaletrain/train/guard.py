@@ -1,0 +1,56 @@
+"""The guard's judgement of one step: is its loss or gradient bad enough to drop the update?
+
+A NaN/Inf loss or gradient norm is always bad; with `guard.spike_factor` a loss above that factor
+times the recent mean (an exponential average of the good steps, after 5 of them) is bad too. On
+several ranks the verdict is shared: gradients are synchronized, so one rank's bad step poisons
+everyone's update. What to do about a bad step (skip, roll back, stop) is the trainer's part.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.distributed as dist
+
+from scaletrain.config.schema import GuardConfig
+
+
+class Guard:
+    def __init__(self, cfg: GuardConfig, distributed: bool):
+        self.cfg, self.distributed = cfg, distributed
+        self.recent_mean: float | None = None
+        self.good_steps = 0
+        self.bad_in_a_row = 0
+        self._last = math.nan
+
+    def verdict(self, loss: torch.Tensor, grad_norm: torch.Tensor | None) -> str | None:
+        """Why this step is bad, or None. The guard's one host sync per step."""
+        value = float(loss)
+        reason = None
+        if not math.isfinite(value):
+            reason = f"loss is {value}"
+        elif grad_norm is not None and not math.isfinite(float(grad_norm)):
+            reason = f"gradient norm is {float(grad_norm)}"
+        elif (self.cfg.spike_factor and self.recent_mean is not None and self.good_steps >= 5
+              and value > self.cfg.spike_factor * self.recent_mean):
+            reason = f"loss spiked to {value:.4g} (recent mean {self.recent_mean:.4g})"
+        if self.distributed:
+            flag = torch.tensor([1.0 if reason else 0.0])
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            if flag.item() and reason is None:
+                reason = "another rank's loss or gradient was bad"
+        self._last = value
+        return reason
+
+    def good(self) -> None:
+        """The step that was judged last went through."""
+        self.good_steps += 1
+        self.bad_in_a_row = 0
+        m = self.recent_mean
+        self.recent_mean = self._last if m is None else 0.9 * m + 0.1 * self._last
+
+    def bad(self) -> bool:
+        """Count a dropped step; True when there have been more in a row than allowed."""
+        self.bad_in_a_row += 1
+        return self.bad_in_a_row > self.cfg.max_consecutive

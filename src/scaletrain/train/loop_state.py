@@ -1,0 +1,66 @@
+"""What the loop carries between steps: the state a resume needs, and the log window's meter."""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class LoopState:
+    """Everything besides tensors that a resume needs to continue exactly."""
+
+    step: int = 0
+    position: int = 0  # global index of the next training sample
+    best_val: float = math.inf
+    best_step: int = -1
+    bad_evals: int = 0  # evaluations since the last improvement (early stopping)
+    units_seen: int = 0
+    train_seconds: float = 0.0
+    evals: list = field(default_factory=list)
+    skipped_steps: int = 0  # steps whose update the guard dropped (NaN/Inf, spike)
+    rollbacks: int = 0
+    lr_scale: float = 1.0  # lowered by each rollback (guard.lr_factor)
+
+
+class Rollback(Exception):
+    """Raised inside the step loop after a rollback: the loop restarts from the restored state."""
+
+
+class Meter:
+    """Loss and throughput since the last log line; loop edges (eval, checkpoint) are not timed."""
+
+    def __init__(self):
+        self.losses: list[torch.Tensor] = []  # summed once per window: no tensor op per step
+        self.units = 0
+        self.excluded = 0.0
+        self.data_seconds = 0.0  # time spent waiting for batches
+        self.start = time.perf_counter()
+
+    def add(self, loss: torch.Tensor, units: int) -> None:
+        self.losses.append(loss)
+        self.units += units
+
+    @contextmanager
+    def paused(self):
+        began = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.excluded += time.perf_counter() - began
+
+    def read(self, reduce=lambda t: t) -> tuple[float, float, int]:
+        """(mean loss, seconds of training, units) of the window, then start a new window.
+        `reduce` averages the loss over data-parallel ranks."""
+        now = time.perf_counter()
+        mean = float(reduce(torch.stack(self.losses).mean())) if self.losses else math.nan
+        result = (mean, now - self.start - self.excluded, self.units)
+        self.losses.clear()
+        self.units = 0
+        self.data_seconds = 0.0
+        self.excluded, self.start = 0.0, now
+        return result
