@@ -51,6 +51,7 @@ def test_pipeline_stages_cover_every_block_once():
 def test_stragglers_are_ranks_slower_than_the_median_by_the_factor():
     assert stragglers([0.10, 0.11, 0.30, 0.10], 1.5) == [2]
     assert stragglers([0.10, 0.14], 1.5) == []
+    assert stragglers([0.10, 0.16], 1.5) == [1]  # two ranks: each against the other
     assert stragglers([0.1], 1.5) == []
 
 

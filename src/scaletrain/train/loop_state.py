@@ -39,6 +39,7 @@ class Meter:
         self.units = 0
         self.excluded = 0.0
         self.data_seconds = 0.0  # time spent waiting for batches
+        self.busy_seconds = 0.0  # distributed: this rank's own time (before the first collective)
         self.start = time.perf_counter()
 
     def add(self, loss: torch.Tensor, units: int) -> None:
@@ -61,6 +62,6 @@ class Meter:
         result = (mean, now - self.start - self.excluded, self.units)
         self.losses.clear()
         self.units = 0
-        self.data_seconds = 0.0
+        self.data_seconds = self.busy_seconds = 0.0
         self.excluded, self.start = 0.0, now
         return result

@@ -50,12 +50,16 @@ def gather_floats(value: float) -> list[float]:
     return [float(x) for x in out]
 
 
-def stragglers(step_seconds: list[float], factor: float) -> list[int]:
-    """Ranks slower than the median step time by more than `factor`."""
-    if len(step_seconds) < 2:
+def stragglers(seconds: list[float], factor: float) -> list[int]:
+    """Ranks slower than `factor` x the median of the other ranks (with 2 ranks: the other one)."""
+    if len(seconds) < 2:
         return []
-    median = statistics.median(step_seconds)
-    return [r for r, s in enumerate(step_seconds) if median > 0 and s > factor * median]
+    slow = []
+    for r, s in enumerate(seconds):
+        others = statistics.median(seconds[:r] + seconds[r + 1:])
+        if others > 0 and s > factor * others:
+            slow.append(r)
+    return slow
 
 
 def _local_bytes(t: torch.Tensor) -> int:

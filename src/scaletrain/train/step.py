@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from contextlib import AbstractContextManager, nullcontext
 
 import torch
@@ -31,7 +32,7 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, micro_batches
                scaler: torch.amp.GradScaler | None = None, want_norm: bool = True,
                layout=None, before_zero_grad=None,
                weights: list[float] | None = None,
-               skip_if=None) -> tuple[torch.Tensor, torch.Tensor | None]:
+               skip_if=None, timings: dict | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Run one step over `micro_batches` [(x, y), ...]; return (mean loss, grad norm) as tensors.
 
     Nothing here calls `.item()`: the caller reads the tensors only on logging steps, so the host
@@ -44,6 +45,8 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, micro_batches
     shards. `before_zero_grad` is called after the optimizer step, while gradients still exist.
     `weights`: each micro-batch's factor in the step's loss (default 1/len(micro_batches)).
     `skip_if(loss, grad_norm) -> bool`: checked before the update; True drops it (the guard).
+    `timings["forward"]` accumulates the forward passes' seconds: the part of a data-parallel step
+    no collective waits in, so it tells a slow rank from its peers.
     """
     accum = len(micro_batches)
     total = None
@@ -51,12 +54,15 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, micro_batches
         x, y = to_device(x, device), y.to(device, non_blocking=True)
         sync = layout.grad_sync(i == accum - 1) if layout is not None else nullcontext()
         with sync:
+            began = time.perf_counter() if timings is not None else 0.0
             with autocast:
                 loss = loss_fn(forward(model, x), y)
                 if weights is not None:
                     loss = loss * weights[i]
                 elif accum > 1:
                     loss = loss / accum
+            if timings is not None:
+                timings["forward"] = timings.get("forward", 0.0) + time.perf_counter() - began
             (scaler.scale(loss) if scaler else loss).backward()
         total = loss.detach() if total is None else total + loss.detach()
     if scaler:

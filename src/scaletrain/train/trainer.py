@@ -230,7 +230,9 @@ class Trainer:
         cfg, t, st = self.cfg, self.cfg.train, self.state
         guard = self.cfg.guard
         checking = guard.action != "off" and step_fn is None  # pipelining: loss only on the last stage
+        timings = {} if layout.distributed else None
         while st.step < t.max_steps:
+            step_began = time.perf_counter()
             faults.maybe_inject(st.step + 1, self.dist_info.rank)
             apply_lr(optimizer, self._lr_multiplier(st.step) * st.lr_scale)
             waited = time.perf_counter()
@@ -248,6 +250,8 @@ class Trainer:
                 verdict.append(self._guard.verdict(loss, norm))
                 return verdict[-1] is not None
 
+            if timings is not None:  # this rank's own time: until the step, and its forward passes
+                timings["forward"] = time.perf_counter() - step_began
             if step_fn is not None:
                 loss, grad_norm = step_fn(batches, optimizer, want_norm=log_step, before_zero_grad=measure_hook)
             else:
@@ -255,7 +259,9 @@ class Trainer:
                     layout.module, optimizer, batches, loss_fn, device=self.device,
                     autocast=self.autocast, grad_clip=t.grad_clip, scaler=self.scaler,
                     want_norm=log_step, layout=layout, before_zero_grad=measure_hook, weights=weights,
-                    skip_if=skip_if if checking else None)
+                    skip_if=skip_if if checking else None, timings=timings)
+            if timings is not None:
+                meter.busy_seconds += timings["forward"]
             bad = bool(verdict and verdict[0])
             if bad:  # the guard dropped this step's update
                 stop = self._handle_bad_step(verdict[0], optimizer, tel)
@@ -276,7 +282,7 @@ class Trainer:
             time_up = bool(ranks.on_main(lambda: time_up)) if layout.distributed else time_up
             last = st.step == t.max_steps or time_up
             if st.step % cfg.log.every == 0 or last:
-                steps_in_window, data_seconds = len(meter.losses), meter.data_seconds
+                steps_in_window, data_seconds, busy = len(meter.losses), meter.data_seconds, meter.busy_seconds
                 mean_loss, seconds, window_units = meter.read(layout.global_mean)  # one sync per window
                 st.train_seconds += seconds
                 record = {"loss": mean_loss, "lr": optimizer.param_groups[0]["lr"]}
@@ -288,7 +294,7 @@ class Trainer:
                 if st.skipped_steps:
                     record["skipped_steps"] = st.skipped_steps
                 if layout.distributed:
-                    self._rank_times(record, seconds / max(steps_in_window, 1), tel)
+                    self._rank_times(record, seconds / max(steps_in_window, 1), busy / max(steps_in_window, 1), tel)
                 tel.log_train(st.step, record)
                 if steps_in_window and not math.isfinite(mean_loss):  # (a window of skipped steps has none)
                     tel.message(f"loss is {mean_loss} at step {st.step}: stopping")
@@ -340,17 +346,21 @@ class Trainer:
         tel.message(f"warning: step {bad_step}: {reason}; rolled back to {path.name}, learning rate x "
                     f"{self.state.lr_scale:g} (guard.action=rollback)")
 
-    def _rank_times(self, record: dict, step_seconds: float, tel: Telemetry) -> None:
-        """Every rank's mean step time of the window; a rank slower than the median by
-        parallel.straggler_factor is a straggler (flagged in the log and metrics.jsonl)."""
-        times = ranks.gather_floats(step_seconds)
-        record["rank_step_seconds"] = times
-        slow = ranks.stragglers(times, self.cfg.parallel.straggler_factor)
+    def _rank_times(self, record: dict, step_seconds: float, busy_seconds: float, tel: Telemetry) -> None:
+        """Every rank's mean step time and busy time of the window (`rank_step_seconds`,
+        `rank_busy_seconds`). Collectives make every rank's step as long as the slowest one's, so a
+        straggler shows in its busy time — what it spends before the step's first gradient
+        synchronization (data, host work, forward): a rank busier than the median by
+        parallel.straggler_factor is flagged in the log and in metrics.jsonl (`stragglers`)."""
+        record["rank_step_seconds"] = ranks.gather_floats(step_seconds)
+        busy = ranks.gather_floats(busy_seconds)
+        record["rank_busy_seconds"] = busy
+        slow = ranks.stragglers(busy, self.cfg.parallel.straggler_factor)
         record["stragglers"] = slow
         if slow:
-            tel.message(f"warning: straggler rank(s) {slow} at step {self.state.step}: step time "
-                        f"{', '.join(f'{times[r]:.3f}' for r in slow)} s vs median "
-                        f"{sorted(times)[len(times) // 2]:.3f} s")
+            tel.message(f"warning: straggler rank(s) {slow} at step {self.state.step}: busy seconds per "
+                        f"step by rank {[round(b, 3) for b in busy]}, more than "
+                        f"parallel.straggler_factor={self.cfg.parallel.straggler_factor:g} x the others' median")
 
     def _measure_state(self, params, optimizer) -> None:
         """Called once, after the first optimizer step and before gradients are dropped: the
