@@ -36,7 +36,7 @@ HEADROOM = 0.9  # plan to use at most 90 % of the memory: fragmentation and the 
 RUNTIME_BYTES = {"cpu": 450 * 2**20, "cuda": 1 * 2**30}
 
 
-UNATTRIBUTED_D = 5  # see activation_bytes
+ROPE_EXTRA_D = 5  # see activation_bytes
 
 
 @dataclass
@@ -122,9 +122,10 @@ def activation_bytes(s: Shape, micro: int, precision: str, ac: bool, tp: int = 1
         return saved, micro * 4 * (2 * max(w) + 2 * w[-1])
     m, d, ff, V = micro * s.units_per_sample, s.d_model, s.d_ff, s.vocab
     sharded = 3 * d + d + d + 2 * ff + (2 * d if s.rope else 0)  # split over tp ranks
-    # norm1 out, residual, norm2 out, block output; + UNATTRIBUTED_D: measured on the grid of
-    # docs/plan.md, each block holds ~5d per token more than the tensors counted here explain.
-    full = d + d + d + d + UNATTRIBUTED_D * d
+    # norm1 out, residual, norm2 out, block output; with rotary positions + ROPE_EXTRA_D: measured
+    # on the grid of docs/plan.md (rotary blocks hold ~5d per token more than the rotated q, k
+    # counted above; learned positions match the count within 1-3 %).
+    full = d + d + d + d + (ROPE_EXTRA_D * d if s.rope else 0)
     if precision == "bf16":  # linear inputs/outputs in bf16, residual stream and norms in fp32
         # bf16: the sharded tensors, the norms' outputs cast for their linears and the proj input
         # copy (2 bytes); fp32: the residual and the block output (norms run in fp32 under autocast)
