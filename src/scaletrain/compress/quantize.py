@@ -8,8 +8,8 @@ tensors are not safetensors-serializable, so a result is stored twice, both with
 - `model.safetensors`: the same weights dequantized (int8 x scale) in fp32, so the generic loaders
   (`scaletrain eval`) read the folder and see the int8 rounding.
 
-`load_int8` rebuilds the runtime model: dequantized weights, then torchao again (its scale from a
-dequantized row equals the stored one up to the last bit, so the int8 values come back).
+`load_int8` rebuilds the runtime model: dequantized weights, torchao again, then the stored int8
+values and scales copied into its tensors (the model saved, bit for bit).
 """
 from __future__ import annotations
 
@@ -101,4 +101,14 @@ def load_int8(out: Path, method: str) -> nn.Module:
     if "tok_emb.weight" not in sd and "lm_head.weight" in sd:
         sd["tok_emb.weight"] = sd["lm_head.weight"]
     model.load_state_dict(sd)
-    return quantize_int8(model.eval(), method)
+    q = quantize_int8(model.eval(), method)
+    # Re-quantizing a dequantized row can move its extreme entry by one step (torchao's scale is
+    # amax / 127.5): put the stored int8 values and scales back so the model is the one saved.
+    with torch.no_grad():
+        for name, t in q.state_dict().items():
+            if _is_int8(t) and name in stored:
+                t.qdata.copy_(stored[name])
+                t.scale.copy_(stored[f"{name}.scale"].view_as(t.scale))
+        if "tok_emb.weight" not in stored and hasattr(q, "tok_emb"):  # tied: the head's values again
+            q.tok_emb.weight.copy_(q.lm_head.weight.dequantize())
+    return q
