@@ -82,9 +82,7 @@ def test_memory_pressure_against_a_small_device(tmp_path, fast, run_main):
 
 @pytest.mark.slow
 @pytest.mark.dist
-@pytest.mark.xfail(strict=True, reason="the trainer's rank_step_seconds include the wait in the gradient "
-                   "all-reduce, so a rank slowed before its step makes every rank equally slow; needs a "
-                   "per-rank busy time in train/trainer.py (see docs/diagnostics.md)")
+@pytest.mark.dist
 def test_slowed_rank_is_a_straggler(tmp_path, cache_dir):
     run = tmp_path / "run"
     import os

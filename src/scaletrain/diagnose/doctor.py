@@ -369,16 +369,20 @@ IMBALANCE = 1.25  # slowest / fastest rank: above this the fast ranks wait a qua
 
 
 def check_stragglers(run: Run) -> list[Finding]:
-    recs = [r for r in run.train if isinstance(r.get("rank_step_seconds"), list) and r["rank_step_seconds"]]
+    # Busy time (before the step's first collective) tells ranks apart; whole-step times do not,
+    # since every rank waits for the slowest at each gradient synchronization.
+    key = "rank_busy_seconds" if any(isinstance(r.get("rank_busy_seconds"), list) for r in run.train) \
+        else "rank_step_seconds"
+    recs = [r for r in run.train if isinstance(r.get(key), list) and r[key]]
     if not recs:
         return []
     flagged: dict[int, list[int]] = {}
     for r in recs:
         for rank in r.get("stragglers") or []:
             flagged.setdefault(int(rank), []).append(r["step"])
-    world = len(recs[0]["rank_step_seconds"])
-    mean_times = [statistics.fmean(float(r["rank_step_seconds"][k]) for r in recs
-                                   if len(r["rank_step_seconds"]) > k) for k in range(world)]
+    world = len(recs[0][key])
+    mean_times = [statistics.fmean(float(r[key][k]) for r in recs if len(r[key]) > k) for k in range(world)]
+    what = "busy time per step" if key == "rank_busy_seconds" else "step time"
     fastest, slowest = min(mean_times), max(mean_times)
     ratio = slowest / fastest if fastest > 0 else math.inf
     times = ", ".join(f"rank {k}: {t * 1000:.1f} ms" for k, t in enumerate(mean_times))
@@ -387,7 +391,7 @@ def check_stragglers(run: Run) -> list[Finding]:
         return [Finding(
             "straggler", "warning", f"straggler rank(s) {sorted(flagged)}",
             f"rank {worst} flagged in {len(flagged[worst])} of {len(recs)} log windows (step(s) "
-            f"{_steps(flagged[worst])}); mean step time {times}; slowest/fastest {ratio:.2f}x",
+            f"{_steps(flagged[worst])}); mean {what} {times}; slowest/fastest {ratio:.2f}x",
             f"look at rank {worst}'s host (other jobs, CPU/GPU clocks, thermal throttling, a slow disk or "
             "NIC); every rank waits for the slowest at each gradient synchronization; restart without "
             "the node (parallel.max_restarts with an elastic launcher) if it persists",
@@ -395,8 +399,8 @@ def check_stragglers(run: Run) -> list[Finding]:
     if ratio > IMBALANCE:
         slow = mean_times.index(slowest)
         return [Finding(
-            "straggler", "info", "step times differ between ranks",
-            f"mean step time {times}; slowest/fastest {ratio:.2f}x (rank {slow})",
+            "straggler", "info", f"{what} differs between ranks",
+            f"mean {what} {times}; slowest/fastest {ratio:.2f}x (rank {slow})",
             "uneven load between ranks: check the hosts and, for pipelines, the split of blocks per stage",
             {"mean_step_seconds": mean_times, "ratio": ratio})]
     return []

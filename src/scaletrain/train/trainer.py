@@ -162,7 +162,11 @@ class Trainer:
         resume_from, damaged = found
         if resume_from is not None:
             trained = layout.extras.get("stage_module", layout.model)  # pp: this rank's stage
+            configured = [g.get("base_lr") for g in optimizer.param_groups]
             saved = ckpt.load_checkpoint(resume_from, trained, optimizer, verified=True)
+            for group, base_lr in zip(optimizer.param_groups, configured):
+                if base_lr is not None:  # the config's lr wins over the checkpoint's (a resume may change it)
+                    group["base_lr"] = base_lr
             saved.pop("step", None)
             data_state = saved.pop("data", None)
             check = getattr(self.task, "check_data_state", None)
