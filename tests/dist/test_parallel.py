@@ -63,7 +63,7 @@ def _weights(path):
 
 def test_checkpoints_reshard_across_world_sizes_and_layouts(tmp_path, quiet):
     """fsdp on 2 ranks -> 1 process -> fsdp on 2 ranks equals the uninterrupted fsdp run bit for bit;
-    the fsdp checkpoint also loads into ddp."""
+    the fsdp checkpoint also continues under ddp, and ddp's loads into fsdp exactly."""
     common = ["optim.name=adamw", "train.checkpoint_every=3", "checkpoint.keep_last=3"]
     full = _train(tmp_path, quiet, "fsdp", "parallel.strategy=fsdp", "parallel.nproc=2", "train.max_steps=6", *common)
     assert full["model_state_bytes_per_rank"][0] > 0
@@ -84,6 +84,12 @@ def test_checkpoints_reshard_across_world_sizes_and_layouts(tmp_path, quiet):
     ddp = _weights(tmp_path / "ddp")
     for name in reference:
         torch.testing.assert_close(ddp[name], reference[name], rtol=1e-3, atol=1e-4)
+    # ddp -> fsdp: the ddp run's final checkpoint loads into fsdp exactly (no step taken).
+    _train(tmp_path, quiet, "ddp-to-fsdp", "parallel.strategy=fsdp", "parallel.nproc=2",
+           f"train.resume={tmp_path / 'ddp'}", "train.max_steps=6", *common)
+    loaded = _weights(tmp_path / "ddp-to-fsdp")
+    for name in ddp:
+        assert torch.equal(loaded[name], ddp[name]), name
 
 
 def test_fsdp_holds_about_half_of_what_ddp_holds(tmp_path, quiet):
