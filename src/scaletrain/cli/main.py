@@ -17,7 +17,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from scaletrain.cli import commands, data_commands, verify_command
+    from scaletrain.cli import (bench_commands, commands, compress_command, data_commands, diagnose_commands,
+                                verify_command)
 
     parser = _Parser(prog="scaletrain", description="Train large models with torch.distributed, from "
                      "raw data to a deployable model. `scaletrain COMMAND --help` describes each command.")
@@ -27,9 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands.register(sub)
     data_commands.register(sub)
     verify_command.register(sub)
-    __import__("scaletrain.cli.bench_commands", fromlist=["register"]).register(sub)
-    __import__("scaletrain.cli.compress_command", fromlist=["register"]).register(sub)
-    __import__("scaletrain.cli.diagnose_commands", fromlist=["register"]).register(sub)
+    bench_commands.register(sub)
+    compress_command.register(sub)
+    diagnose_commands.register(sub)
     return parser
 
 
