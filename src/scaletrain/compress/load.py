@@ -30,8 +30,10 @@ class Source:
 
 
 def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
+    """The informative line: torch's load errors open with a header line ending in ':'."""
+    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+    useful = [ln for ln in lines if not ln.endswith(":")]
+    return (useful or lines or [type(exc).__name__])[0]
 
 
 def build_from_spec(spec: dict, where: Path) -> nn.Module:

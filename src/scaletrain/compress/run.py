@@ -68,11 +68,14 @@ def _params(m: nn.Module) -> int:
 def _source_bytes(src) -> int:
     if src.weights.is_file():
         return src.weights.stat().st_size
-    from safetensors.torch import _remove_duplicate_names, save  # a checkpoint: its safetensors size
+    from safetensors.torch import save  # a checkpoint: the size its safetensors export would have
 
-    sd = src.model.state_dict()
-    keep = {names[0] for names in _remove_duplicate_names(sd).values()}
-    return len(save({k: v.contiguous() for k, v in sd.items() if k in keep}))
+    seen, tensors = set(), {}
+    for k, v in src.model.state_dict().items():
+        if v.data_ptr() not in seen:  # a tied matrix is stored once, as save_model does
+            seen.add(v.data_ptr())
+            tensors[k] = v.contiguous()
+    return len(save(tensors))
 
 
 def _evaluate(task, model: nn.Module, cfg, batches: int) -> dict:

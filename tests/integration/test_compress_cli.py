@@ -1,0 +1,113 @@
+"""`scaletrain compress` on a real (tiny) mlp-digits run: outputs, loading back, and bad input."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import FAST, run_main
+
+
+def one_error_line(rc: int, err: str) -> str:
+    assert rc == 2, err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def mlp_run(tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("compress") / "mlp"
+    rc, _, err = run_main("train", "mlp-digits", *FAST, "train.max_steps=60", "train.eval_every=0",
+                          f"train.run_dir={run_dir}")
+    assert rc == 0, err
+    return run_dir
+
+
+QUICK = ["--no-onnx", "--latency-rounds", "1"]
+
+
+@pytest.mark.slow
+def test_structured_pruning_from_the_cli_loads_back_and_evaluates(mlp_run, tmp_path):
+    from scaletrain.compress import load_model_dir
+
+    out = tmp_path / "pruned"
+    rc, stdout, err = run_main("compress", mlp_run, "--method", "prune-structured", "--amount", "0.5",
+                               "--finetune-steps", "5", "--out", out, *QUICK)
+    assert rc == 0, err
+    assert "report:" in stdout
+    for name in ("model.safetensors", "model_config.json", "report.md", "compression.png", "summary.json",
+                 "config.yaml", "finetune"):
+        assert (out / name).exists(), name
+    summary = json.loads((out / "summary.json").read_text())
+    original, pruned = summary["rows"]
+    assert pruned["hidden"] == [64, 32] and pruned["parameters"] < original["parameters"] / 2
+    assert summary["size_ratio"] == pytest.approx(pruned["size_bytes"] / original["size_bytes"])
+    assert summary["size_ratio"] < 0.5
+    model = load_model_dir(out)
+    assert list(model.args.hidden) == [64, 32]
+    rc, stdout, err = run_main("eval", out)  # the folder is run-like: `scaletrain eval` reads it
+    assert rc == 0, err
+    assert json.loads(stdout)["val_accuracy"] == pytest.approx(summary["quality_after"])
+
+
+@pytest.mark.slow
+def test_a_run_without_final_weights_is_read_from_its_checkpoint(mlp_run, tmp_path):
+    run = tmp_path / "ckpt-only"
+    shutil.copytree(mlp_run, run)
+    (run / "model.safetensors").unlink()
+    out = tmp_path / "q"
+    rc, _, err = run_main("compress", run, "--method", "int8-weight", "--out", out, *QUICK)
+    assert rc == 0, err
+    summary = json.loads((out / "summary.json").read_text())
+    assert "checkpoints/step_" in summary["weights"]
+    reference = json.loads((mlp_run / "summary.json").read_text())["val_accuracy"]
+    assert summary["quality_before"] == pytest.approx(reference)  # the same weights as the export
+    assert abs(summary["quality_after"] - summary["quality_before"]) <= 0.02
+    assert summary["size_ratio"] < 0.3
+
+
+def test_not_a_run_folder(tmp_path):
+    line = one_error_line(*run_main("compress", tmp_path / "nope", "--method", "prune")[::2])
+    assert "nope" in line and "run folder" in line
+
+
+def test_unknown_method(mlp_run):
+    line = one_error_line(*run_main("compress", mlp_run, "--method", "zip")[::2])
+    assert "'zip'" in line and "prune-structured" in line
+
+
+def test_bad_option_values_are_named(mlp_run):
+    assert "--amount" in one_error_line(*run_main("compress", mlp_run, "--method", "prune", "--amount", "1.5")[::2])
+    line = one_error_line(*run_main("compress", mlp_run, "--method", "int8-dynamic", "--finetune-steps", "3")[::2])
+    assert "--finetune-steps" in line
+
+
+def test_corrupted_weights_file(mlp_run, tmp_path):
+    run = tmp_path / "corrupt"
+    shutil.copytree(mlp_run, run)
+    data = (run / "model.safetensors").read_bytes()
+    (run / "model.safetensors").write_bytes(data[: len(data) // 2])
+    line = one_error_line(*run_main("compress", run, "--method", "prune", *QUICK)[::2])
+    assert "model.safetensors" in line
+
+
+def test_wrong_architecture(mlp_run, tmp_path):
+    run = tmp_path / "wrong"
+    shutil.copytree(mlp_run, run)
+    spec = json.loads((run / "model_config.json").read_text())
+    spec["args"]["hidden"] = [100, 64]
+    (run / "model_config.json").write_text(json.dumps(spec))
+    line = one_error_line(*run_main("compress", run, "--method", "prune", *QUICK)[::2])
+    assert "model.safetensors" in line and "net.0.weight" in line and "size mismatch" in line
+
+
+def test_an_occupied_output_folder_is_refused(mlp_run, tmp_path):
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "x").write_text("keep me")
+    line = one_error_line(*run_main("compress", mlp_run, "--method", "prune", "--out", tmp_path / "busy")[::2])
+    assert "busy" in line
+    assert (tmp_path / "busy" / "x").read_text() == "keep me"
