@@ -124,3 +124,16 @@ def test_a_good_checkpoint_still_loads_exactly(good):
     for a, b in zip(model.parameters(), other.parameters()):
         assert torch.equal(a, b)
     assert other_opt.param_groups[0]["lr"] == opt.param_groups[0]["lr"]
+
+
+@pytest.mark.parametrize("name", ["../../escaped", "a/b", "/abs/path"])
+def test_a_config_name_cannot_place_the_run_outside_runs(tmp_path, monkeypatch, cache_dir, name):
+    """`name` becomes the default folder runs/<name>-<time>: a separator would write anywhere."""
+    from conftest import FAST, run_main
+
+    work = tmp_path / "a" / "b"
+    work.mkdir(parents=True)
+    monkeypatch.chdir(work)
+    code, out, err = run_main("train", "gpt-tiny", *FAST, f"data.cache_dir={cache_dir}", f"name={name}")
+    assert code == 2 and err.startswith(f"error: name: {name!r}") and "path separator" in err
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == ["a", "a/b"]

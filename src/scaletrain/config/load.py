@@ -58,7 +58,12 @@ def _read_source(source: str | None) -> tuple[dict, str]:
             raise UserError(
                 f"config {source!r}: no such file and not a preset (presets: {', '.join(preset_names())})"
             )
-        text = path.read_text()
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (UnicodeDecodeError, OSError) as exc:  # a binary file, a directory, no permission
+            reason = f"not UTF-8 text ({exc.reason} at byte {exc.start})" if isinstance(exc, UnicodeDecodeError) \
+                else exc.strerror or type(exc).__name__
+            raise UserError(f"config {source!r}: {reason}") from None
         name = path.parent.name if path.name == "config.yaml" else path.stem
     raw = parse_yaml(text, source) or {}
     if not isinstance(raw, dict):
