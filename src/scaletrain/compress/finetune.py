@@ -19,6 +19,10 @@ def train_config(cfg, steps: int, run_dir: Path, lr: float | None = None, seed: 
     c.train.run_dir = str(run_dir)
     c.train.resume = False
     c.train.eval_every = 0
+    # The trainer's own final evaluation only fills its sub-run summary; compress judges every model
+    # itself on the same batches, so keep this one short (0 would mean the whole split).
+    c.train.eval_batches = 2
+    c.train.final_eval_batches = 2
     c.train.checkpoint_every = 0
     c.train.early_stopping = False
     c.train.max_minutes = None
