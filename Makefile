@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install demo test test-fast bench bench-all clean
 
 install: $(STAMP)
 
@@ -23,8 +23,20 @@ test: install
 test-fast: install
 	$(PY) -m pytest tests -m "not slow and not dist"
 
+# docs/performance.md and docs/results/performance.json (about 40 minutes on 2 cores; needs a quiet machine)
 bench: install
 	$(PY) benchmarks/overhead.py
+	$(PY) benchmarks/data_loader.py
+	$(PY) benchmarks/scaling.py
+	$(PY) benchmarks/main_job.py
+
+# every other issue's benchmark too (hours): data preprocessing, planner accuracy, optimizers, faults
+bench-all: bench
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[bench]'
+	$(PY) benchmarks/data.py
+	$(PY) benchmarks/plan_accuracy.py
+	$(VENV)/bin/scaletrain bench optim
+	$(PY) benchmarks/faults.py
 
 clean:
 	rm -rf $(VENV) runs
