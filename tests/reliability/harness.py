@@ -251,10 +251,13 @@ def build_task(cache_dir: str, extra: list[str]):
     return task, cfg
 
 
-def random_kills(rng: random.Random, n: int, span: float, ranks: int) -> list[Kill]:
+def random_kills(rng: random.Random, n: int, first: float, end: float, ranks: int) -> list[Kill]:
+    """Kills at delays uniform over [first, end) of a run's timeline (its first checkpoint and its
+    end, as timed on an uninterrupted run), at that moment or at the next checkpoint write, of the
+    whole job or of one rank."""
     kills = []
     for _ in range(n):
         moment = rng.choice(["random", "checkpoint"])
         target: str | int = "group" if ranks == 1 else rng.choice(["group", *range(ranks)])
-        kills.append(Kill(moment, rng.uniform(0.5, span), target))
+        kills.append(Kill(moment, rng.uniform(first, 0.95 * end), target))
     return kills

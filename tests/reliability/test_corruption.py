@@ -131,3 +131,27 @@ def test_an_edited_manifest_field_is_caught_by_its_own_checksum(cache_dir, tmp_p
     with pytest.raises(UserError, match="manifest.json does not match its checksum"):
         shards.TokenShards(copy, "train")
     assert any("manifest.json does not match its checksum" in p for p in shards.verify(copy))
+
+
+def test_shard_ids_outside_the_vocabulary_are_refused_before_training(cache_dir, tmp_path):
+    """Checksums prove a shard is what its manifest says, not that its ids fit the model: a shard
+    written by another tool with ids >= vocab_size used to end training in an IndexError."""
+    import numpy as np
+
+    data = tmp_path / "data"
+    shutil.copytree(_prepared(cache_dir), data)
+    manifest = json.loads((data / "manifest.json").read_text())
+    entry = manifest["splits"]["train"]["files"][0]
+    victim = data / entry["bin"]
+    ids = np.fromfile(victim, dtype="<u2")
+    ids[len(ids) // 3] = manifest["vocab_size"] + 7
+    ids.tofile(victim)
+    entry["xxh3_128"]["bin"] = shards.file_xxh3(victim)
+    shards.write_manifest(data, manifest)
+    expected = f"{victim}: token id {manifest['vocab_size'] + 7} is outside the vocabulary"
+    assert any(expected in problem for problem in shards.verify(data))
+    run_dir = tmp_path / "run"
+    code, log = _train(cache_dir, run_dir, "data.path=", f"data.mixture=[{{path: '{data}'}}]", "train.max_steps=2",
+                       "schedule.warmup_steps=0")
+    assert code == 2 and f"error: token shard {expected}" in log, log
+    assert not run_dir.exists()

@@ -137,3 +137,41 @@ def test_a_config_name_cannot_place_the_run_outside_runs(tmp_path, monkeypatch, 
     code, out, err = run_main("train", "gpt-tiny", *FAST, f"data.cache_dir={cache_dir}", f"name={name}")
     assert code == 2 and err.startswith(f"error: name: {name!r}") and "path separator" in err
     assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == ["a", "a/b"]
+
+
+def _prepared(cache_dir):
+    from harness import build_task
+
+    build_task(cache_dir, [])  # prepares gpt-tiny's data in the session cache if not yet there
+    from pathlib import Path
+
+    return next(p for p in Path(cache_dir).iterdir() if (p / "manifest.json").is_file())
+
+
+def test_data_files_carrying_a_pickle_payload_are_never_unpickled(cache_dir, tmp_path):
+    """Shards and IDX files are raw numbers, read with os.pread / np.frombuffer: a payload in them is
+    refused as data (checksum, size, vocabulary or IDX header) and never run."""
+    from conftest import FAST, run_main
+    from scaletrain.data import shards
+
+    marker = tmp_path / "pwned-data"
+    payload = pickle.dumps(Payload(marker))
+    data = tmp_path / "data"
+    shutil.copytree(_prepared(cache_dir), data)
+    victim = data / "train_00000.bin"
+    size = victim.stat().st_size
+    victim.write_bytes((payload * (size // len(payload) + 1))[:size])  # same size: only content differs
+    assert any("train_00000.bin: checksum mismatch" in p for p in shards.verify(data))
+    # An attacker who also rewrites the manifest's checksum: the bytes are still only token ids.
+    manifest = json.loads((data / "manifest.json").read_text())
+    manifest["splits"]["train"]["files"][0]["xxh3_128"]["bin"] = shards.file_xxh3(victim)
+    shards.write_manifest(data, manifest)
+    with pytest.raises(UserError, match="outside the vocabulary"):
+        shards.TokenShards(data, "train", verify=True)
+    mnist = tmp_path / "mnist"
+    mnist.mkdir()
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        (mnist / name).write_bytes(payload)
+    code, _, err = run_main("train", "mlp-digits", *FAST, f"data.path={mnist}", f"train.run_dir={tmp_path / 'run'}")
+    assert code == 2 and err.startswith("error: ") and "idx" in err.lower()
+    assert not marker.exists()

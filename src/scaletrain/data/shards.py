@@ -254,6 +254,9 @@ class TokenShards:
                 for kind in ("bin", "idx"):
                     if file_xxh3(self.dir / f[kind]) != f["xxh3_128"][kind]:
                         raise UserError(f"token shard {self.dir / f[kind]} does not match its checksum")
+                problem = _ids_problem(self.dir / f["bin"], self.dtype, self.vocab_size)
+                if problem:
+                    raise UserError(f"token shard {problem}")
         self._shards: list[np.ndarray] = []
         starts: list[np.ndarray] = []
         offset = 0
@@ -355,11 +358,25 @@ def verify(dir: str | Path) -> list[str]:
                     problems.append(f"{path}: checksum mismatch")
                 elif kind == "idx" and not _idx_ok(path, f["tokens"]):
                     problems.append(f"{path}: document offsets not increasing or out of range")
+                elif kind == "bin" and (bad := _ids_problem(path, np.dtype(manifest["dtype"]), int(manifest["vocab_size"]))):
+                    problems.append(bad)
         if sum(f["tokens"] for f in entry["files"]) != entry["tokens"]:
             problems.append(f"{dir / MANIFEST}: {split} token total does not match its files")
         if sum(f["documents"] for f in entry["files"]) != entry["documents"]:
             problems.append(f"{dir / MANIFEST}: {split} document total does not match its files")
     return problems
+
+
+def _ids_problem(path: Path, dtype: np.dtype, vocab_size: int) -> str | None:
+    """Why a shard's token ids cannot be trained on (an id the embedding does not have), or None.
+    Checksums only prove the file is what its manifest says; a shard written by another tool or a
+    bug can still hold ids >= vocab_size, which would end training in an IndexError."""
+    if path.stat().st_size == 0:
+        return None
+    top = int(np.memmap(path, dtype=np.dtype(dtype).newbyteorder("<"), mode="r").max())
+    if top >= vocab_size:
+        return f"{path}: token id {top} is outside the vocabulary (vocab_size {vocab_size})"
+    return None
 
 
 def _idx_ok(path: Path, tokens: int) -> bool:

@@ -1,0 +1,511 @@
+"""The long fault-injection suite (issue 8): kill trials, world-size changes, corruption, fuzzed bad
+input, numerical faults, hangs, untrusted files, full and read-only disks. The fast versions of each
+are in tests/reliability/; this script runs more trials, counts, and writes
+docs/results/faults.json (raw figures, machine, date, versions) and docs/reliability.md (the table).
+
+    .venv/bin/python benchmarks/faults.py [--trials 20] [--fuzz 300] [--seed 8]
+
+Every figure is measured in this run; nothing is carried over from an earlier one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import math
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT / "tests" / "reliability"), str(ROOT / "tests")]
+
+import torch  # noqa: E402
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+
+import bad_inputs  # noqa: E402
+import harness  # noqa: E402
+from harness import Kill, audit_samples, build_task, final_position, finish, killed_run, start, train_args  # noqa: E402
+from scaletrain.data import shards  # noqa: E402
+from scaletrain.diagnose.hardware import machine_info  # noqa: E402
+from scaletrain.train import checkpoint as ckpt  # noqa: E402
+
+DDP = ["parallel.strategy=ddp", "parallel.nproc=2"]
+STEPS = 12
+KILL_ARGS = [f"train.max_steps={STEPS}", "train.checkpoint_every=1", "checkpoint.keep_last=2"]
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def run_ok(work: Path, cache: str, name: str, *extra: str, env: dict | None = None, timeout: float = 300):
+    began = time.monotonic()
+    code, out = finish(start(train_args(work / name, cache, *extra), work, env), timeout)
+    return code, out, time.monotonic() - began
+
+
+# ---- 1. kill anywhere ----------------------------------------------------------------------------
+def kill_trials(work: Path, cache: str, n: int, rng: random.Random) -> dict:
+    refs, spans = {}, {}
+    for world, layout in ((1, []), (2, DDP)):
+        # The uninterrupted run, timed: when its first checkpoint appears and when it ends. Kill
+        # moments are drawn between the two (before the first checkpoint a kill only restarts).
+        began = time.monotonic()
+        proc = start(train_args(work / f"ref-{world}", cache, *layout, *KILL_ARGS), work)
+        first = None
+        while proc.poll() is None:
+            if first is None and ckpt.list_checkpoints(work / f"ref-{world}" / "checkpoints"):
+                first = time.monotonic() - began
+            time.sleep(0.01)
+        code, out = finish(proc, 300)
+        assert code == 0, out[-2000:]
+        refs[world], spans[world] = work / f"ref-{world}", (first or 0.0, time.monotonic() - began)
+        log(f"reference world {world}: first checkpoint at {spans[world][0]:.1f} s, done at {spans[world][1]:.1f} s")
+    task, cfg = build_task(cache, KILL_ARGS)
+    trials = []
+    for i in range(n):
+        world = 1 if i < n // 2 else 2
+        layout = [] if world == 1 else DDP
+        kill = harness.random_kills(rng, 1, *spans[world], world)[0]
+        run_dir = work / f"trial-{i:02d}"
+        trial = killed_run(run_dir, cache, [*layout, *KILL_ARGS], [kill], work)
+        differ = harness.weights_differ(refs[world], run_dir) if (run_dir / "model.safetensors").is_file() else ["missing"]
+        batch = cfg.train.batch_size * world
+        repeated, skipped = audit_samples(task, trial.segments, STEPS, batch)
+        step, position = final_position(run_dir)
+        record = {"trial": i, "world_size": world, "moment": kill.moment, "delay_s": round(kill.delay, 2),
+                  "target": kill.target, **{k: trial.kills[0][k] for k in ("killed", "at_seconds", "during_checkpoint")},
+                  "checkpoints_before_kill": trial.kills[0]["before"], "checkpoints_after_kill": trial.kills[0]["after"],
+                  "resumed_at": trial.segments[1:], "attempts": trial.attempts, "bit_exact": not differ,
+                  "samples_repeated": repeated, "samples_skipped": skipped, "final_position": position,
+                  "final_step": step, "problems": trial.problems}
+        trials.append(record)
+        log(f"kill trial {i}: world {world} {kill.moment} target={kill.target} killed={record['killed']} "
+            f"mid-checkpoint={record['during_checkpoint']} resumed_at={record['resumed_at']} "
+            f"bit_exact={record['bit_exact']} audit=({repeated},{skipped}) problems={len(trial.problems)}")
+        shutil.rmtree(run_dir, ignore_errors=True)
+    return {"trials": trials, "reference_seconds": spans}
+
+
+# ---- 2. world size change ------------------------------------------------------------------------
+def world_size_change(work: Path, cache: str) -> list[dict]:
+    common = ["train.max_steps=8", "train.checkpoint_every=2", "checkpoint.keep_last=2"]
+    layout = {2: DDP, 1: ["train.grad_accum=2"]}  # the same 32-sample global batch on both
+    out = []
+    for first, second in ((2, 1), (1, 2)):
+        name = f"ws-{first}-{second}"
+        assert run_ok(work, cache, f"{name}-ref", *layout[first], *common)[0] == 0
+        assert run_ok(work, cache, name, *layout[first], *common, "train.max_steps=4")[0] == 0
+        resumed_from = json.loads((work / name / "checkpoints" / "step_00000004" / "trainer.json").read_text())
+        code, text, _ = run_ok(work, cache, name, *layout[second], *common, "train.resume=auto")
+        assert code == 0, text[-2000:]
+
+        def losses(run):
+            rows = [json.loads(x) for x in (work / run / "metrics.jsonl").read_text().splitlines()]
+            return {r["step"]: r["loss"] for r in rows if r.get("split") == "train"}
+
+        ref, got = losses(f"{name}-ref"), losses(name)
+        from safetensors.torch import load_file
+
+        a, b = load_file(work / f"{name}-ref" / "model.safetensors"), load_file(work / name / "model.safetensors")
+        rel = max(float((a[k] - b[k]).abs().max() / a[k].abs().max().clamp_min(1e-12)) for k in a)
+        final = json.loads((work / name / "checkpoints" / "step_00000008" / "trainer.json").read_text())
+        out.append({"from": first, "to": second, "resumed_position": resumed_from["position"],
+                    "final_position": final["position"], "expected_final_position": 8 * 32,
+                    "max_abs_loss_difference": max(abs(ref[s] - got[s]) for s in ref),
+                    "max_relative_parameter_difference": rel, "steps_compared": sorted(ref)})
+        log(f"world size {first}->{second}: {out[-1]['max_abs_loss_difference']:.3g} max loss difference")
+    return out
+
+
+# ---- 3. corruption -------------------------------------------------------------------------------
+def corruption(work: Path, cache: str, rng: random.Random, rounds: int) -> dict:
+    from test_corruption import DAMAGE, damage
+
+    common = ["train.checkpoint_every=2", "checkpoint.keep_last=3"]
+    assert run_ok(work, cache, "corrupt-run", "train.max_steps=4", *common)[0] == 0
+    source = work / "corrupt-run" / "checkpoints" / "step_00000004"
+    data_dir = next(p for p in Path(cache).iterdir() if (p / "manifest.json").is_file())
+    tried = detected = 0
+    misses = []
+    for kind, folder, check in (("checkpoint", source, ckpt.verify_checkpoint), ("data", data_dir, shards.verify)):
+        names = sorted(p.name for p in folder.iterdir() if p.is_file() and not p.name.endswith(".lock"))
+        for r in range(rounds):
+            for name in names:
+                for how in DAMAGE:
+                    copy = work / "corrupt" / f"{kind}-{name}-{how}-{r}"
+                    shutil.copytree(folder, copy)
+                    damage(copy / name, how, seed=rng.randrange(1 << 30))
+                    problems = check(copy)
+                    tried += 1
+                    if problems and any(name in p for p in problems):
+                        detected += 1
+                    else:
+                        misses.append(f"{kind} {name} {how}: {problems}")
+                    shutil.rmtree(copy)
+    # The fallback, end to end: damage the newest checkpoint, resume=auto, compare with a clean run.
+    run = work / "fallback"
+    shutil.copytree(work / "corrupt-run", run)
+    damage(run / "checkpoints" / "step_00000004" / "__0_0.distcp", "bitflip", seed=3)
+    code, text, _ = run_ok(work, cache, "fallback", "train.max_steps=6", "train.resume=auto", *common)
+    assert run_ok(work, cache, "fallback-ref", "train.max_steps=6", *common)[0] == 0
+    flat = text.replace("\n", "")
+    fallback = {"exit_code": code, "said_skipped": "warning: skipped damaged checkpoint step_00000004" in flat,
+                "resumed_from_previous": "step_00000002 at step 2" in flat,
+                "bit_exact": not harness.weights_differ(work / "fallback-ref", run)}
+    log(f"corruption: {detected}/{tried} detected; fallback {fallback}")
+    return {"tried": tried, "detected": detected, "misses": misses, "fallback": fallback}
+
+
+# ---- 4. bad input --------------------------------------------------------------------------------
+def bad_input(work: Path, cache: str, examples: int) -> dict:
+    from test_bad_input import check_case
+
+    existing = work / "existing-run"
+    (existing / "checkpoints" / "step_00000010").mkdir(parents=True)
+    (existing / "metrics.jsonl").write_text('{"step": 10}\n')
+    (existing / "config.yaml").write_text("name: old\n")
+    os.utime(existing, ns=(1, 1))
+    results: list[dict] = []
+
+    @settings(max_examples=examples, deadline=None, database=None,
+              suppress_health_check=list(HealthCheck))
+    @given(case=bad_inputs.ALL)
+    def run(case):
+        try:
+            line = check_case(case, existing, cache)
+            results.append({"kind": case.kind, "clean": True, "line": line})
+        except AssertionError as exc:
+            results.append({"kind": case.kind, "clean": False, "why": str(exc)[:500], "argv": list(case.argv)})
+
+    run()
+    # A few through a real subprocess: the CLI as users meet it (argparse, imports, exit code).
+    for argv in (["train", "gpt-tiny", "optim.lr=-1"], ["train", "gpt-tiny", "train.bogus=1"],
+                 ["train", "/nonexistent.yaml"], ["frobnicate"], ["train", "gpt-tiny", "parallel.nproc=2"],
+                 ["eval", "/nonexistent"], ["data", "verify", "/nonexistent"], ["train", "gpt-tiny", "name=../x"]):
+        proc = subprocess.run([sys.executable, "-m", "scaletrain", *argv], capture_output=True, text=True, cwd=work,
+                              env={**os.environ, **harness.ENV}, timeout=120)
+        lines = proc.stderr.strip().splitlines()
+        ok = proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in proc.stderr
+        results.append({"kind": "subprocess", "clean": ok, "argv": argv, "line": lines[-1] if lines else ""})
+    kinds: dict[str, list[int]] = {}
+    for r in results:
+        k = kinds.setdefault(r["kind"], [0, 0])
+        k[0] += 1
+        k[1] += r["clean"]
+    log(f"bad input: {sum(r['clean'] for r in results)}/{len(results)} clean; by kind {kinds}")
+    return {"tried": len(results), "clean": sum(r["clean"] for r in results), "by_kind": kinds,
+            "failures": [r for r in results if not r["clean"]][:20],
+            "examples": [r["line"] for r in results if r["clean"]][:12]}
+
+
+# ---- 5. numerical faults -------------------------------------------------------------------------
+def numerics(work: Path, cache: str) -> list[dict]:
+    base = ["train.max_steps=12", "train.checkpoint_every=2", "checkpoint.keep_last=2"]
+    cases = [
+        ("nan loss, skip", "nan:step=3", []),
+        ("nan loss, skip", "nan:step=9", []),
+        ("nan loss, rollback", "nan:step=7", ["guard.action=rollback"]),
+        ("nan loss, rollback", "nan:step=11", ["guard.action=rollback", "guard.lr_factor=0.1"]),
+        ("loss spike x30, skip", "spike:step=8:factor=30", ["guard.spike_factor=3"]),
+        ("loss spike x30, rollback", "spike:step=10:factor=30", ["guard.spike_factor=3", "guard.action=rollback"]),
+        ("nan loss, skip, 2 ranks", "nan:step=5", DDP),
+        ("nan loss, rollback, 2 ranks", "nan:step=6", [*DDP, "guard.action=rollback"]),
+    ]
+    out = []
+    for i, (what, fault, extra) in enumerate(cases):
+        code, text, seconds = run_ok(work, cache, f"nan-{i}", *base, *extra, env={"SCALETRAIN_FAULT": fault})
+        summary = json.loads((work / f"nan-{i}" / "summary.json").read_text()) if code == 0 else {}
+        from safetensors.torch import load_file
+
+        finite = code == 0 and all(torch.isfinite(t).all() for t in load_file(work / f"nan-{i}" / "model.safetensors").values())
+        step = int(fault.split("step=")[1].split(":")[0])
+        caught = f"warning: step {step}:" in text
+        out.append({"fault": fault, "what": what, "exit_code": code, "caught_at_its_step": caught,
+                    "finished": summary.get("steps") == 12 and summary.get("stopped_by") == "max_steps",
+                    "weights_finite": bool(finite),
+                    "message": next((x for x in text.splitlines() if x.startswith("warning: step")), "")})
+        log(f"numerics {fault} {extra}: {out[-1]}")
+    return out
+
+
+# ---- 6. hangs ------------------------------------------------------------------------------------
+def hangs(work: Path, cache: str) -> list[dict]:
+    out = []
+    for rank, step in ((1, 3), (0, 4)):
+        began = time.monotonic()
+        code, text, _ = run_ok(work, cache, f"stall-{rank}", *DDP, "train.max_steps=6", "parallel.timeout_seconds=10",
+                               env={"SCALETRAIN_FAULT": f"stall:rank={rank}:step={step}:seconds=600"}, timeout=240)
+        line = next((x for x in text.splitlines() if x.startswith("error:")), "")
+        out.append({"stalled_rank": rank, "step": step, "timeout_seconds": 10, "exit_code": code,
+                    "seconds_to_error": round(time.monotonic() - began, 1), "error": line,
+                    "names_rank_and_step": f"step {step}" in line and f"rank {rank}" in text})
+        log(f"hang rank {rank}: {out[-1]}")
+    return out
+
+
+# ---- 7. untrusted files --------------------------------------------------------------------------
+def untrusted(work: Path) -> dict:
+    """The payload tests of tests/reliability/test_untrusted.py, run here and counted."""
+    code = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:logging", "-W", "ignore", "-rA",
+                           str(ROOT / "tests" / "reliability" / "test_untrusted.py")],
+                          capture_output=True, text=True, cwd=ROOT, timeout=600, env={**os.environ, **harness.ENV})
+    passed = [line.split("::")[1] for line in code.stdout.splitlines() if line.startswith("PASSED")]
+    failed = [line.split("::")[1] for line in code.stdout.splitlines() if line.startswith("FAILED")]
+    log(f"untrusted: {len(passed)} passed, {len(failed)} failed")
+    return {"passed": passed, "failed": failed}
+
+
+# ---- 8. disk full / read-only --------------------------------------------------------------------
+def disk(work: Path, cache: str) -> dict:
+    point = work / "small-disk"
+    point.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(point)]).returncode != 0:
+        return {"skipped": "cannot mount a tmpfs (needs root)"}
+    try:
+        args = ["train.max_steps=6", "train.checkpoint_every=2", "checkpoint.keep_last=2"]
+        code, text, _ = run_ok(work, cache, "small-disk/run", *args)
+        errors = [x for x in text.splitlines() if x.startswith("error:")]
+        left = [p.name for p in (point / "run" / "checkpoints").iterdir()]
+        intact = all(ckpt.verify_checkpoint(point / "run" / "checkpoints" / n) == [] for n in left)
+        shutil.copytree(point / "run", work / "moved")
+        resumed = run_ok(work, cache, "moved", *args, "train.resume=auto")[0]
+        subprocess.run(["mount", "-o", "remount,ro", str(point)], check=True)
+        ro_code, ro_text, _ = run_ok(work, cache, "small-disk/run", *args, "train.resume=auto")
+    finally:
+        subprocess.run(["umount", "-l", str(point)])
+    result = {"full_disk": {"exit_code": code, "error_lines": errors, "traceback": "Traceback" in text,
+                            "checkpoints_left": left, "left_intact": intact, "resumed_elsewhere_exit_code": resumed},
+              "read_only": {"exit_code": ro_code, "error": ro_text.strip().splitlines()[-1:]}}
+    log(f"disk: {result}")
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=20)
+    parser.add_argument("--fuzz", type=int, default=300)
+    parser.add_argument("--corruption-rounds", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=8)
+    parser.add_argument("--only", default="", help="comma-separated parts to run (default all)")
+    args = parser.parse_args()
+    warnings.simplefilter("ignore")
+    torch.set_num_threads(1)
+    rng = random.Random(args.seed)
+    began = time.monotonic()
+    date = datetime.now(timezone.utc)
+    results_path = ROOT / "docs" / "results" / "faults.json"
+    results = json.loads(results_path.read_text()) if results_path.is_file() else {}
+    only = set(filter(None, args.only.split(",")))
+    with tempfile.TemporaryDirectory(prefix="faults-") as tmp:
+        work = Path(tmp)
+        cache = str(work / "cache")
+        code, out, _ = run_ok(work, cache, "warmup", "train.max_steps=2")  # prepares the data once
+        assert code == 0, out[-2000:]
+        parts = {"kill": lambda: kill_trials(work, cache, args.trials, rng),
+                 "world_size": lambda: world_size_change(work, cache),
+                 "corruption": lambda: corruption(work, cache, rng, args.corruption_rounds),
+                 "bad_input": lambda: bad_input(work, cache, args.fuzz),
+                 "numerics": lambda: numerics(work, cache),
+                 "hangs": lambda: hangs(work, cache),
+                 "untrusted": lambda: untrusted(work),
+                 "disk": lambda: disk(work, cache)}
+        detail = results.get("detail", {})
+        for name, part in parts.items():
+            if not only or name in only:
+                log(f"--- {name}")
+                detail[name] = part()
+    kills = detail.get("kill", {}).get("trials", [])
+    numeric = detail.get("numerics", [])
+    results.update({
+        "kill_trials": len(kills),
+        "kill_bit_exact": sum(t["bit_exact"] and not t["problems"] for t in kills),
+        "kill_trials_killed": sum(t["killed"] for t in kills),
+        "kill_trials_mid_checkpoint": sum(t["during_checkpoint"] for t in kills),
+        "samples_repeated": sum(t["samples_repeated"] for t in kills),
+        "samples_skipped": sum(t["samples_skipped"] for t in kills),
+        "corruptions_tried": detail.get("corruption", {}).get("tried", 0),
+        "corruptions_detected": detail.get("corruption", {}).get("detected", 0),
+        "bad_inputs_tried": detail.get("bad_input", {}).get("tried", 0),
+        "bad_inputs_clean": detail.get("bad_input", {}).get("clean", 0),
+        "nan_injections": len(numeric),
+        "nan_survived": sum(n["caught_at_its_step"] and n["finished"] and n["weights_finite"] for n in numeric),
+        "detail": detail,
+        "date": date.isoformat(timespec="seconds"), "machine": machine_info(),
+        "versions": {"torch": torch.__version__, "python": sys.version.split()[0]},
+        "seed": args.seed, "seconds": round(time.monotonic() - began, 1),
+    })
+    results_path.parent.mkdir(parents=True, exist_ok=True)
+    from scaletrain.atomic import write_json_atomic, write_text_atomic
+
+    write_json_atomic(results_path, results)
+    write_text_atomic(ROOT / "docs" / "reliability.md", render(results))
+    log(f"wrote {results_path} and docs/reliability.md in {results['seconds']:.0f} s")
+
+
+def _pct(a: int, b: int) -> str:
+    return f"{a}/{b}" + (f" ({100 * a / b:.0f} %)" if b else "")
+
+
+def render(r: dict) -> str:
+    """docs/reliability.md from the figures of docs/results/faults.json."""
+    d = r.get("detail", {})
+    kills = d.get("kill", {}).get("trials", [])
+    single = [t for t in kills if t["world_size"] == 1]
+    multi = [t for t in kills if t["world_size"] == 2]
+    ws = d.get("world_size", [])
+    cor = d.get("corruption", {})
+    bad = d.get("bad_input", {})
+    num = d.get("numerics", [])
+    hang = d.get("hangs", [])
+    unt = d.get("untrusted", {})
+    dsk = d.get("disk", {})
+    m = r.get("machine", {})
+    lines = [
+        "# Reliability under faults and bad input",
+        "",
+        "Measured by `benchmarks/faults.py` (the long version of `tests/reliability/`, which `make test` runs) "
+        f"on {r.get('date', '?')[:10]}: {m.get('cpu_model', '?')}, {m.get('logical_cores', '?')} logical cores, "
+        f"torch {r.get('versions', {}).get('torch', '?')}, Python {r.get('versions', {}).get('python', '?')}, "
+        f"gloo on CPU; seed {r.get('seed')}; {r.get('seconds', 0) / 60:.0f} minutes in all. Raw figures, every trial: "
+        "[results/faults.json](results/faults.json). Runs are the real `python -m scaletrain train gpt-tiny` "
+        "(2 layers, one thread per rank, fp32) in their own process group; 2-rank runs are `parallel.strategy=ddp "
+        "parallel.nproc=2` under torchrun.",
+        "",
+        "| # | fault | result |",
+        "|---|---|---|",
+        f"| 1 | kill -9 at a random moment or mid-checkpoint, then `train.resume=auto` | "
+        f"{_pct(r.get('kill_bit_exact', 0), r.get('kill_trials', 0))} bit-identical to the uninterrupted run "
+        f"({len(single)} single-process, {len(multi)} on 2 ranks; {r.get('kill_trials_killed', 0)} killed while "
+        f"running, {r.get('kill_trials_mid_checkpoint', 0)} while a checkpoint was being written); samples repeated "
+        f"{r.get('samples_repeated', 0)}, skipped {r.get('samples_skipped', 0)}; half-written or lost checkpoints "
+        f"{sum(bool(t['problems']) for t in kills)} |",
+    ]
+    for w in ws:
+        lines.append(f"| 2 | world size {w['from']} → {w['to']} on resume (same global batch) | sample position continues "
+                     f"({w['resumed_position']} → {w['final_position']}, expected {w['expected_final_position']}); "
+                     f"max loss difference {w['max_abs_loss_difference']:.2g} over {len(w['steps_compared'])} steps, "
+                     f"max relative parameter difference {w['max_relative_parameter_difference']:.2g} |")
+    fb = cor.get("fallback", {})
+    lines.append(f"| 3 | checkpoint and data files truncated, bit-flipped or deleted | "
+                 f"{_pct(r.get('corruptions_detected', 0), r.get('corruptions_tried', 0))} detected, naming the file; "
+                 f"damaged newest checkpoint: resume=auto said so ({fb.get('said_skipped')}), resumed from the previous one "
+                 f"({fb.get('resumed_from_previous')}), final weights bit-identical ({fb.get('bit_exact')}) |")
+    lines.append(f"| 4 | fuzzed bad input (hypothesis: configs, command lines, YAML and data files) | "
+                 f"{_pct(r.get('bad_inputs_clean', 0), r.get('bad_inputs_tried', 0))} ended with one `error:` line, exit 2, "
+                 "no traceback, the existing run folder untouched |")
+    lines.append(f"| 5 | NaN loss / loss spike injected (skip and rollback, 1 and 2 ranks) | "
+                 f"{_pct(r.get('nan_survived', 0), r.get('nan_injections', 0))} caught at the injected step and the run "
+                 "finished with finite weights |")
+    for h in hang:
+        lines.append(f"| 6 | rank {h['stalled_rank']} stalls at step {h['step']} (timeout {h['timeout_seconds']} s) | "
+                     f"exit {h['exit_code']} after {h['seconds_to_error']} s (start-up included): `{h['error'][:150]}` |")
+    lines.append(f"| 7 | planted pickle payloads (DCP `.metadata`, DCP bytes item, `rng.pt`), config name escaping `runs/` | "
+                 f"{len(unt.get('passed', []))} checks passed, {len(unt.get('failed', []))} failed; the payload never ran |")
+    fd, ro = dsk.get("full_disk", {}), dsk.get("read_only", {})
+    if fd:
+        lines.append(f"| 8 | disk full at the second checkpoint (3 MB tmpfs) | exit {fd['exit_code']}, "
+                     f"{len(fd['error_lines'])} error line, traceback {fd['traceback']}; left {fd['checkpoints_left']} "
+                     f"intact ({fd['left_intact']}); copied to a roomier disk it resumed (exit "
+                     f"{fd['resumed_elsewhere_exit_code']}) |")
+        lines.append(f"| 8 | read-only run folder | exit {ro['exit_code']}: `{(ro.get('error') or [''])[0]}` |")
+    elif dsk:
+        lines.append(f"| 8 | disk full / read-only | skipped: {dsk.get('skipped')} |")
+    lines += ["", DETAILS, ""]
+    examples = bad.get("examples", [])
+    if examples:
+        lines += ["Some of the error lines the fuzz produced:", "", "```", *examples, "```", ""]
+    if bad.get("by_kind"):
+        lines += ["Bad inputs by kind (tried, clean): " + ", ".join(f"{k} {v[0]}/{v[1]}" for k, v in bad["by_kind"].items()) + ".", ""]
+    if num:
+        lines += ["Numerical faults, one run each (12 steps, checkpoint every 2):", "", "| fault | settings | message |",
+                  "|---|---|---|"]
+        lines += [f"| `{n['fault']}` | {n['what']} | `{n['message'][:140]}` |" for n in num]
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+DETAILS = """## How each figure is measured
+
+1. **Kill anywhere.** A trial starts the run (12 steps, a checkpoint after every step, two kept) and,
+   at a random delay drawn over the uninterrupted run's duration, either kills at once or waits for
+   the next checkpoint folder being written (`.tmp-step_*` present) and kills then. The target is the
+   whole process group (torchrun's agent and every rank, like a preempted node) or, on 2 ranks, one
+   rank's worker. Then `train.resume=auto` in the same folder until the run finishes. Checked: every
+   `step_*` folder left verifies against its checksums and the newest complete one before the kill is
+   still there; `model.safetensors` equals the uninterrupted run of the same world size tensor by
+   tensor (`torch.equal`); the sample audit recomputes, from the data position saved in each checkpoint
+   a resume started from, which sample ids the kept chain of steps read, and compares that multiset
+   with the uninterrupted run's (a resume one step early repeats a batch, one step late skips one;
+   `tests/reliability/test_kill.py` checks that the audit sees both).
+2. **World size on resume.** 4 steps on one world size, resume the step-4 checkpoint on the other, 4
+   more. The global batch is kept (2 ranks x 16, or 1 process x 16 x 2 accumulation steps), so each
+   step reads the same samples; only the order of the gradient reduction differs. Tolerance (asserted
+   in `tests/reliability/test_dist.py`): loss within 1e-4 of the uninterrupted run at every step,
+   parameters within rtol 1e-3 / atol 1e-4.
+3. **Corruption.** Every file of a gpt-tiny checkpoint (`.metadata`, `__0_0.distcp`, `rng.pt`,
+   `trainer.json`, `checksums.json`) and of its prepared data (`manifest.json`, `tokenizer.json`,
+   `*.bin`, `*.idx`) is truncated to half, has one bit flipped at a random offset, or is deleted, in
+   several rounds; `verify_checkpoint` / `scaletrain data verify`'s `shards.verify` must report that
+   file. Training also verifies every shard checksum before use (XXH3 reads ~7 GB/s here).
+4. **Bad input.** `tests/reliability/bad_inputs.py` derives cases from the config schema itself
+   (every key of every section: unknown keys, a word where a number belongs, values beyond each
+   field's bounds), plus missing files, conflicting options, malformed overrides and command lines,
+   malformed YAML (also non-UTF-8) and malformed data files (random MNIST IDX bytes, a corpus too small
+   to split, a garbage shard manifest). Each runs through `scaletrain.cli.main` against an existing run
+   folder (with `train.resume=auto`, so the folder itself is acceptable), whose files and mtimes must
+   be unchanged; a handful also through a real subprocess.
+5. **Numerical faults.** `SCALETRAIN_FAULT=nan:step=N` multiplies the loss of step N by NaN (its
+   gradients become NaN too), `spike:step=N:factor=30` by 30 with `guard.spike_factor=3`. Caught means
+   the warning names step N itself; `tests/reliability/test_numerics.py` also shows that a skipped NaN
+   step leaves exactly the weights of the run without that step, that a rollback lowers the lr by
+   `guard.lr_factor`, and that an Inf gradient with a finite loss is caught on a step that does not log.
+6. **Hangs.** `stall:rank=R:step=N` makes one rank sleep; `parallel.timeout_seconds=10`; the time
+   includes torchrun and model start-up. Every run in the suites runs under a timeout that kills its
+   whole process group.
+7. **Untrusted files.** The payload's `__reduce__` opens a marker file; the attacker rewrites
+   `checksums.json` to match. DCP's `.metadata` is read through an allowlist unpickler, DCP's non-tensor
+   items and `rng.pt` only as `weights_only` plain data, so the marker never appears;
+   `resume=auto` skips such a checkpoint and says why.
+8. **Disk.** A 3 MB tmpfs holds one gpt-tiny checkpoint (1.9 MB) but not two; a read-only remount of
+   it. A checkpoint that cannot be written removes its partial folder and ends the run with one
+   line naming the step and the last complete checkpoint.
+
+## Failures found and fixed along the way
+
+- A checkpoint carrying a pickle payload ran it on load (DCP reads `.metadata` with `pickle.load`
+  and its bytes items with `torch.load(weights_only=False)`); now refused (`train/untrusted.py`).
+- A checkpoint write on a full disk ended in a traceback and left a partial `.tmp-step_*` folder
+  holding the space; a read-only run folder failed at the first write with a traceback.
+- A bit flipped in the prepared data cache was trained on (only file sizes were checked at open), and
+  a changed manifest field that sizes no file (`eot_id`, byte counts) went unseen: manifests now carry
+  a checksum of themselves and training verifies every shard checksum.
+- With `train.grad_clip=0` the guard saw the gradient norm only on logging steps, so an Inf gradient
+  with a finite loss reached the weights.
+- A non-UTF-8 config file ended in a traceback; `name=../../x` put the run folder outside `runs/`.
+"""
+
+
+def render_only() -> None:
+    from scaletrain.atomic import write_text_atomic
+
+    results = json.loads((ROOT / "docs" / "results" / "faults.json").read_text())
+    write_text_atomic(ROOT / "docs" / "reliability.md", render(results))
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["--render"]:  # the page again from docs/results/faults.json, nothing rerun
+        render_only()
+    else:
+        with contextlib.suppress(KeyboardInterrupt):
+            main()
