@@ -40,8 +40,12 @@ from scaletrain.diagnose.hardware import machine_info  # noqa: E402
 from scaletrain.train import checkpoint as ckpt  # noqa: E402
 
 DDP = ["parallel.strategy=ddp", "parallel.nproc=2"]
-STEPS = 12
+STEPS = 24
 KILL_ARGS = [f"train.max_steps={STEPS}", "train.checkpoint_every=1", "checkpoint.keep_last=2"]
+# gpt-tiny trains 24 steps in about a second, against ~8 s of start-up and finish: batches that take
+# 0.1 s to build (a data-bound run; the numbers are unchanged) stretch the training window, so that
+# more of the random kill moments land in it.
+SLOW = {"SCALETRAIN_FAULT": "slow_data:seconds=0.1"}
 
 
 def log(msg: str) -> None:
@@ -61,24 +65,32 @@ def kill_trials(work: Path, cache: str, n: int, rng: random.Random) -> dict:
         # The uninterrupted run, timed: when its first checkpoint appears and when it ends. Kill
         # moments are drawn between the two (before the first checkpoint a kill only restarts).
         began = time.monotonic()
-        proc = start(train_args(work / f"ref-{world}", cache, *layout, *KILL_ARGS), work)
-        first = None
+        proc = start(train_args(work / f"ref-{world}", cache, *layout, *KILL_ARGS), work, SLOW)
+        first = last = None
         while proc.poll() is None:
-            if first is None and ckpt.list_checkpoints(work / f"ref-{world}" / "checkpoints"):
+            found = ckpt.list_checkpoints(work / f"ref-{world}" / "checkpoints")
+            if found and first is None:
                 first = time.monotonic() - began
-            time.sleep(0.01)
+            if found and found[-1].name == f"step_{STEPS:08d}" and last is None:
+                last = time.monotonic() - began
+            time.sleep(0.005)
         code, out = finish(proc, 300)
         assert code == 0, out[-2000:]
-        refs[world], spans[world] = work / f"ref-{world}", (first or 0.0, time.monotonic() - began)
-        log(f"reference world {world}: first checkpoint at {spans[world][0]:.1f} s, done at {spans[world][1]:.1f} s")
+        refs[world] = work / f"ref-{world}"
+        spans[world] = (first or 0.0, last or 0.0, time.monotonic() - began)
+        log(f"reference world {world}: first checkpoint at {spans[world][0]:.1f} s, last at {spans[world][1]:.1f} s, "
+            f"done at {spans[world][2]:.1f} s")
     task, cfg = build_task(cache, KILL_ARGS)
     trials = []
     for i in range(n):
         world = 1 if i < n // 2 else 2
         layout = [] if world == 1 else DDP
-        kill = harness.random_kills(rng, 1, *spans[world], world)[0]
+        first, last, end = spans[world]
+        kill = harness.random_kills(rng, 1, first, end, world)[0]
+        if kill.moment == "checkpoint":  # it waits for the next checkpoint write: one must still come
+            kill.delay = rng.uniform(0.8 * first, max(0.8 * first, last - 0.5))
         run_dir = work / f"trial-{i:02d}"
-        trial = killed_run(run_dir, cache, [*layout, *KILL_ARGS], [kill], work)
+        trial = killed_run(run_dir, cache, [*layout, *KILL_ARGS], [kill], work, env=SLOW)
         differ = harness.weights_differ(refs[world], run_dir) if (run_dir / "model.safetensors").is_file() else ["missing"]
         batch = cfg.train.batch_size * world
         repeated, skipped = audit_samples(task, trial.segments, STEPS, batch)

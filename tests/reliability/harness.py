@@ -180,7 +180,7 @@ class Trial:
 
 
 def killed_run(run_dir: Path, cache_dir: str, extra: list[str], kills: list[Kill], cwd: Path,
-               timeout: float = 300, max_attempts: int = 6) -> Trial:
+               timeout: float = 300, max_attempts: int = 6, env: dict | None = None) -> Trial:
     """Start the run, apply each kill to one attempt, then resume with train.resume=auto until it
     finishes (a kill that comes after the run ended is recorded as not killed)."""
     trial = Trial()
@@ -188,7 +188,7 @@ def killed_run(run_dir: Path, cache_dir: str, extra: list[str], kills: list[Kill
     while trial.attempts < max_attempts:
         trial.segments.append(resume_point(run_dir))
         args = train_args(run_dir, cache_dir, *extra, *(["train.resume=auto"] if trial.attempts else []))
-        proc = start(args, cwd)
+        proc = start(args, cwd, env)
         trial.attempts += 1
         if pending:
             record = kill_during(proc, run_dir, pending.pop(0), timeout)
