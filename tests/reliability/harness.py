@@ -108,6 +108,10 @@ class Kill:
     moment: str = "random"
     delay: float = 5.0
     target: str | int = "group"
+    # Anchor the moment to a step instead of the clock (a slower or faster machine moves a clock
+    # moment out of training): "random" waits for checkpoint step_<step> and then `delay` seconds;
+    # "checkpoint" kills while step_<step> is being written.
+    step: int | None = None
 
 
 def kill_during(proc: subprocess.Popen, run_dir: Path, kill: Kill, timeout: float = 300) -> dict:
@@ -117,8 +121,20 @@ def kill_during(proc: subprocess.Popen, run_dir: Path, kill: Kill, timeout: floa
     hit_checkpoint = False
     # A crashed attempt's partial folder stays until that step is saved again: not a new write.
     stale = {n for n in os.listdir(root) if n.startswith(".tmp-step_")} if root.is_dir() else set()
+    anchor = None  # when checkpoint step_<kill.step> appeared
     while proc.poll() is None and time.monotonic() - began < timeout:
         elapsed = time.monotonic() - began
+        if kill.step is not None:
+            if kill.moment == "checkpoint" and (root / f".tmp-step_{kill.step:08d}").is_dir():
+                hit_checkpoint = True
+                break
+            if kill.moment == "random":
+                if anchor is None and any(p.name >= f"step_{kill.step:08d}" for p in ckpt.list_checkpoints(root)):
+                    anchor = time.monotonic()
+                if anchor is not None and time.monotonic() - anchor >= kill.delay:
+                    break
+            time.sleep(0.0005)
+            continue
         if kill.moment == "random" and elapsed >= kill.delay:
             break
         if kill.moment == "checkpoint" and elapsed >= kill.delay and root.is_dir():
@@ -206,6 +222,28 @@ def killed_run(run_dir: Path, cache_dir: str, extra: list[str], kills: list[Kill
         trial.problems.append(f"attempt {trial.attempts} exited {code}: {out[-2000:]}")
     trial.problems.append(f"not finished after {max_attempts} attempts")
     return trial
+
+
+def timed_run(run_dir: Path, cache_dir: str, extra: list[str], cwd: Path, env: dict | None = None,
+              timeout: float = 300) -> tuple[float, float, float]:
+    """Run to the end, timing when the first checkpoint appears, when the last one (the
+    `train.max_steps` one) appears, and when the run ends: the window where kills land mid-training."""
+    began = time.monotonic()
+    proc = start(train_args(run_dir, cache_dir, *extra), cwd, env)
+    steps = next(int(a.split("=")[1]) for a in reversed(extra) if a.startswith("train.max_steps="))
+    first = last = None
+    while proc.poll() is None and time.monotonic() - began < timeout:
+        found = ckpt.list_checkpoints(run_dir / "checkpoints")
+        if found and first is None:
+            first = time.monotonic() - began
+        if found and found[-1].name == f"step_{steps:08d}" and last is None:
+            last = time.monotonic() - began
+        time.sleep(0.005)
+    code, out = finish(proc, timeout)
+    if code != 0:
+        raise RuntimeError(f"the uninterrupted run failed ({code}): {out[-2000:]}")
+    end = time.monotonic() - began
+    return first or 0.0, last or end, end
 
 
 def final_position(run_dir: Path) -> tuple[int, int]:
