@@ -90,3 +90,15 @@ def test_stalled_rank_is_named_within_the_timeout(work):
     assert code == 1, out[-3000:]
     assert "error: step 3: a collective waited more than 5 s" in out and "rank 1 did not arrive" in out
     assert elapsed < 120 and math.isfinite(elapsed)
+
+
+def test_stalled_rank_0_is_named_within_the_timeout(work):
+    """Rank 0 is the one the others report to: when it stalls, rank 1 must still give up and name it
+    (it used to wait in monitored_barrier as long as rank 0 slept)."""
+    began = time.monotonic()
+    code, out = finish(start(train_args(work / "stall0", work.cache_dir, *DDP, "train.max_steps=6",
+                                        "parallel.timeout_seconds=5"), work,
+                             env={"SCALETRAIN_FAULT": "stall:rank=0:step=4:seconds=600"}), timeout=180)
+    assert code == 1, out[-3000:]
+    assert "error: step 4: a collective waited more than 5 s" in out and "rank 0 did not arrive" in out, out[-3000:]
+    assert time.monotonic() - began < 120

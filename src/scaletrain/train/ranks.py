@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 import statistics
+import threading
 from pathlib import Path
 
 import torch
@@ -104,11 +105,27 @@ class Watchdog:
     def failure(self, step: int, exc: BaseException, timeout_seconds: float) -> RunFailure:
         missing = "another rank"
         if self.group is not None:
-            try:
-                dist.monitored_barrier(group=self.group, timeout=self.timeout, wait_all_ranks=True)
+            outcome: dict = {}
+
+            def probe() -> None:
+                try:
+                    dist.monitored_barrier(group=self.group, timeout=self.timeout, wait_all_ranks=True)
+                    outcome["answered"] = True
+                except RuntimeError as barrier_exc:
+                    outcome["error"] = str(barrier_exc)
+
+            # monitored_barrier times out on rank 0, which hears from every rank; the other ranks
+            # only wait for rank 0's answer, without a limit: when rank 0 is the one stalled they
+            # would hang with it. A thread bounds that wait, and silence then names rank 0.
+            thread = threading.Thread(target=probe, daemon=True)
+            thread.start()
+            thread.join(self.timeout.total_seconds() + 5.0)
+            if thread.is_alive():
+                missing = "rank 0"
+            elif outcome.get("answered"):
                 missing = None
-            except RuntimeError as barrier_exc:
-                missing = _ranks_named(str(barrier_exc)) or "another rank"
+            else:
+                missing = _ranks_named(outcome.get("error", "")) or "another rank"
         if missing is None:  # everyone answered: not a stall but a real error; keep its message
             reason = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
             reason = reason if len(reason) < 300 else reason[:300] + " ..."
