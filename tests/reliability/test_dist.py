@@ -43,7 +43,7 @@ def work(tmp_path, cache_dir):
 def test_killed_rank_resumes_bit_exact(work):
     reference = _run(work, "reference", *DDP, *COMMON)
     run_dir = work / "killed"
-    trial = killed_run(run_dir, work.cache_dir, [*DDP, *COMMON], [Kill("checkpoint", 0.0, target=1, step=5)], work)
+    trial = killed_run(run_dir, work.cache_dir, [*DDP, *COMMON], [Kill("checkpoint", 0.0, target=1, step=4)], work)
     assert trial.problems == [], trial.problems
     assert trial.kills[0]["killed"] and trial.kills[0]["during_checkpoint"]
     assert weights_differ(reference, run_dir) == []
