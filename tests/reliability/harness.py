@@ -147,6 +147,7 @@ def kill_during(proc: subprocess.Popen, run_dir: Path, kill: Kill, timeout: floa
         time.sleep(0.0005 if kill.moment == "checkpoint" else 0.01)
     before = [p.name for p in ckpt.list_checkpoints(root)]
     alive = proc.poll() is None
+    target = kill.target
     if alive:
         if kill.target == "group":
             kill_group(proc)
@@ -156,6 +157,7 @@ def kill_during(proc: subprocess.Popen, run_dir: Path, kill: Kill, timeout: floa
                 os.kill(pid, signal.SIGKILL)
             else:  # the ranks are not up yet (or already gone): a crash of the whole job instead
                 kill_group(proc)
+                target = "group (ranks not up)"
     try:
         proc.wait(timeout=120)  # torchrun ends the other ranks when one dies
     except subprocess.TimeoutExpired:
@@ -164,7 +166,7 @@ def kill_during(proc: subprocess.Popen, run_dir: Path, kill: Kill, timeout: floa
     kill_group(proc)  # nothing of the job survives into the next attempt
     after = [p.name for p in ckpt.list_checkpoints(root)]
     return {"killed": alive, "at_seconds": round(time.monotonic() - began, 3), "during_checkpoint": hit_checkpoint,
-            "target": kill.target, "before": before, "after": after}
+            "target": target, "before": before, "after": after}
 
 
 def checkpoint_problems(run_dir: Path, before: list[str], after: list[str]) -> list[str]:
