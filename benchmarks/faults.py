@@ -233,6 +233,8 @@ def numerics(work: Path, cache: str) -> list[dict]:
         ("loss spike x30, rollback", "spike:step=10:factor=30", ["guard.spike_factor=3", "guard.action=rollback"]),
         ("nan loss, skip, 2 ranks", "nan:step=5", DDP),
         ("nan loss, rollback, 2 ranks", "nan:step=6", [*DDP, "guard.action=rollback"]),
+        ("inf loss, skip", "spike:step=6:factor=inf", []),
+        ("inf loss, rollback, 2 ranks", "spike:step=9:factor=inf", [*DDP, "guard.action=rollback"]),
     ]
     out = []
     for i, (what, fault, extra) in enumerate(cases):
@@ -248,6 +250,38 @@ def numerics(work: Path, cache: str) -> list[dict]:
                     "weights_finite": bool(finite),
                     "message": next((x for x in text.splitlines() if x.startswith("warning: step")), "")})
         log(f"numerics {fault} {extra}: {out[-1]}")
+    out += inf_gradients(work)
+    return out
+
+
+def inf_gradients(work: Path) -> list[dict]:
+    """An Inf gradient with a finite loss (a hook on a real MLP, through the Python API), with
+    clipping on and off (off: the step does not log, so nothing else computes the norm)."""
+    from test_numerics import _InfGradientAt
+    from torch.utils.data import TensorDataset
+
+    from scaletrain import Classification, Trainer, load_config
+
+    out = []
+    for clip in ("1.0", "0.0"):
+        g = torch.Generator().manual_seed(0)
+        data = TensorDataset(torch.randn(256, 8, generator=g), torch.randint(0, 3, (256,), generator=g))
+        run = work / f"inf-grad-{clip}"
+        cfg = load_config("mlp-digits", [f"train.run_dir={run}", "train.max_steps=12", "train.eval_every=0",
+                                         f"train.grad_clip={clip}", "log.every=5", "log.progress=false",
+                                         "log.tensorboard=false", "schedule.name=constant", "train.batch_size=16"])
+        torch.manual_seed(0)
+        model = _InfGradientAt(at_call=7)
+        err = io.StringIO()
+        with contextlib.redirect_stdout(err), contextlib.redirect_stderr(err):
+            summary = Trainer.from_config(cfg, model, Classification(data, data, seed=0)).fit()
+        text = err.getvalue() + (run / "metrics.jsonl").read_text()
+        out.append({"fault": f"inf gradient at step 7 (grad_clip={clip})", "what": "inf gradient, finite loss, skip",
+                    "exit_code": 0, "caught_at_its_step": "warning: step 7:" in text,
+                    "finished": summary["steps"] == 12 and summary["stopped_by"] == "max_steps",
+                    "weights_finite": all(bool(torch.isfinite(p).all()) for p in model.parameters()),
+                    "message": next((x for x in text.splitlines() if x.startswith("warning: step")), "")})
+        log(f"numerics {out[-1]}")
     return out
 
 
@@ -425,7 +459,7 @@ def render(r: dict) -> str:
     lines.append(f"| 4 | fuzzed bad input (hypothesis: configs, command lines, YAML and data files) | "
                  f"{_pct(r.get('bad_inputs_clean', 0), r.get('bad_inputs_tried', 0))} ended with one `error:` line, exit 2, "
                  "no traceback, the existing run folder untouched |")
-    lines.append(f"| 5 | NaN loss / loss spike injected (skip and rollback, 1 and 2 ranks) | "
+    lines.append(f"| 5 | NaN / Inf loss, Inf gradient, loss spike injected (skip and rollback, 1 and 2 ranks) | "
                  f"{_pct(r.get('nan_survived', 0), r.get('nan_injections', 0))} caught at the injected step and the run "
                  "finished with finite weights |")
     for h in hang:
@@ -457,7 +491,7 @@ def render(r: dict) -> str:
                          f"{', '.join(f'({a}, {b})' for a, b in t['resumed_at']) or 'not killed'} | {t['attempts']} | "
                          f"{'yes' if t['bit_exact'] else 'NO'} | {t['samples_repeated']} / {t['samples_skipped']} |")
     for rerun in r.get("reruns", []):
-        lines += ["", f"Rerun on {rerun['date'][:16].replace('T', ' ')} UTC after a fix, replacing only these figures: "
+        lines += ["", f"Partial rerun on {rerun['date'][:16].replace('T', ' ')} UTC (after a fix, or with added cases), replacing only these figures: "
                   f"{', '.join(rerun['parts'])} ({rerun['seconds']:.0f} s)."]
     lines += ["", DETAILS, ""]
     examples = bad.get("examples", [])
@@ -466,7 +500,8 @@ def render(r: dict) -> str:
     if bad.get("by_kind"):
         lines += ["Bad inputs by kind (tried, clean): " + ", ".join(f"{k} {v[0]}/{v[1]}" for k, v in bad["by_kind"].items()) + ".", ""]
     if num:
-        lines += ["Numerical faults, one run each (12 steps, checkpoint every 2):", "", "| fault | settings | message |",
+        lines += ["Numerical faults, one run each (12 steps, checkpoint every 2; the Inf gradients through the Python "
+                  "API on an MLP):", "", "| fault | settings | message |",
                   "|---|---|---|"]
         lines += [f"| `{n['fault']}` | {n['what']} | `{n['message'][:140]}` |" for n in num]
         lines.append("")
