@@ -155,3 +155,19 @@ def test_shard_ids_outside_the_vocabulary_are_refused_before_training(cache_dir,
                        "schedule.warmup_steps=0")
     assert code == 2 and f"error: token shard {expected}" in log, log
     assert not run_dir.exists()
+
+
+def test_a_crash_between_the_renames_of_a_resaved_step_loses_nothing(tmp_path):
+    """Re-saving step N moves the old folder aside, then renames the new one in: a kill between the
+    two left step N only as `.old-step_N`, invisible to resume=auto (with keep_last=1: no checkpoint
+    at all, a restart from step 0). resume=auto puts it back."""
+    model = torch.nn.Linear(4, 2)
+    opt = torch.optim.AdamW(model.parameters())
+    root = tmp_path / "checkpoints"
+    ckpt.save_checkpoint(root, 7, model, opt, {"position": 70}, keep_last=1)
+    (root / "step_00000007").rename(root / ".old-step_00000007")  # the state the crash leaves
+    (root / ".tmp-step_00000007").mkdir()  # and the new copy, unfinished
+    chosen, skipped = ckpt.resolve_resume("auto", tmp_path)
+    assert chosen == root / "step_00000007" and skipped == []
+    assert ckpt.verify_checkpoint(chosen) == []
+    assert not (root / ".old-step_00000007").exists()

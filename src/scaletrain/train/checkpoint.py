@@ -186,6 +186,20 @@ def verify_checkpoint(path: Path) -> list[str]:
     return problems
 
 
+def recover_replaced(root: Path) -> None:
+    """Re-saving a step moves the old folder aside (`.old-step_N`) before the new one is renamed
+    in; a crash between the two renames leaves step N only there. Put it back (it is complete), or
+    drop it when the new one made it."""
+    if not root.is_dir():
+        return
+    for old in root.glob(".old-step_*"):
+        final = root / old.name.removeprefix(".old-")
+        if _STEP_DIR.match(final.name) and not final.exists():
+            os.rename(old, final)
+        else:
+            shutil.rmtree(old, ignore_errors=True)
+
+
 def resolve_resume(resume: str, run_dir: Path) -> tuple[Path | None, list[str]]:
     """(checkpoint to resume from, problems of newer ones skipped).
 
@@ -193,6 +207,7 @@ def resolve_resume(resume: str, run_dir: Path) -> tuple[Path | None, list[str]]:
     a path: that checkpoint, or the newest of that run folder, which must be intact.
     """
     if resume == "auto":
+        recover_replaced(run_dir / "checkpoints")
         candidates = list_checkpoints(run_dir / "checkpoints")
     else:
         path = Path(resume).expanduser()
