@@ -576,6 +576,10 @@ DETAILS = """## How each figure is measured
 - When rank 0 stalled, rank 1 timed out but then waited in `monitored_barrier` for rank 0's answer
   for as long as rank 0 slept (the first measurement of item 6 ended only when the driver killed
   rank 0 after 96 s); the wait is now bounded and names rank 0.
+- Re-saving an existing step moves the old folder aside before renaming the new one in; a kill
+  between the two renames left that step only as a hidden `.old-step_N` folder that resume=auto did
+  not see (none of the 20 trials hit this window; found by reading `save_checkpoint`, tested in
+  `test_corruption.py`). resume=auto now puts it back.
 """
 
 
