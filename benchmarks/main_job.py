@@ -49,11 +49,22 @@ def main() -> int:
     from scaletrain.atomic import write_json_atomic, write_text_atomic
     from scaletrain.diagnose.hardware import machine_info
 
+    import argparse
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--fp32-run", default=None, help="reuse a finished fp32 run of this script")
+    a = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="scaletrain-mainjob-"))
     began = time.time()
-    fp32, records = train(work / "fp32", "train.eval_every=150", "train.eval_batches=8")
+    if a.fp32_run:
+        run = Path(a.fp32_run)
+        fp32 = json.loads((run / "summary.json").read_text())
+        records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    else:
+        fp32, records = train(work / "fp32", "train.eval_every=150", "train.eval_batches=8")
     bf16, _ = train(work / "bf16", "train.precision=bf16", "train.max_steps=20", "train.eval_every=0",
-                    "train.final_eval_batches=1", "log.sample_tokens=0", "train.max_minutes=10")
+                    "schedule.warmup_steps=0", "train.final_eval_batches=1", "log.sample_tokens=0",
+                    "train.max_minutes=10")
     elapsed_at = {r["step"]: r["elapsed"] for r in records if r.get("split") == "train"}
     curve = []
     for r in records:

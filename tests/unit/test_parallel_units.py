@@ -98,3 +98,7 @@ def test_optimizers_that_need_whole_tensors_are_refused_under_fsdp(optimizer):
     with pytest.raises(UserError, match=f"optim.name: {optimizer} does not run on sharded"):
         load_config("gpt-tiny", [f"optim.name={optimizer}", "parallel.strategy=fsdp", "parallel.nproc=2"])
     load_config("gpt-tiny", [f"optim.name={optimizer}", "parallel.strategy=ddp", "parallel.nproc=2"])
+
+
+def test_guard_off_survives_yaml():
+    assert load_config("gpt-tiny", ["guard.action=off"]).guard.action == "off"

@@ -304,6 +304,11 @@ class GuardConfig(Section):
     lr_factor: Annotated[float, Field(gt=0.0, le=1.0)] = 0.5  # rollback: lr multiplied by this
     max_consecutive: PositiveInt = 5  # more bad steps in a row than this ends the run
 
+    @field_validator("action", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: object) -> object:
+        return "off" if value is False else value  # YAML reads a bare `off` as false
+
 
 class CheckpointConfig(Section):
     keep_last: PositiveInt = 2
