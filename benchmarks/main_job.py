@@ -118,7 +118,10 @@ def main() -> int:
                      f"{s['matmul_peak_flops'] / 1e9:.1f} G | {s['mfu']:.2f} |")
     lines += ["", "This CPU has no native bf16 (AVX2 only, no AVX512-BF16 or AMX): its bf16 matmul peak is "
               "a few GFLOP/s against ~150 in fp32, so the preset trains in fp32 and the bf16 MFU is measured "
-              "against that slow peak. The issue's bf16 target assumes a CPU with native bf16.", "",
+              "against that slow peak. The issue's bf16 target assumes a CPU with native bf16. An MFU above 1 "
+              "says that the bf16 \"peak\" measured here (large square matmuls) is not this CPU's best bf16 "
+              "rate for every shape: with no native bf16 instructions the library's conversion paths differ "
+              "by shape, so no bf16 figure here is a meaningful utilization.", "",
               "![time to quality](time_to_quality.png)", "",
               "| step | training time (s) | val loss | val bits/byte |", "|---:|---:|---:|---:|"]
     for c in curve:
