@@ -283,7 +283,8 @@ class Trainer:
                 meter.add(loss, units)
 
             time_up = bool(t.max_minutes) and time.perf_counter() - wall_start > 60 * t.max_minutes
-            time_up = bool(ranks.on_main(lambda: time_up)) if layout.distributed else time_up
+            if layout.distributed and t.max_minutes:  # rank 0's clock decides for all (one broadcast per
+                time_up = bool(ranks.on_main(lambda: time_up))  # step, only when the guard is set)
             last = st.step == t.max_steps or time_up
             if st.step % cfg.log.every == 0 or last:
                 steps_in_window, data_seconds, busy = len(meter.losses), meter.data_seconds, meter.busy_seconds
