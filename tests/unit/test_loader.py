@@ -81,6 +81,22 @@ def test_small_calls_and_vectorized_calls_agree():
         assert np.array_equal(perm(index), pieces)
 
 
+def test_the_lookup_table_holds_the_computed_permutation(monkeypatch):
+    """Small orders are looked up in a table built once; large ones computed per call: same values
+    (the order must not change when a corpus crosses the table's size limit)."""
+    from scaletrain.data import permutation
+
+    for n in (1, 5, 1000, 4099):
+        index = np.random.default_rng(n).integers(0, n, size=200)
+        tabled = permutation.Permutation(n, [3, 1])
+        assert tabled(index[:2]).dtype == np.int64 and tabled._table is not None
+        monkeypatch.setattr(permutation, "TABLE_LIMIT", 0)
+        computed = permutation.Permutation(n, [3, 1])
+        assert np.array_equal(computed(index), tabled(index)) and computed._table is None
+        assert np.array_equal(computed(index[:4]), tabled(index[:4]))  # the plain-Python path too
+        monkeypatch.undo()
+
+
 def test_permutation_looks_shuffled():
     """A reference for "shuffled": where sample i lands is uncorrelated with i, and the first tenth
     of an epoch draws from the whole range (not from one region of the corpus)."""

@@ -85,3 +85,38 @@ def test_close_joins_the_thread():
     with pytest.raises(RuntimeError):
         p.get(1)
     p.close()  # idempotent
+
+
+def test_cheap_batches_are_built_in_the_caller():
+    """Below `inline_below` a thread hand-off costs more than it hides: no thread is started."""
+    threads = []
+    with Prefetcher(lambda i: threads.append(threading.current_thread().name) or i, depth=2,
+                    inline_below=0.05) as p:
+        assert [p.get(i) for i in range(20)] == list(range(20))
+        assert p.inline and p._pool is None
+    assert set(threads) == {threading.current_thread().name}
+
+
+def test_slow_batches_switch_to_the_background_after_a_window():
+    def produce(i):
+        time.sleep(0.003)
+        return threading.current_thread().name
+
+    with Prefetcher(produce, depth=1, inline_below=0.001) as p:
+        first = [p.get(i) for i in range(Prefetcher.WINDOW)]
+        assert set(first) == {threading.current_thread().name}  # timed in the caller first ...
+        assert p.background
+        later = [p.get(i) for i in range(Prefetcher.WINDOW, Prefetcher.WINDOW + 4)]
+        assert all(name.startswith("scaletrain-prefetch") for name in later)  # ... then ahead
+
+
+def test_one_slow_build_does_not_decide():
+    """A cold first read (an epoch's order table, a page fault) is one build of the window."""
+    def produce(i):
+        if i == 0:
+            time.sleep(0.05)
+        return i
+
+    with Prefetcher(produce, depth=1, inline_below=0.01) as p:
+        assert [p.get(i) for i in range(3 * Prefetcher.WINDOW)] == list(range(3 * Prefetcher.WINDOW))
+        assert p.inline

@@ -16,6 +16,7 @@ restarted group runs clean), so a test can check that training survives the faul
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import time
@@ -23,13 +24,21 @@ import time
 from scaletrain.parallel.dist import restart_count
 
 
-def _faults() -> list[tuple[str, dict[str, float]]]:
-    spec = os.environ.get("SCALETRAIN_FAULT", "")
+_VAR = "SCALETRAIN_FAULT"
+
+
+def _faults() -> tuple[tuple[str, dict[str, float]], ...]:
+    # Read on every call (tests set it per run), parsed once per value: this is on the step's path.
+    return _parse(os.environ.get(_VAR, ""))
+
+
+@functools.lru_cache(maxsize=8)
+def _parse(spec: str) -> tuple[tuple[str, dict[str, float]], ...]:
     out = []
     for item in filter(None, (s.strip() for s in spec.split(","))):
         kind, *fields = item.split(":")
         out.append((kind, {k: float(v) for k, v in (f.split("=", 1) for f in fields)}))
-    return out
+    return tuple(out)
 
 
 def _find(kind: str) -> dict[str, float] | None:
@@ -41,6 +50,8 @@ def _find(kind: str) -> dict[str, float] | None:
 
 def maybe_inject(step: int, rank: int) -> None:
     """Called before optimizer step `step` (1-based) on every rank."""
+    if _VAR not in os.environ:  # the hot path: no fault set, one dict lookup per step
+        return
     lag = _find("slow_rank")
     if lag is not None and int(lag.get("rank", 0)) == rank:
         time.sleep(lag.get("seconds", 0.05))
@@ -56,6 +67,8 @@ def maybe_inject(step: int, rank: int) -> None:
 
 
 def data_delay() -> float:
+    if _VAR not in os.environ:
+        return 0.0
     args = _find("slow_data")
     return args.get("seconds", 0.05) if args is not None else 0.0
 
@@ -67,6 +80,8 @@ def loss_factor(step: int) -> float | None:
     """What the loss of `step` is multiplied by (NaN, or a spike's factor), or None. Each fault fires
     once per process: a rollback that reaches the same step again runs clean, as after a
     transient fault."""
+    if _VAR not in os.environ:
+        return None
     if restart_count() > 0:
         return None
     for kind, factor in (("nan", float("nan")), ("spike", None)):

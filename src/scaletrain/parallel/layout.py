@@ -142,6 +142,8 @@ def global_grad_norm(params: list[nn.Parameter], pp_group=None) -> torch.Tensor:
     if not grads:
         return torch.zeros(())
     plain = [g for g in grads if not isinstance(g, DTensor)]
+    if len(plain) == len(grads) and pp_group is None:  # single, ddp, zero1: one norm, no extra ops
+        return nn.utils.get_total_norm(plain)
     by_layout: dict = {}
     for g in grads:
         if isinstance(g, DTensor):

@@ -24,14 +24,20 @@ class Guard:
         self.bad_in_a_row = 0
         self._last = math.nan
 
-    def verdict(self, loss: torch.Tensor, grad_norm: torch.Tensor | None) -> str | None:
-        """Why this step is bad, or None. The guard's one host sync per step."""
+    def verdict(self, loss: torch.Tensor, grad_norm: torch.Tensor | None,
+                nonfinite: torch.Tensor | None = None) -> str | None:
+        """Why this step is bad, or None. The guard's one host sync per step.
+
+        `grad_norm` when the step computed one (clipping, a logging step); otherwise `nonfinite`,
+        a flag > 0 when some gradient is NaN/Inf (cheaper than a norm; see train.step)."""
         value = float(loss)
         reason = None
         if not math.isfinite(value):
             reason = f"loss is {value}"
         elif grad_norm is not None and not math.isfinite(float(grad_norm)):
             reason = f"gradient norm is {float(grad_norm)}"
+        elif nonfinite is not None and float(nonfinite) > 0:
+            reason = "a gradient is NaN or Inf"
         elif (self.cfg.spike_factor and self.recent_mean is not None and self.good_steps >= 5
               and value > self.cfg.spike_factor * self.recent_mean):
             reason = f"loss spiked to {value:.4g} (recent mean {self.recent_mean:.4g})"

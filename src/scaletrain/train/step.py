@@ -27,12 +27,40 @@ def forward(model: nn.Module, x):
     return model(**x) if isinstance(x, dict) else model(x)
 
 
+@torch.no_grad()
+def nonfinite_gradients(grads: list[torch.Tensor]) -> torch.Tensor | None:
+    """A one-element tensor, > 0 when some gradient holds a NaN or Inf; None when the gradients are
+    sharded (DTensor) or on several devices, where the caller falls back to the global norm.
+
+    It is GradScaler's own fused check (`_amp_foreach_non_finite_check_and_unscale_`) with a scale
+    of 1, an exact no-op on the values: one pass and no reduction, ~6x cheaper than a norm on a
+    small model (10 vs 60 us for the MLP preset), where the guard's check is on every step.
+    """
+    if not grads or any(type(g) is not torch.Tensor for g in grads):
+        return None
+    device, dtype = grads[0].device, grads[0].dtype
+    if any(g.device != device for g in grads):
+        return None
+    found = torch.zeros(1, device=device)
+    one = torch.ones(1, device=device)
+    if all(g.dtype == dtype for g in grads):
+        torch._amp_foreach_non_finite_check_and_unscale_(grads, found, one)
+        return found
+    by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+    for g in grads:  # the fused kernel takes one dtype per call (bf16 parameters beside fp32 ones)
+        by_dtype.setdefault(g.dtype, []).append(g)
+    for same in by_dtype.values():
+        torch._amp_foreach_non_finite_check_and_unscale_(same, found, one)
+    return found
+
+
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, micro_batches, loss_fn, *,
                device: torch.device, autocast: AbstractContextManager, grad_clip: float,
                scaler: torch.amp.GradScaler | None = None, want_norm: bool = True,
                layout=None, before_zero_grad=None,
                weights: list[float] | None = None,
-               skip_if=None, timings: dict | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+               skip_if=None, timings: dict | None = None,
+               params: list[nn.Parameter] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Run one step over `micro_batches` [(x, y), ...]; return (mean loss, grad norm) as tensors.
 
     Nothing here calls `.item()`: the caller reads the tensors only on logging steps, so the host
@@ -44,9 +72,13 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, micro_batches
     synchronized only after the last micro-batch, and the norm is the true global one across
     shards. `before_zero_grad` is called after the optimizer step, while gradients still exist.
     `weights`: each micro-batch's factor in the step's loss (default 1/len(micro_batches)).
-    `skip_if(loss, grad_norm) -> bool`: checked before the update; True drops it (the guard).
+    `skip_if(loss, grad_norm, nonfinite) -> bool`: checked before the update; True drops it (the
+    guard). When no norm is wanted otherwise, the guard gets `nonfinite` (see `nonfinite_gradients`)
+    instead of a norm: it only needs to know whether a gradient is NaN/Inf.
     `timings["forward"]` accumulates the forward passes' seconds: the part of a data-parallel step
     no collective waits in, so it tells a slow rank from its peers.
+    `params`: the model's trainable parameters, listed once by the caller (walking the module tree
+    every step costs more than a small model's optimizer step).
     """
     accum = len(micro_batches)
     total = None
@@ -67,16 +99,18 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, micro_batches
         total = loss.detach() if total is None else total + loss.detach()
     if scaler:
         scaler.unscale_(optimizer)
-    params = [p for p in model.parameters() if p.grad is not None]
-    grad_norm = None
-    if grad_clip > 0 or want_norm or skip_if is not None:  # the guard judges the norm of every step
+    params = [p for p in (model.parameters() if params is None else params) if p.grad is not None]
+    grad_norm = nonfinite = None
+    if skip_if is not None and not (grad_clip > 0 or want_norm):
+        nonfinite = nonfinite_gradients([p.grad for p in params])  # the guard's cheaper question
+    if grad_clip > 0 or want_norm or (skip_if is not None and nonfinite is None):
         if layout is not None:
             from scaletrain.parallel.layout import global_grad_norm
 
             grad_norm = global_grad_norm(params, layout.extras.get("pp_group"))
         else:
             grad_norm = nn.utils.get_total_norm([p.grad for p in params])
-    if skip_if is not None and skip_if(total, grad_norm):
+    if skip_if is not None and skip_if(total, grad_norm, nonfinite):
         optimizer.zero_grad(set_to_none=True)
         if scaler:
             scaler.update()

