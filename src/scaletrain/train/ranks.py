@@ -145,8 +145,39 @@ def _ranks_named(message: str) -> str | None:
     return ("rank " if len(found) == 1 else "ranks ") + ", ".join(map(str, found))
 
 
+def meta_skeleton(model: nn.Module) -> nn.Module:
+    """A copy of `model` whose parameters live on the meta device (no storage): what the export
+    needs to rebuild the plain module after fsdp/tp have sharded the original in place, without a
+    second full copy of the weights held through training. Tied parameters stay tied (deepcopy's
+    memo maps one parameter to one meta parameter); buffers are copied as they are (they are
+    small, and non-persistent ones, which no state dict restores, keep their values)."""
+    import copy
+
+    memo = {id(p): nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=p.requires_grad)
+            for p in model.parameters()}  # one entry per tied parameter
+    return copy.deepcopy(model, memo)
+
+
+def load_full_state(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
+    """Make the state dict's tensors `model`'s parameters (`assign`: works on a meta skeleton and
+    copies nothing), then re-tie parameters that `model` shared: assignment gives each name its own
+    tensor, which would untie e.g. a GPT's embedding and output head."""
+    slots: dict[int, list[tuple[nn.Module, str]]] = {}
+    for module in model.modules():
+        for name, p in module._parameters.items():
+            if p is not None:
+                slots.setdefault(id(p), []).append((module, name))
+    model.load_state_dict(state, assign=True)
+    for shared in slots.values():
+        first_module, first_name = shared[0]
+        for module, name in shared[1:]:
+            setattr(module, name, getattr(first_module, first_name))
+    return model
+
+
 def export_full_model(layout_model: nn.Module, fresh_model_factory, path: Path, strategy: str) -> None:
-    """Write consolidated `model.safetensors` on rank 0 (every rank must call: it may gather)."""
+    """Write consolidated `model.safetensors` on rank 0 (every rank must call: it may gather).
+    `fresh_model_factory()` gives the plain module to fill (a `meta_skeleton` will do)."""
     from safetensors.torch import save_model
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
@@ -157,8 +188,8 @@ def export_full_model(layout_model: nn.Module, fresh_model_factory, path: Path, 
                                                                            cpu_offload=True))
         full_model = None
         if rank() == 0:
-            full_model = fresh_model_factory()
-            full_model.load_state_dict(full)
+            full_model = load_full_state(fresh_model_factory(), full)
+        del full
     if rank() == 0:
         tmp = path.with_name("." + path.name + ".tmp")
         save_model(full_model, str(tmp))
