@@ -47,6 +47,7 @@ class Prefetcher(Generic[T]):
         self._pending: dict[int, Future] = {}
         self._closed = False
         self._recent: deque[float] = deque(maxlen=self.WINDOW)
+        self._built = 0  # the median is looked at once per window of builds
         self.inline = inline_below > 0  # True while batches are built in the caller
 
     @property
@@ -63,7 +64,8 @@ class Prefetcher(Generic[T]):
         began = time.perf_counter()
         out = self.produce(key)
         self._recent.append(time.perf_counter() - began)
-        if len(self._recent) == self.WINDOW and statistics.median(self._recent) >= self.inline_below:
+        self._built += 1
+        if self._built % self.WINDOW == 0 and statistics.median(self._recent) >= self.inline_below:
             self.inline = False  # from the next key on, build ahead in the background
         return out
 

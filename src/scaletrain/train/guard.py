@@ -29,18 +29,25 @@ class Guard:
         """Why this step is bad, or None. The guard's one host sync per step.
 
         `grad_norm` when the step computed one (clipping, a logging step); otherwise `nonfinite`,
-        a flag > 0 when some gradient is NaN/Inf (cheaper than a norm; see train.step)."""
-        value = float(loss)
+        a flag > 0 when the loss or some gradient is NaN/Inf (one fused pass, cheaper than a norm;
+        see train.step). With the flag and no spike check, the flag is the only value read."""
         reason = None
-        if not math.isfinite(value):
-            reason = f"loss is {value}"
-        elif grad_norm is not None and not math.isfinite(float(grad_norm)):
-            reason = f"gradient norm is {float(grad_norm)}"
-        elif nonfinite is not None and float(nonfinite) > 0:
-            reason = "a gradient is NaN or Inf"
-        elif (self.cfg.spike_factor and self.recent_mean is not None and self.good_steps >= 5
-              and value > self.cfg.spike_factor * self.recent_mean):
-            reason = f"loss spiked to {value:.4g} (recent mean {self.recent_mean:.4g})"
+        if nonfinite is not None and not self.cfg.spike_factor:
+            value = math.nan  # not read: nothing here needs it unless the step is bad
+            if float(nonfinite) > 0:
+                value = float(loss)
+                reason = f"loss is {value}" if not math.isfinite(value) else "a gradient is NaN or Inf"
+        else:
+            value = float(loss)
+            if not math.isfinite(value):
+                reason = f"loss is {value}"
+            elif grad_norm is not None and not math.isfinite(float(grad_norm)):
+                reason = f"gradient norm is {float(grad_norm)}"
+            elif nonfinite is not None and float(nonfinite) > 0:
+                reason = "a gradient is NaN or Inf"
+            elif (self.cfg.spike_factor and self.recent_mean is not None and self.good_steps >= 5
+                  and value > self.cfg.spike_factor * self.recent_mean):
+                reason = f"loss spiked to {value:.4g} (recent mean {self.recent_mean:.4g})"
         if self.distributed:
             flag = torch.tensor([1.0 if reason else 0.0])
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
@@ -53,6 +60,8 @@ class Guard:
         """The step that was judged last went through."""
         self.good_steps += 1
         self.bad_in_a_row = 0
+        if math.isnan(self._last):  # not read this step (no spike check): nothing to average
+            return
         m = self.recent_mean
         self.recent_mean = self._last if m is None else 0.9 * m + 0.1 * self._last
 

@@ -29,8 +29,9 @@ def forward(model: nn.Module, x):
 
 @torch.no_grad()
 def nonfinite_gradients(grads: list[torch.Tensor]) -> torch.Tensor | None:
-    """A one-element tensor, > 0 when some gradient holds a NaN or Inf; None when the gradients are
-    sharded (DTensor) or on several devices, where the caller falls back to the global norm.
+    """A one-element tensor, > 0 when some tensor in `grads` (gradients, and the step's loss) holds a
+    NaN or Inf; None when the gradients are sharded (DTensor) or on several devices, where the
+    caller falls back to the global norm.
 
     It is GradScaler's own fused check (`_amp_foreach_non_finite_check_and_unscale_`) with a scale
     of 1, an exact no-op on the values: one pass and no reduction, ~6x cheaper than a norm on a
@@ -102,7 +103,8 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, micro_batches
     params = [p for p in (model.parameters() if params is None else params) if p.grad is not None]
     grad_norm = nonfinite = None
     if skip_if is not None and not (grad_clip > 0 or want_norm):
-        nonfinite = nonfinite_gradients([p.grad for p in params])  # the guard's cheaper question
+        # The guard's cheaper question, asked of the loss too: one flag for the host to read.
+        nonfinite = nonfinite_gradients([p.grad for p in params] + [total])
     if grad_clip > 0 or want_norm or (skip_if is not None and nonfinite is None):
         if layout is not None:
             from scaletrain.parallel.layout import global_grad_norm
