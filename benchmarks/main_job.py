@@ -99,11 +99,6 @@ def main() -> int:
         "time_to_quality": curve,
         "main_job_machine": {**info, "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__},
     })
-    overhead = ROOT / "docs" / "results" / "overhead.json"
-    if overhead.exists():  # benchmarks/overhead.py's figures, gathered here under the key
-        o = json.loads(overhead.read_text())
-        results["overhead_ratio"] = {"gpt": o["gpt"], "mlp": o["mlp"], "fp32": o["ratio_fp32"],
-                                     "bf16": o["ratio_bf16"], "date": o.get("date")}
     write_json_atomic(results_path, results)
 
     lines = [START, "## Main job: speed and time to quality", "",
