@@ -361,7 +361,8 @@ def write_docs(report: dict, native: bool | None, docs: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--rounds", type=int, default=5, help="A/B rounds per case (default 5)")
+    p.add_argument("--rounds", type=int, default=9, help="A/B rounds per case (default 9: bursts of "
+                   "load from other tenants of a virtual machine last seconds, a median of 9 rides them out)")
     p.add_argument("--threads", type=int, default=1, help="torch threads on both sides (default 1)")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: 1 round, a tenth of the steps; writes docs only with --docs")
