@@ -438,6 +438,9 @@ class Trainer:
         ranks.export_full_model(model, self.model_factory or self._no_factory,
                                 self.run_dir / "model.safetensors", self.layout.strategy)
         state_bytes = ranks.gather_objects(self._state_bytes)
+        # Every rank's own peak (after the export, which gathers the whole model on rank 0): a
+        # memory budget holds per process, and rank 0 is not always the largest.
+        peaks = ranks.gather_objects(hardware.peak_memory_bytes(self.device.type))
         if not self.dist_info.is_main:
             return {}
         write_json_atomic(self.run_dir / "model_config.json", self.model_spec)
@@ -465,7 +468,8 @@ class Trainer:
             "parallel_strategy": self.layout.strategy,
             "global_batch_size": self.global_batch(self.layout),
             "model_state_bytes_per_rank": state_bytes,
-            "peak_memory_bytes": hardware.peak_memory_bytes(self.device.type),
+            "peak_memory_bytes": peaks[0],
+            "peak_memory_bytes_per_rank": peaks,
             "train_seconds": st.train_seconds,
             "wall_seconds": time.perf_counter() - wall_start,
             "stopped_by": stopped_by,
