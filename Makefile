@@ -29,6 +29,7 @@ bench: install
 	$(PY) benchmarks/data_loader.py
 	$(PY) benchmarks/scaling.py
 	$(PY) benchmarks/main_job.py
+	$(PY) benchmarks/mfu.py
 
 # every other issue's benchmark too (hours): data preprocessing, planner accuracy, optimizers, faults
 bench-all: bench
