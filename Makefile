@@ -23,11 +23,12 @@ test: install
 test-fast: install
 	$(PY) -m pytest tests -m "not slow and not dist"
 
-# docs/performance.md and docs/results/performance.json (about 40 minutes on 2 cores; needs a quiet machine)
+# docs/performance.md and docs/results/performance.json (about 50 minutes on 2 cores; needs a quiet machine)
 bench: install
 	$(PY) benchmarks/overhead.py
 	$(PY) benchmarks/data_loader.py
 	$(PY) benchmarks/scaling.py
+	$(PY) benchmarks/memory.py
 	$(PY) benchmarks/main_job.py
 	$(PY) benchmarks/mfu.py
 
