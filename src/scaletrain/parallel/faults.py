@@ -27,6 +27,11 @@ from scaletrain.parallel.dist import restart_count
 _VAR = "SCALETRAIN_FAULT"
 
 
+def enabled() -> bool:
+    """Whether any fault is set (read once by the trainer's loop, which then skips the hooks)."""
+    return bool(os.environ.get(_VAR, "").strip())
+
+
 def _faults() -> tuple[tuple[str, dict[str, float]], ...]:
     # Read on every call (tests set it per run), parsed once per value: this is on the step's path.
     return _parse(os.environ.get(_VAR, ""))

@@ -27,6 +27,9 @@ def forward(model: nn.Module, x):
     return model(**x) if isinstance(x, dict) else model(x)
 
 
+_ONES: dict[torch.device, torch.Tensor] = {}
+
+
 @torch.no_grad()
 def nonfinite_gradients(grads: list[torch.Tensor]) -> torch.Tensor | None:
     """A one-element tensor, > 0 when some tensor in `grads` (gradients, and the step's loss) holds a
@@ -43,7 +46,9 @@ def nonfinite_gradients(grads: list[torch.Tensor]) -> torch.Tensor | None:
     if any(g.device != device for g in grads):
         return None
     found = torch.zeros(1, device=device)
-    one = torch.ones(1, device=device)
+    one = _ONES.get(device)
+    if one is None:
+        one = _ONES[device] = torch.ones(1, device=device)  # read-only: the check's scale
     if all(g.dtype == dtype for g in grads):
         torch._amp_foreach_non_finite_check_and_unscale_(grads, found, one)
         return found

@@ -240,24 +240,29 @@ class Trainer:
         guard = self.cfg.guard
         checking = guard.action != "off" and step_fn is None  # pipelining: loss only on the last stage
         timings = {} if layout.distributed else None
+        per_step = self.global_batch(layout)
+        fault_hooks = faults.enabled()  # a test hook: off, it costs nothing per step
+        verdict: list[str | None] = []  # the guard's reason for this step, when it drops the update
+
+        def skip_if(loss, norm, nonfinite):
+            verdict.append(self._guard.verdict(loss, norm, nonfinite))
+            return verdict[-1] is not None
+
         while st.step < t.max_steps:
             step_began = time.perf_counter()
-            faults.maybe_inject(st.step + 1, self.dist_info.rank)
+            if fault_hooks:
+                faults.maybe_inject(st.step + 1, self.dist_info.rank)
             apply_lr(optimizer, self._lr_multiplier(st.step) * st.lr_scale)
             waited = time.perf_counter()
             batches, weights = prefetch.get(st.step)
             meter.data_seconds += time.perf_counter() - waited
-            st.position += self.global_batch(layout)
+            st.position += per_step
             log_step = (st.step + 1) % cfg.log.every == 0 or st.step + 1 == t.max_steps
             measure = self._state_bytes is None
             measure_hook = (lambda: self._measure_state(params, optimizer)) if measure else None
-            factor = faults.loss_factor(st.step + 1)
+            factor = faults.loss_factor(st.step + 1) if fault_hooks else None
             loss_fn = self.task.loss if factor is None else _scaled_loss(self.task.loss, factor)
-            verdict: list[str | None] = []  # the guard's reason, when it drops the update
-
-            def skip_if(loss, norm, nonfinite):
-                verdict.append(self._guard.verdict(loss, norm, nonfinite))
-                return verdict[-1] is not None
+            verdict.clear()
 
             if timings is not None:  # this rank's own time: until the step, and its forward passes
                 timings["forward"] = time.perf_counter() - step_began
@@ -281,7 +286,7 @@ class Trainer:
             st.step += 1
             if self.step_hook is not None:
                 self.step_hook(self, st.step, layout.global_mean(loss))
-            units = (self.global_batch(layout) * self.task.units(batches[0][0]) // len(batches[0][1])
+            units = (per_step * self.task.units(batches[0][0]) // len(batches[0][1])
                      if weights else sum(self.task.units(x) for x, _ in batches) * layout.dp_world)
             st.units_seen += units
             if not bad:  # a dropped step's loss (NaN, a spike) stays out of the logged mean
