@@ -8,12 +8,60 @@ from the numbers (which lever pays, which part is largest).
 from __future__ import annotations
 
 from collections import Counter
+from statistics import median
 
 import mfu_account as acc
 
 START, END = "<!-- mfu:start -->", "<!-- mfu:end -->"
 NON_MATMUL = ("loss", "layer norm", "GELU", "embedding", "elementwise", "other ops", "optimizer", "data")
 PAYS = 1.05  # a same-model lever counts as paying from +5 % tokens/s (the issue's bar)
+CPU_SHARE_OK = 0.9  # below this the standalone timings shared their cores (measured: 0.95-0.98 alone, 0.63
+# with one busy competitor)
+MEDIAN_OF = ("step_seconds", "tokens_per_second", "model_flops_per_second", "mfu")
+
+
+def combine_runs(runs: list[dict]) -> dict:
+    """One lever row from its runs: the median of each speed figure (of two runs, their mean), the
+    runs themselves, and their spread ((max - min) / median of tokens/s)."""
+    row = {k: v for k, v in runs[0].items() if k not in (*MEDIAN_OF, "pass", "position", "run_seconds",
+                                                             "first_window_seconds")}
+    for k in MEDIAN_OF:
+        row[k] = median(r[k] for r in runs)
+    tps = [r["tokens_per_second"] for r in runs]
+    row["spread"] = (max(tps) - min(tps)) / row["tokens_per_second"]
+    row["runs"] = runs
+    return row
+
+
+def compare_levers(levers: dict) -> tuple[float | None, float | None, float | None]:
+    """Add to each row its ratio to the preset (medians), whether its runs disagree more than the
+    preset's own runs do (`noisy`), and a verdict against the preset's runs (`verdict`):
+    "faster" only when every run of the row beats every preset run by the median's +5 %, "slower"
+    likewise the other way, else "unclear". Returns the preset's median tokens/s, MFU and spread."""
+    base = levers.get("preset")
+    if base is None:
+        for row in levers.values():
+            row.update(vs_preset_tokens_per_second=None, vs_preset_mfu=None, noisy=None, verdict=None)
+        return None, None, None
+    base_runs = [r["tokens_per_second"] for r in base["runs"]]
+    base_mfus = [r["mfu"] for r in base["runs"]]
+    for key, row in levers.items():
+        row["vs_preset_tokens_per_second"] = row["tokens_per_second"] / base["tokens_per_second"]
+        row["vs_preset_mfu"] = row["mfu"] / base["mfu"]
+        row["noisy"] = key != "preset" and row["spread"] > base["spread"]
+        # Another model or batch is judged on MFU (its tokens/s is not the preset's work).
+        mine = [r["tokens_per_second"] if row["same_model"] else r["mfu"] for r in row["runs"]]
+        theirs = base_runs if row["same_model"] else base_mfus
+        ratio = row["vs_preset_tokens_per_second"] if row["same_model"] else row["vs_preset_mfu"]
+        if key == "preset":
+            row["verdict"] = None
+        elif min(mine) > max(theirs) and ratio >= PAYS:
+            row["verdict"] = "faster"
+        elif max(mine) < min(theirs) and ratio <= 1 / PAYS:
+            row["verdict"] = "slower"
+        else:
+            row["verdict"] = "unclear"
+    return base["tokens_per_second"], base["mfu"], base["spread"]
 
 
 def _shape_key(g: dict) -> str:
@@ -35,12 +83,20 @@ def assemble(*, cfg, args, peak, profile_report, account, trainer, gemms, square
     gap = {  # seconds per step; they add up to the profiled step
         "model FLOPs at the peak rate": model_flops / peak,
         "(a) non-matmul work (no model FLOPs)": sum(sec[c] for c in NON_MATMUL),
-        "(b1) matmuls below peak: their shapes (timed alone)": mm_alone - mm_flops / peak,
-        "(b2) matmuls slower in the model than alone": sec["matmul"] - mm_alone,
-        "(b3) attention below peak: the SDPA kernel (timed alone)": sdpa_alone - attn_flops / peak,
-        "(b4) attention slower in the model than alone": sec["attention"] - sdpa_alone,
+        # Profiled time minus FLOPs at the peak rate: below zero only if the step's matmuls ran
+        # faster than the measured peak, i.e. the peak itself was measured low.
+        "(b) matmuls and attention below peak": sec["matmul"] + sec["attention"] - (mm_flops + attn_flops) / peak,
         "(c) dispatch and Python": sec["dispatch"] + sec["python"],
     }
+    # (b) by op, and each op's part split into "its shapes" (timed alone) and "in the model" (the
+    # rest) only when both parts come out >= 0: a standalone timing slower than the same op in the
+    # model says the standalone timing was disturbed, not that the model is faster than its shapes.
+    b_parts = {}
+    for op, profiled, alone, flops in (("matmuls", sec["matmul"], mm_alone, mm_flops),
+                                       ("attention", sec["attention"], sdpa_alone, attn_flops)):
+        shape, in_model = alone - flops / peak, profiled - alone
+        b_parts[op] = {"below_peak": profiled - flops / peak, "alone_below_peak": shape,
+                       "in_model_beyond_alone": in_model, "split": shape >= 0 and in_model >= 0}
     # The same GEMMs grouped by operand shapes, as the trainer's profile reports them (forward and
     # input-gradient products of a square layer share a shape).
     expected: Counter = Counter()
@@ -55,13 +111,8 @@ def assemble(*, cfg, args, peak, profile_report, account, trainer, gemms, square
         k = (tuple(g["a"]), tuple(g["b"]))
         calls = seen.get(k, 0)
         g["in_model_seconds"] = trainer["mm_ms_per_step"].get(k, 0.0) / 1e3 / calls if calls else None
-    base = [levers[k] for k in ("preset", "preset_again") if k in levers]
-    base_tps = sum(r["tokens_per_second"] for r in base) / len(base) if base else None
-    base_mfu = sum(r["mfu"] for r in base) / len(base) if base else None
-    for row in levers.values():
-        row["vs_preset_tokens_per_second"] = row["tokens_per_second"] / base_tps if base_tps else None
-        row["vs_preset_mfu"] = row["mfu"] / base_mfu if base_mfu else None
-    unprofiled = sum(r["step_seconds"] for r in base) / len(base) if base else None
+    base_tps, base_mfu, base_spread = compare_levers(levers)
+    unprofiled = levers["preset"]["step_seconds"] if "preset" in levers else None
     ops = account["ops"]
     return {
         "definition": "MFU = flops_per_token x tokens/s / fp32 matmul peak measured here (torch's default "
@@ -80,7 +131,7 @@ def assemble(*, cfg, args, peak, profile_report, account, trainer, gemms, square
         "mfu_unprofiled": model_flops / peak / unprofiled if unprofiled else None,
         "categories_seconds_per_step": sec,
         "category_flops_per_step": {"matmul": mm_flops, "attention": attn_flops},
-        "gap_seconds_per_step": gap,
+        "gap_seconds_per_step": gap, "gap_b_by_op_seconds_per_step": b_parts,
         "top_ops": ops[:40],
         "sdpa_ops": [o["name"] for o in ops if "scaled_dot_product" in o["name"]],
         "gemms": [{**{k: v for k, v in g.items()}, "shape": _shape_key(g)} for g in gemms],
@@ -91,6 +142,7 @@ def assemble(*, cfg, args, peak, profile_report, account, trainer, gemms, square
         "host_reads_per_step": trainer["host_reads_per_step"],
         "host_read_ms_per_step": trainer["host_read_ms_per_step"],
         "levers": levers, "levers_baseline_tokens_per_second": base_tps, "levers_baseline_mfu": base_mfu,
+        "levers_baseline_spread": base_spread,
     }
 
 
@@ -137,7 +189,8 @@ def section(r: dict) -> str:
              f"{1e3 * sum(r['profile_phase_seconds'].values()):.2f} ms")
     if r["unprofiled_step_seconds"]:
         over = wall - r["unprofiled_step_seconds"]
-        check += (f"; the same step without the profiler (the preset rows of the levers table) takes "
+        check += ("; the same step without the profiler (the preset row of the levers table, median of its "
+                  f"runs) takes "
                   f"{1e3 * r['unprofiled_step_seconds']:.2f} ms (MFU {r['mfu_unprofiled']:.2f}; the trainer's "
                   "loop, with its guard, prefetch thread and logging, against `scaletrain profile`'s), so the "
                   f"profiled step differs from it by {1e3 * over:+.2f} ms ({_pct(over, wall)})")
@@ -154,14 +207,17 @@ def section(r: dict) -> str:
     for k, v in gap.items():
         lines.append(f"| {k} | {1e3 * v:.2f} | {_pct(v, wall)} |")
     lines += [f"| total (the profiled step) | {1e3 * sum(gap.values()):.2f} | {_pct(sum(gap.values()), wall)} |", ""]
+    lines += [_b_by_op(r), ""]
 
     # 3. the GEMM shapes
     sq = r["square_matmul_flops_this_run"]
     lines += ["### The matmul shapes the model runs, timed alone", "",
               "Every `aten::mm` of one step (rows = batch x sequence = "
               f"{pr['tokens_per_step']:,}), timed as a plain `torch.mm` with the layouts autograd uses "
-              "(forward `x @ W.t()`, input gradient `g @ W`, weight gradient `g.t() @ x`), best of several "
-              "timings; \"in the model\" is the same shape's mean time per call in a profiled `Trainer.fit()` (two "
+              "(forward `x @ W.t()`, input gradient `g @ W`, weight gradient `g.t() @ x`) and as the peak is "
+              f"measured: into a preallocated output (`out=`), {r['torch_threads']} torch threads, after warm-up, "
+              f"best of {r['timing_repeats']} timings of batches of at least 10 ms; \"in the model\" is the same "
+              "shape's mean time per call in a profiled `Trainer.fit()` (two "
               "products with the same operand shapes show their common mean). "
               + ("The shapes and counts match that profile exactly."
                  if r["gemm_shapes_match_trainer_profile"] else
@@ -180,6 +236,15 @@ def section(r: dict) -> str:
                  f"{1e6 * sec['matmul']:.0f} (profiled step) |")
     for n, v in sq.items():
         lines.append(f"| reference | square | {n}x{n} @ {n}x{n} | | | {_g(v)} | {v / peak:.2f} | |")
+    best_square = max(sq.values()) / peak if sq else 1.0
+    share = r["timing_cpu_share"]
+    lines += ["", f"While these were timed the process got {share:.2f} of the CPU time its "
+              f"{r['torch_threads']} threads could use (CPU time ÷ wall time x threads; near 1 when no other job "
+              "shares the cores)."]
+    if best_square < 0.85 or share < CPU_SHARE_OK:  # not the conditions the peak was measured in
+        lines[-1] += (f" **The timings did not run as the peak was measured (the peak's own square sizes, "
+                      f"timed alongside, reached {best_square:.2f} of it): another job shared the cores, so "
+                      "these rates read low.**")
     at = r["attention"]
     B, H, T, hd = at["shape"]
     lines += ["", f"Attention ({B} x {H} heads x {T} tokens x head dim {hd}, causal), per layer and step; model "
@@ -201,32 +266,76 @@ def section(r: dict) -> str:
     # 4. the levers
     lv = r["levers"]
     if lv:
+        n_runs = max(len(row["runs"]) for row in lv.values())
+        spread = r["levers_baseline_spread"]
         lines += ["### The levers, side by side", "",
-                  "`scaletrain train gpt` with one setting changed per row, in this order, one run each; "
-                  "tokens/s at steady state from the trainer's own clock (metrics.jsonl), leaving out warm-up "
-                  "steps (and so compilation), set-up and evaluation. MFU against the same fp32 peak for every "
-                  "row (for bf16 too: the fastest this machine multiplies). \"vs preset\" divides by the mean of "
-                  "the two preset runs.", "",
-                  "| setting | tokens/step | timed steps | ms/step | tokens/s | vs preset | model GFLOP/s | MFU |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
+                  f"`scaletrain train gpt` with one setting changed per row, {n_runs} runs per row in "
+                  f"{n_runs} passes: the rows in this order, then in reverse (so the preset runs first and last, "
+                  "and a drift of the machine shifts every row's median alike). Tokens/s at steady state from the "
+                  "trainer's own clock (metrics.jsonl), leaving out warm-up steps (and so compilation), set-up "
+                  "and evaluation; each figure is the median of the row's runs (of two, their mean), every run's "
+                  "tokens/s beside it. MFU against the same fp32 peak for every row (for bf16 too: the fastest "
+                  "this machine multiplies). \"vs preset\" divides by the preset's median. ⚠: the row's runs "
+                  "differ by more than the preset's own runs do"
+                  + (f" ({100 * spread:.1f} %)" if spread is not None else "") + ".", "",
+                  "| setting | tokens/step | timed steps | ms/step | tokens/s | runs (tokens/s) | vs preset | "
+                  "model GFLOP/s | MFU |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for key, row in lv.items():
             vs = f"{row['vs_preset_tokens_per_second']:.2f}x" if row["vs_preset_tokens_per_second"] else "–"
+            each = " / ".join(f"{x['tokens_per_second']:,.0f}" for x in row["runs"])
             lines.append(f"| {row['what']} | {row['tokens_per_step']:,} | {row['timed_steps']} | "
-                         f"{1e3 * row['step_seconds']:.1f} | {row['tokens_per_second']:,.0f} | {vs} | "
+                         f"{1e3 * row['step_seconds']:.1f} | {row['tokens_per_second']:,.0f} | "
+                         f"{each}{' ⚠' if row['noisy'] else ''} | {vs} | "
                          f"{_g(row['model_flops_per_second'])} | {row['mfu']:.3f} |")
         lines.append("")
 
     lines += ["### What it says", ""] + conclusions(r) + [""]
     load = r["load_average"]
-    busy = max(load["before"][0], load["after"][0]) > 0.5 * (m["logical_cores"] or 1)
+    # Judged before the run only: during it the load average counts this benchmark's own threads.
+    busy = load["before"][0] > 0.5 * (m["logical_cores"] or 1)
     lines += [f"- Command: `{r['command']}` ({r['minutes']:.0f} min); raw figures under `mfu_account` in "
               "[results/performance.json](results/performance.json).",
               f"- Machine: {m['cpu_model']}, {m['logical_cores']} logical cores, {m['platform']}; torch "
               f"{m['torch_version']}, Python {m['python_version']}, scaletrain {r['versions']['scaletrain']}.",
-              f"- Date: {r['date']}. Load average before / after: {load['before'][0]:.2f} / {load['after'][0]:.2f}"
-              + (" — **measured under background load: the speed figures are not valid**." if busy else "."),
+              f"- Date: {r['date']}. Load average (1 min) before the run: {load['before'][0]:.2f}"
+              + (" — **the machine was busy before the run: the speed figures are not valid**." if busy else
+                 " (judged before the run only: the value after, "
+                 f"{load['after'][0]:.2f}, includes this benchmark's own threads)."),
               END]
     return "\n".join(lines)
+
+
+def _b_by_op(r: dict) -> str:
+    """(b) by op, split into "its shapes" and "in the model" only where both parts are >= 0."""
+    b = r["gap_b_by_op_seconds_per_step"]
+    mm, at = b["matmuls"], b["attention"]
+    text = (f"(b) by op, each its profiled time minus its model FLOPs at the peak rate: matmuls "
+            f"{1e3 * mm['below_peak']:.2f} ms, attention {1e3 * at['below_peak']:.2f} ms.")
+    what = {"matmuls": ("the matmuls", "their shapes (timed alone, next table)"),
+            "attention": ("attention", "the SDPA kernel (timed alone)")}
+    for op, part in b.items():
+        name, alone = what[op]
+        if part["split"]:
+            text += (f" Of {name}' {1e3 * part['below_peak']:.2f} ms, {alone} account for "
+                     f"{1e3 * part['alone_below_peak']:.2f} ms and running inside the model for "
+                     f"{1e3 * part['in_model_beyond_alone']:.2f} ms." if op == "matmuls" else
+                     f" Of {name}'s {1e3 * part['below_peak']:.2f} ms, {alone} accounts for "
+                     f"{1e3 * part['alone_below_peak']:.2f} ms and running inside the model for "
+                     f"{1e3 * part['in_model_beyond_alone']:.2f} ms.")
+        elif part["alone_below_peak"] < 0:  # alone faster than the peak: the peak reads low here
+            text += (f" For {name} no split into \"{alone}\" and \"inside the model\": timed alone they ran "
+                     "faster than the measured peak, so the peak reads low against this timing.")
+        else:  # alone slower than the profile's self time of the same ops
+            text += (f" For {name} no split into \"{alone}\" and \"inside the model\": timed alone "
+                     f"({1e3 * (part['below_peak'] - part['in_model_beyond_alone']):.2f} ms over the peak rate) "
+                     "they took longer than the profiled step's self time of the same ops, so the difference says "
+                     "how the two timings differ (a disturbed standalone timing; for attention, autograd's work "
+                     "around the kernel, which the profile counts under dispatch and Python), not where the "
+                     "step's time goes.")
+    if mm["below_peak"] + at["below_peak"] < 0:
+        text += (" **(b) is below zero: the step's matmuls and attention ran faster than the measured peak, so "
+                 "the peak reads low (re-measure it: matmul_peak_flops(refresh=True)).**")
+    return text + " The per-shape table below shows which shapes run slow."
 
 
 def conclusions(r: dict) -> list[str]:
@@ -249,12 +358,14 @@ def conclusions(r: dict) -> list[str]:
                + " (per step).")
     mm_rate = r["matmul_flops_per_step"] / r["matmul_seconds_alone_per_step"]
     peak = r["peak_flops_fp32"]
-    worst = sorted(r["gemms"], key=lambda g: -(g["seconds"] - g["flops"] / peak) * g["count"])[:3]
-    out.append(f"- Matmuls alone at the model's shapes reach {mm_rate / peak:.2f} of the peak, in the profiled "
-               f"step {r['matmul_flops_per_step'] / sec['matmul'] / peak:.2f}. The shapes that lose the most time "
-               "to the peak rate: " + "; ".join(
+    worst = sorted((g for g in r["gemms"] if g["seconds"] > g["flops"] / peak),
+                   key=lambda g: -(g["seconds"] - g["flops"] / peak) * g["count"])[:3]
+    out.append(f"- Matmuls timed alone at the model's shapes reach {mm_rate / peak:.2f} of the peak, in the "
+               f"profiled step {r['matmul_flops_per_step'] / sec['matmul'] / peak:.2f}. The shapes that lose the most "
+               "time (timed alone) to the peak rate: " + ("; ".join(
                    f"{g['layer']} {g['pass']} ({g['shape']}, {g['flops'] / g['seconds'] / peak:.2f} of peak, "
-                   f"{1e3 * (g['seconds'] - g['flops'] / peak) * g['count']:.1f} ms per step)" for g in worst) + ".")
+                   f"{1e3 * (g['seconds'] - g['flops'] / peak) * g['count']:.1f} ms per step)" for g in worst)
+                                                         or "none (all at or above the peak)") + ".")
     sdpa = r["sdpa_ops"]
     out.append("- Attention already runs through `F.scaled_dot_product_attention` (models/gpt.py), as the "
                f"profile shows: {', '.join(f'`{n}`' for n in sdpa)}." if sdpa else
@@ -268,23 +379,32 @@ def conclusions(r: dict) -> list[str]:
                "read waits for no device" + (", so removing them has nothing to win here."
                                             if r["host_read_ms_per_step"] / 1e3 < 0.01 * wall else "."))
     lv = r["levers"]
-    same = {k: v for k, v in lv.items() if v["same_model"] and not k.startswith("preset")}
-    pays = [(k, v) for k, v in same.items() if v["vs_preset_tokens_per_second"] and
-            v["vs_preset_tokens_per_second"] >= PAYS]
-    loses = [(k, v) for k, v in same.items() if v["vs_preset_tokens_per_second"] and
-             v["vs_preset_tokens_per_second"] < 1 / PAYS]
+    same = {k: v for k, v in lv.items() if v["same_model"] and k != "preset"}
+
+    def listed(rows, ratio_key):
+        return "; ".join(f"{v['what']} {v[ratio_key]:.2f}x" + (" (runs disagree: ⚠)" if v["noisy"] else "")
+                         for v in rows)
     if same and r["levers_baseline_tokens_per_second"]:
-        out.append("- Levers on the same model: " + (
-            "pays (≥ +5 % tokens/s): " + "; ".join(f"{v['what']} {v['vs_preset_tokens_per_second']:.2f}x"
-                                                   for _, v in pays) if pays else "none pays ≥ +5 %")
-                   + (". Slower: " + "; ".join(f"{v['what']} {v['vs_preset_tokens_per_second']:.2f}x"
-                                               for _, v in loses) if loses else "") + ".")
+        pays = [v for v in same.values() if v["verdict"] == "faster"]
+        loses = [v for v in same.values() if v["verdict"] == "slower"]
+        unclear = [v for v in same.values() if v["verdict"] == "unclear"]
+        out.append("- Levers on the same model (\"pays\": every run of it beats every preset run, the median "
+                   "by ≥ +5 % tokens/s): " + ("pays: " + listed(pays, "vs_preset_tokens_per_second")
+                                            if pays else "none pays")
+                   + (". Slower in every run: " + listed(loses, "vs_preset_tokens_per_second") if loses else "")
+                   + (". No clear difference (runs overlap the preset's, or under 5 %): "
+                      + listed(unclear, "vs_preset_tokens_per_second") if unclear else "") + ".")
     other = {k: v for k, v in lv.items() if not v["same_model"]}
     if other and r["levers_baseline_mfu"]:
+        word = {"faster": "higher in every run", "slower": "lower in every run", "unclear": "no clear difference"}
         out.append("- Other shapes (another model or batch, so MFU compares, not speed): " + "; ".join(
-            f"{v['what']}: MFU {v['mfu']:.3f} ({v['vs_preset_mfu']:.2f}x the preset's)" for v in other.values()) + ".")
-    if "preset" in lv and "preset_again" in lv:
-        drift = lv["preset_again"]["tokens_per_second"] / lv["preset"]["tokens_per_second"]
-        out.append(f"- Drift: the preset's second run made {drift:.3f}x the first's tokens/s; differences "
-                   "between rows smaller than that are noise.")
+            f"{v['what']}: MFU {v['mfu']:.3f} ({v['vs_preset_mfu']:.2f}x the preset's, {word[v['verdict']]}"
+            + (", runs disagree: ⚠" if v["noisy"] else "") + ")" for v in other.values()) + ".")
+    if "preset" in lv and len(lv["preset"]["runs"]) > 1:
+        first, last = lv["preset"]["runs"][0], lv["preset"]["runs"][-1]
+        out.append(f"- Noise: the preset's runs (the first and the last of the levers) differ by "
+                   f"{100 * lv['preset']['spread']:.1f} % of their median (the last made "
+                   f"{last['tokens_per_second'] / first['tokens_per_second']:.3f}x the first's tokens/s); a row "
+                   "whose runs differ by more is marked ⚠, and no row counts as faster or slower unless all its "
+                   "runs lie beyond all of the preset's.")
     return out

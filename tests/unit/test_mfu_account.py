@@ -64,3 +64,30 @@ def test_model_gemms_are_the_mms_autograd_runs():
     attention = 12 * args.n_layer * args.d_model * args.seq_len
     assert sum(g["flops"] * g["count"] for g in gemms) == pytest.approx(
         (model.flops_per_token() - attention) * tokens)
+
+
+def _run(tps, mfu=None):
+    return {"tokens_per_second": tps, "step_seconds": 1024 / tps, "model_flops_per_second": tps * 1e7,
+            "mfu": mfu if mfu is not None else tps / 1e4, "pass": 1, "position": 0, "run_seconds": 1.0,
+            "first_window_seconds": 1.0, "timed_steps": 40, "tokens_per_step": 1024}
+
+
+def test_levers_pay_only_when_every_run_beats_every_preset_run():
+    import mfu_report
+
+    rows = {
+        "preset": [_run(5000), _run(5100)],  # spread 100 / 5050 = 2 %
+        "steady": [_run(5600), _run(5650)],  # every run above every preset run, median +11 %
+        "one_lucky": [_run(7000), _run(5050)],  # median +19 %, but one run inside the preset's range
+        "slow": [_run(3000), _run(3100)],
+    }
+    levers = {k: {"what": k, "same_model": True, **mfu_report.combine_runs(v)} for k, v in rows.items()}
+    assert levers["one_lucky"]["tokens_per_second"] == pytest.approx(6025)  # median of two: their mean
+    base_tps, _, spread = mfu_report.compare_levers(levers)
+    assert base_tps == pytest.approx(5050)
+    assert spread == pytest.approx(100 / 5050)
+    assert levers["steady"]["verdict"] == "faster" and not levers["steady"]["noisy"]
+    assert levers["one_lucky"]["verdict"] == "unclear" and levers["one_lucky"]["noisy"]
+    assert levers["slow"]["verdict"] == "slower"
+    assert levers["preset"]["verdict"] is None
+    assert len(levers["steady"]["runs"]) == 2  # both runs kept for the JSON
