@@ -4,7 +4,7 @@ bf16 autocast, torch.compile, fused AdamW, SDPA attention — the setup a practi
 It times `--steps` optimizer steps after a warm-up (compilation excluded), and reports tokens/s and
 MFU against the GPU's dense bf16 peak (a table of known devices; `--peak-tflops` overrides).
 Writes its figures to `docs/results/performance.json` (`gpu_mfu`, `gpu_tokens_per_second`, `gpu`)
-when `--write` is given. Needs CUDA; on a machine without one it says so and exits 2.
+and its section of docs/performance.md when `--write` is given. Needs CUDA; on a machine without one it says so and exits 2.
 
     python benchmarks/gpu.py --steps 30 --write
 """
@@ -95,7 +95,36 @@ def main() -> int:
         data = json.loads(path.read_text()) if path.exists() else {}
         data.update(result)
         write_json_atomic(path, data)
+        write_section(result, a)
     return 0
+
+
+START, END = "<!-- gpu:start -->", "<!-- gpu:end -->"
+
+
+def write_section(r: dict, a: argparse.Namespace) -> None:
+    import re
+
+    from scaletrain.atomic import write_text_atomic
+
+    mfu = f"**{r['gpu_mfu']:.3f}**" if r["gpu_mfu"] is not None else "– (unknown peak: pass --peak-tflops)"
+    lines = [START, "## GPU: GPT-2 small on one GPU", "",
+             f"Measured {r['date']} by `python benchmarks/gpu.py --steps {a.steps} --write` on one "
+             f"{r['gpu']}, torch {r['torch']}: {r['gpu_parameters'] / 1e6:.0f} M parameters, batch "
+             f"{r['gpu_batch'][0]} × {r['gpu_batch'][1]} tokens, bf16 autocast, "
+             f"{'torch.compile' if r['gpu_compile'] else 'eager'}, fused AdamW, SDPA, {a.steps} timed steps "
+             "after 5 warm-up steps (compilation excluded).", "",
+             "| tokens/s | model FLOP/s | dense bf16 peak | MFU | peak memory |", "|---:|---:|---:|---:|---:|",
+             f"| {r['gpu_tokens_per_second']:,.0f} | {r['gpu_flops_per_second'] / 1e12:.0f} T | "
+             + (f"{r['gpu_peak_flops'] / 1e12:.0f} T" if r["gpu_peak_flops"] else "–")
+             + f" | {mfu} | {r['gpu_peak_memory_bytes'] / 2**30:.1f} GiB |", "",
+             "Target (issue 9): MFU ≥ 0.45 on an H100/H200-class GPU.", END]
+    path = ROOT / "docs" / "performance.md"
+    text = path.read_text(encoding="utf-8")
+    new = "\n".join(lines) + "\n"
+    pattern = re.compile(re.escape(START) + r".*?" + re.escape(END) + r"\n?", re.S)
+    text = pattern.sub(lambda _: new, text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + new
+    write_text_atomic(path, text)
 
 
 if __name__ == "__main__":
