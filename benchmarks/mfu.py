@@ -166,7 +166,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="a smoke run: few steps; writes docs only with --docs")
     p.add_argument("--docs", type=Path, default=None, help="docs folder to write (default: the repo's docs/)")
     p.add_argument("--levers", default=None, help="comma-separated lever keys to run (default: all)")
+    p.add_argument("--rewrite", action="store_true",
+                   help="re-render the docs section from results/performance.json without measuring")
     a = p.parse_args(argv)
+    if a.rewrite:
+        return rewrite(a.docs if a.docs is not None else ROOT / "docs")
     command = " ".join(["python benchmarks/mfu.py", *(sys.argv[1:] if argv is None else argv)])
     docs = a.docs if a.docs is not None else (None if a.quick else ROOT / "docs")
     q = a.quick
@@ -250,6 +254,15 @@ def main(argv: list[str] | None = None) -> int:
     if docs is not None:
         write_docs(result, section, docs)
         print(f"wrote {docs / 'performance.md'} and {docs / 'results' / 'performance.json'} (mfu_account)")
+    return 0
+
+
+def rewrite(docs: Path) -> int:
+    """Re-render the section from the stored figures (after a change to the report's wording or
+    verdict rules), without measuring."""
+    result = json.loads((docs / "results" / "performance.json").read_text())["mfu_account"]
+    mfu_report.compare_levers(result["levers"])
+    write_docs(result, mfu_report.section(result), docs)
     return 0
 
 
