@@ -23,7 +23,7 @@ test: install
 test-fast: install
 	$(PY) -m pytest tests -m "not slow and not dist"
 
-# docs/performance.md and docs/results/performance.json (about 50 minutes on 2 cores; needs a quiet machine)
+# docs/performance.md and docs/results/performance.json (about an hour on 2 cores; needs a quiet machine)
 bench: install
 	$(PY) benchmarks/overhead.py
 	$(PY) benchmarks/data_loader.py
@@ -31,6 +31,7 @@ bench: install
 	$(PY) benchmarks/memory.py
 	$(PY) benchmarks/main_job.py
 	$(PY) benchmarks/mfu.py
+	$(PY) benchmarks/summary.py
 
 # every other issue's benchmark too (hours): data preprocessing, planner accuracy, optimizers, faults
 bench-all: bench
