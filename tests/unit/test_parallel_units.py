@@ -102,3 +102,22 @@ def test_optimizers_that_need_whole_tensors_are_refused_under_fsdp(optimizer):
 
 def test_guard_off_survives_yaml():
     assert load_config("gpt-tiny", ["guard.action=off"]).guard.action == "off"
+
+
+def test_the_runs_nonfinite_check_agrees_with_the_plain_one_step_after_step():
+    """NonfiniteCheck decides once and reuses its flag: each call still answers for its own tensors."""
+    import math
+
+    from scaletrain.train.step import NonfiniteCheck, nonfinite_gradients
+
+    check = NonfiniteCheck()
+    for bad in (None, (0, 3), None, (1, 0), None):
+        tensors = [torch.ones(4, 3), torch.ones(3), torch.tensor(2.0)]
+        if bad is not None:
+            tensors[bad[0]].view(-1)[bad[1]] = math.inf if bad[0] == 0 else math.nan
+        expected = float(nonfinite_gradients([t.clone() for t in tensors]))
+        assert float(check(tensors)) == expected == (0.0 if bad is None else 1.0)
+        if bad is None:  # the check's scale of 1 leaves the values as they were
+            assert torch.equal(tensors[0], torch.ones(4, 3)) and float(tensors[2]) == 2.0
+    mixed = NonfiniteCheck()  # bf16 beside fp32: the grouped path, same answer
+    assert float(mixed([torch.ones(2, dtype=torch.bfloat16), torch.tensor([math.inf])])) == 1.0

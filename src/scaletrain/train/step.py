@@ -60,13 +60,41 @@ def nonfinite_gradients(grads: list[torch.Tensor]) -> torch.Tensor | None:
     return found
 
 
+class NonfiniteCheck:
+    """`nonfinite_gradients` for one run's steps, decided once: a run's gradients keep their type,
+    device and dtype, so the first call checks them and later calls only zero one flag buffer and
+    run the fused kernel (checking and allocating every step cost ~2 % of a 1.3 ms MLP step,
+    measured interleaved). The returned flag is valid until the next call."""
+
+    def __init__(self):
+        self._fast: bool | None = None
+        self._found = self._one = None
+
+    def __call__(self, tensors: list[torch.Tensor]) -> torch.Tensor | None:
+        if self._fast is None:
+            first = tensors[0] if tensors else None
+            self._fast = first is not None and all(
+                type(t) is torch.Tensor and t.device == first.device and t.dtype == first.dtype
+                for t in tensors)
+            if self._fast:
+                self._found = torch.zeros(1, device=first.device)
+                self._one = torch.ones(1, device=first.device)
+        if not self._fast:
+            return nonfinite_gradients(tensors)
+        with torch.no_grad():
+            self._found.zero_()
+            torch._amp_foreach_non_finite_check_and_unscale_(tensors, self._found, self._one)
+        return self._found
+
+
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, micro_batches, loss_fn, *,
                device: torch.device, autocast: AbstractContextManager, grad_clip: float,
                scaler: torch.amp.GradScaler | None = None, want_norm: bool = True,
                layout=None, before_zero_grad=None,
                weights: list[float] | None = None,
                skip_if=None, timings: dict | None = None,
-               params: list[nn.Parameter] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+               params: list[nn.Parameter] | None = None,
+               nonfinite_check=nonfinite_gradients) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Run one step over `micro_batches` [(x, y), ...]; return (mean loss, grad norm) as tensors.
 
     Nothing here calls `.item()`: the caller reads the tensors only on logging steps, so the host
@@ -85,6 +113,8 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, micro_batches
     no collective waits in, so it tells a slow rank from its peers.
     `params`: the model's trainable parameters, listed once by the caller (walking the module tree
     every step costs more than a small model's optimizer step).
+    `nonfinite_check`: how the guard's flag is computed (a `NonfiniteCheck` kept for the run is
+    cheaper than the plain function).
     """
     accum = len(micro_batches)
     total = None
@@ -109,7 +139,7 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, micro_batches
     grad_norm = nonfinite = None
     if skip_if is not None and not (grad_clip > 0 or want_norm):
         # The guard's cheaper question, asked of the loss too: one flag for the host to read.
-        nonfinite = nonfinite_gradients([p.grad for p in params] + [total])
+        nonfinite = nonfinite_check([p.grad for p in params] + [total])
     if grad_clip > 0 or want_norm or (skip_if is not None and nonfinite is None):
         if layout is not None:
             from scaletrain.parallel.layout import global_grad_norm

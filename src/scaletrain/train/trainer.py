@@ -30,7 +30,7 @@ from scaletrain.parallel import faults
 from scaletrain.parallel.dist import DistInfo, shutdown
 from scaletrain.parallel.layout import Layout, build_layout, wrap_optimizer
 from scaletrain.train import ranks
-from scaletrain.train.step import autocast_context, train_step
+from scaletrain.train.step import NonfiniteCheck, autocast_context, train_step
 from scaletrain.train.telemetry import Telemetry
 
 # Batches that build faster than this (median, seconds) are built in the loop itself: a background
@@ -243,6 +243,7 @@ class Trainer:
         per_step = self.global_batch(layout)
         fault_hooks = faults.enabled()  # a test hook: off, it costs nothing per step
         verdict: list[str | None] = []  # the guard's reason for this step, when it drops the update
+        nonfinite_check = NonfiniteCheck()
 
         def skip_if(loss, norm, nonfinite):
             verdict.append(self._guard.verdict(loss, norm, nonfinite))
@@ -273,7 +274,8 @@ class Trainer:
                     layout.module, optimizer, batches, loss_fn, device=self.device,
                     autocast=self.autocast, grad_clip=t.grad_clip, scaler=self.scaler,
                     want_norm=log_step, layout=layout, before_zero_grad=measure_hook, weights=weights,
-                    skip_if=skip_if if checking else None, timings=timings, params=params)
+                    skip_if=skip_if if checking else None, timings=timings, params=params,
+                    nonfinite_check=nonfinite_check)
             if timings is not None:
                 meter.busy_seconds += timings["forward"]
             bad = bool(verdict and verdict[0])
