@@ -89,23 +89,18 @@ def main() -> int:
               "date": time.strftime("%Y-%m-%d")}
     print(json.dumps(result, indent=1))
     if a.write:
-        from scaletrain.atomic import write_json_atomic
+        from docs_out import merge_results
 
-        path = ROOT / "docs" / "results" / "performance.json"
-        data = json.loads(path.read_text()) if path.exists() else {}
-        data.update(result)
-        write_json_atomic(path, data)
-        write_section(result, a)
+        merge_results(ROOT / "docs" / "results" / "performance.json", result)
+        write_gpu_section(result, a)
     return 0
 
 
 START, END = "<!-- gpu:start -->", "<!-- gpu:end -->"
 
 
-def write_section(r: dict, a: argparse.Namespace) -> None:
-    import re
-
-    from scaletrain.atomic import write_text_atomic
+def write_gpu_section(r: dict, a: argparse.Namespace) -> None:
+    from docs_out import write_section
 
     mfu = f"**{r['gpu_mfu']:.3f}**" if r["gpu_mfu"] is not None else "– (unknown peak: pass --peak-tflops)"
     lines = [START, "## GPU: GPT-2 small on one GPU", "",
@@ -119,12 +114,7 @@ def write_section(r: dict, a: argparse.Namespace) -> None:
              + (f"{r['gpu_peak_flops'] / 1e12:.0f} T" if r["gpu_peak_flops"] else "–")
              + f" | {mfu} | {r['gpu_peak_memory_bytes'] / 2**30:.1f} GiB |", "",
              "Target (issue 9): MFU ≥ 0.45 on an H100/H200-class GPU.", END]
-    path = ROOT / "docs" / "performance.md"
-    text = path.read_text(encoding="utf-8")
-    new = "\n".join(lines) + "\n"
-    pattern = re.compile(re.escape(START) + r".*?" + re.escape(END) + r"\n?", re.S)
-    text = pattern.sub(lambda _: new, text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + new
-    write_text_atomic(path, text)
+    write_section(ROOT / "docs" / "performance.md", START, END, "\n".join(lines))
 
 
 if __name__ == "__main__":

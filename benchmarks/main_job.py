@@ -46,7 +46,7 @@ def main() -> int:
     import matplotlib.pyplot as plt
     import torch
 
-    from scaletrain.atomic import write_json_atomic, write_text_atomic
+    from docs_out import merge_results, write_section
     from scaletrain.diagnose.hardware import machine_info
 
     import argparse
@@ -87,9 +87,7 @@ def main() -> int:
     fig.savefig(ROOT / "docs" / "time_to_quality.png", dpi=120)
 
     info = machine_info()
-    results_path = ROOT / "docs" / "results" / "performance.json"
-    results = json.loads(results_path.read_text()) if results_path.exists() else {}
-    results.update({
+    merge_results(ROOT / "docs" / "results" / "performance.json", {
         "tokens_per_second": fp32["tokens_per_second"],
         "mfu_cpu_fp32": fp32["mfu"],
         "mfu_cpu_bf16": bf16["mfu"],
@@ -99,7 +97,6 @@ def main() -> int:
         "time_to_quality": curve,
         "main_job_machine": {**info, "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__},
     })
-    write_json_atomic(results_path, results)
 
     lines = [START, "## Main job: speed and time to quality", "",
              f"Measured {time.strftime('%Y-%m-%d')} by `python benchmarks/main_job.py` ({(time.time() - began) / 60:.0f} min), "
@@ -124,12 +121,8 @@ def main() -> int:
         bpb = f"{c['val_bpb']:.3f}" if c.get("val_bpb") is not None else ""
         lines.append(f"| {c['step']} | {c['train_seconds']:.0f} | {c['val_loss']:.3f} | {bpb} |")
     lines.append(END)
-    perf = ROOT / "docs" / "performance.md"
-    text = perf.read_text()
     block = "\n".join(lines)
-    text = (text[:text.index(START)] + block + text[text.index(END) + len(END):]) if START in text \
-        else text.rstrip() + "\n\n" + block + "\n"
-    write_text_atomic(perf, text)
+    write_section(ROOT / "docs" / "performance.md", START, END, block)
     print(block)
     return 0
 

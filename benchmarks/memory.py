@@ -139,17 +139,14 @@ def write(rows: dict, model: list[str], steps: int, elapsed: float, date: str | 
     sys.path.insert(0, str(ROOT / "src"))
     import torch
 
-    from scaletrain.atomic import write_json_atomic, write_text_atomic
+    from docs_out import merge_results, write_section
     from scaletrain.diagnose.hardware import machine_info
 
     info = machine_info()
     date = date or time.strftime("%Y-%m-%d")
-    results_path = ROOT / "docs" / "results" / "performance.json"
-    results = json.loads(results_path.read_text()) if results_path.exists() else {}
-    results["memory"] = {"budget_bytes": BUDGET_BYTES, "model_overrides": model, "global_batch": GLOBAL_BATCH,
+    merge_results(ROOT / "docs" / "results" / "performance.json", {"memory": {"budget_bytes": BUDGET_BYTES, "model_overrides": model, "global_batch": GLOBAL_BATCH,
                          "seq_len": 256, "steps": steps, "layouts": rows, "elapsed_seconds": elapsed,
-                         "machine": {**info, "date": date, "torch": torch.__version__}}
-    write_json_atomic(results_path, results)
+                         "machine": {**info, "date": date, "torch": torch.__version__}}})
 
     params = next(iter(rows.values()))["parameters"]
     lines = [START, "## Memory: peak per process of each layout against a budget", "",
@@ -191,17 +188,8 @@ def write(rows: dict, model: list[str], steps: int, elapsed: float, date: str | 
               "of them during training). The plan's figure is its tensor count plus its "
               f"{_gib(rows[next(iter(rows))]['plan']['runtime_bytes'])} runtime constant. The budget is "
               "compared with the measured peaks, not enforced on the processes.", END]
-    perf = ROOT / "docs" / "performance.md"
-    text = perf.read_text()
-    block = "\n".join(lines)
-    if START in text:
-        text = text[:text.index(START)] + block + text[text.index(END) + len(END):]
-    elif "<!-- scaling:end -->" in text:  # right after the scaling section
-        cut = text.index("<!-- scaling:end -->") + len("<!-- scaling:end -->")
-        text = text[:cut] + "\n\n" + block + text[cut:]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    write_text_atomic(perf, text)
+    write_section(ROOT / "docs" / "performance.md", START, END, "\n".join(lines),
+                  after="<!-- scaling:end -->")  # right after the scaling section
 
 
 if __name__ == "__main__":

@@ -29,7 +29,6 @@ import argparse
 import contextlib
 import json
 import os
-import re
 import resource
 import shutil
 import subprocess
@@ -267,24 +266,11 @@ def rewrite(docs: Path) -> int:
 
 
 def write_docs(result: dict, section: str, docs: Path) -> None:
-    from scaletrain.atomic import write_json_atomic, write_text_atomic
+    from docs_out import merge_results, write_section
 
-    results_path = docs / "results" / "performance.json"
-    results = json.loads(results_path.read_text()) if results_path.exists() else {}
-    results["mfu_account"] = result  # others' keys stay as they are
-    write_json_atomic(results_path, results)
-    path = docs / "performance.md"
-    text = path.read_text(encoding="utf-8") if path.exists() else "# Performance\n"
-    start, end = mfu_report.START, mfu_report.END
-    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section, text)
-    elif "<!-- main-job:end -->" in text:  # right after the main job, which it explains
-        i = text.index("<!-- main-job:end -->") + len("<!-- main-job:end -->")
-        text = text[:i] + "\n\n" + section + text[i:]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    write_text_atomic(path, text)
+    merge_results(docs / "results" / "performance.json", {"mfu_account": result})
+    write_section(docs / "performance.md", mfu_report.START, mfu_report.END, section,
+                  after="<!-- main-job:end -->")  # right after the main job, which it explains
 
 
 if __name__ == "__main__":

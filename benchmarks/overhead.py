@@ -29,7 +29,6 @@ import contextlib
 import gc
 import json
 import os
-import re
 import shutil
 import statistics
 import sys
@@ -49,7 +48,8 @@ from scaletrain.optim.param_groups import param_groups
 from scaletrain.optim.registry import build_optimizer
 from scaletrain.optim.schedules import lr_multiplier
 from scaletrain.train.build import build_task
-from scaletrain.atomic import write_json_atomic, write_text_atomic
+from scaletrain.atomic import write_json_atomic
+from docs_out import merge_results, write_section
 from scaletrain.train.trainer import Trainer, resolve_device
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -428,20 +428,12 @@ def section(report: dict, native: bool | None) -> str:
 def write_docs(report: dict, native: bool | None, docs: Path) -> None:
     write_json_atomic(docs / "results" / "overhead.json", report)
     # The key in performance.json: the ratio per row (details stay in overhead.json).
-    perf_path = docs / "results" / "performance.json"
-    perf = json.loads(perf_path.read_text()) if perf_path.exists() else {}
-    perf["overhead_ratio"] = {
+    merge_results(docs / "results" / "performance.json", {"overhead_ratio": {
         **{model: {row: {"separate_runs": d["ratio"], "interleaved": d.get("ratio_interleaved")}
                    for row, d in rows.items()}
            for model in ("gpt", "mlp") if isinstance(rows := report.get(model), dict)},
-        "definition": report["ratio_definition"], "details": "overhead.json", "date": report["date"]}
-    write_json_atomic(perf_path, perf)
-    path = docs / "performance.md"
-    text = path.read_text(encoding="utf-8") if path.exists() else "# Performance\n\n"
-    new = section(report, native)
-    pattern = re.compile(re.escape(START) + r".*?" + re.escape(END) + r"\n?", re.S)
-    text = pattern.sub(lambda _: new, text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + new
-    write_text_atomic(path, text)
+        "definition": report["ratio_definition"], "details": "overhead.json", "date": report["date"]}})
+    write_section(docs / "performance.md", START, END, section(report, native))
 
 
 def main(argv: list[str] | None = None) -> int:

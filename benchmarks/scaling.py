@@ -141,18 +141,16 @@ def write(scaling: dict, memory: dict, bandwidth: float, elapsed: float) -> None
     sys.path.insert(0, str(ROOT / "src"))
     import torch
 
-    from scaletrain.atomic import write_json_atomic, write_text_atomic
+    from docs_out import merge_results, write_section
     from scaletrain.diagnose.hardware import machine_info
 
     info = machine_info()
-    results_path = ROOT / "docs" / "results" / "performance.json"
-    results = json.loads(results_path.read_text()) if results_path.exists() else {}
-    results["scaling"] = {k: v["vs_single_2_threads"] for k, v in scaling.items()}
-    results["scaling_detail"] = scaling
-    results["scaling_memory"] = memory  # "memory" is benchmarks/memory.py's (the model that needs fsdp)
-    results["gloo_bus_bandwidth_bytes_per_second"] = bandwidth
-    results["scaling_machine"] = {**info, "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__}
-    write_json_atomic(results_path, results)
+    merge_results(ROOT / "docs" / "results" / "performance.json", {
+        "scaling": {k: v["vs_single_2_threads"] for k, v in scaling.items()},
+        "scaling_detail": scaling,
+        "scaling_memory": memory,  # "memory" is benchmarks/memory.py's (the model that needs fsdp)
+        "gloo_bus_bandwidth_bytes_per_second": bandwidth,
+        "scaling_machine": {**info, "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__}})
 
     lines = [START, "## Scaling and memory of the parallel layouts", "",
              f"Measured {time.strftime('%Y-%m-%d')} by `python benchmarks/scaling.py` ({elapsed / 60:.0f} min) on "
@@ -180,14 +178,7 @@ def write(scaling: dict, memory: dict, bandwidth: float, elapsed: float) -> None
               "dominates at this size; whether a larger model fits a per-process budget under each layout, "
               "with and without activation checkpointing, is measured in the memory section below "
               "(`benchmarks/memory.py`).", END]
-    perf = ROOT / "docs" / "performance.md"
-    text = perf.read_text()
-    block = "\n".join(lines)
-    if START in text:
-        text = text[:text.index(START)] + block + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    write_text_atomic(perf, text)
+    write_section(ROOT / "docs" / "performance.md", START, END, "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ docs/performance.md, rebuilt from docs/results/performance.json (no measuring of
 from __future__ import annotations
 
 import json
-import re
 import sys
 from pathlib import Path
 
@@ -82,19 +81,11 @@ def section(d: dict) -> str:
 
 
 def main() -> int:
-    from scaletrain.atomic import write_text_atomic
+    from docs_out import write_section
 
     d = json.loads((ROOT / "docs" / "results" / "performance.json").read_text())
-    path = ROOT / "docs" / "performance.md"
-    text = path.read_text(encoding="utf-8")
     new = section(d)
-    pattern = re.compile(re.escape(START) + r".*?" + re.escape(END) + r"\n?", re.S)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: new, text)
-    else:  # first time: right under the title
-        head, _, rest = text.partition("\n")
-        text = head + "\n\n" + new + rest
-    write_text_atomic(path, text)
+    write_section(ROOT / "docs" / "performance.md", START, END, new, top=True)  # under the title
     print(new)
     return 0
 

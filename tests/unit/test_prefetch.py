@@ -105,7 +105,7 @@ def test_slow_batches_switch_to_the_background_after_a_window():
     with Prefetcher(produce, depth=1, inline_below=0.001) as p:
         first = [p.get(i) for i in range(Prefetcher.WINDOW)]
         assert set(first) == {threading.current_thread().name}  # timed in the caller first ...
-        assert p.background
+        assert not p.inline
         later = [p.get(i) for i in range(Prefetcher.WINDOW, Prefetcher.WINDOW + 4)]
         assert all(name.startswith("scaletrain-prefetch") for name in later)  # ... then ahead
 

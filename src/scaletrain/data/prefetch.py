@@ -50,10 +50,6 @@ class Prefetcher(Generic[T]):
         self._built = 0  # the median is looked at once per window of builds
         self.inline = inline_below > 0  # True while batches are built in the caller
 
-    @property
-    def background(self) -> bool:
-        return not self.inline
-
     def _submit(self, key: int) -> None:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scaletrain-prefetch")

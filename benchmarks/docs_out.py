@@ -1,0 +1,44 @@
+"""Where the benchmarks write: their marked section of a shared markdown file, and their keys of a
+shared results JSON. One implementation for all of them, each write atomic.
+
+    write_section(docs / "performance.md", START, END, block, after="<!-- main-job:end -->")
+    merge_results(docs / "results" / "performance.json", {"mfu_account": result})
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from scaletrain.atomic import write_json_atomic, write_text_atomic  # noqa: E402
+
+
+def write_section(path: Path, start: str, end: str, block: str, *, after: str | None = None,
+                  top: bool = False) -> None:
+    """Replace the text from `start` to `end` (both included) with `block`, which holds both
+    markers. A section not there yet goes right after the marker `after` when the file has it,
+    under the title with `top`, else at the end. A missing file starts as "# Performance"."""
+    block = block.rstrip("\n")
+    text = path.read_text(encoding="utf-8") if path.exists() else "# Performance\n"
+    if start in text and end in text:
+        text = text[:text.index(start)] + block + text[text.index(end) + len(end):]
+    elif after is not None and after in text:
+        cut = text.index(after) + len(after)
+        text = text[:cut] + "\n\n" + block + text[cut:]
+    elif top:
+        head, _, rest = text.partition("\n")
+        text = head + "\n\n" + block + "\n" + rest
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    write_text_atomic(path, text)
+
+
+def merge_results(path: Path, updates: dict) -> dict:
+    """Set `updates`' keys in the JSON file, keeping every other benchmark's keys."""
+    data = json.loads(path.read_text()) if path.exists() else {}
+    data.update(updates)
+    write_json_atomic(path, data)
+    return data
