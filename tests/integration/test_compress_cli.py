@@ -102,7 +102,7 @@ def test_wrong_architecture(mlp_run, tmp_path):
     spec["args"]["hidden"] = [100, 64]
     (run / "model_config.json").write_text(json.dumps(spec))
     line = one_error_line(*run_main("compress", run, "--method", "prune", *QUICK)[::2])
-    assert "model.safetensors" in line and "net.0.weight" in line and "size mismatch" in line
+    assert "model.safetensors" in line and "model.hidden: [128, 64] in the weights file, [100, 64] here" in line
 
 
 def test_an_occupied_output_folder_is_refused(mlp_run, tmp_path):

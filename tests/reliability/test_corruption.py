@@ -58,7 +58,7 @@ def test_every_checkpoint_file_damaged_any_way_is_detected(finished, tmp_path):
     work, _ = finished
     source = work / "run" / "checkpoints" / "step_00000004"
     names = sorted(p.name for p in source.iterdir())
-    assert {".metadata", "checksums.json", "rng.pt", "trainer.json"} <= set(names)
+    assert {".metadata", "checksums.json", "rng.safetensors", "trainer.json"} <= set(names)
     tried = 0
     for name in names:
         for how in DAMAGE:

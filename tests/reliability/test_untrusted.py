@@ -110,6 +110,7 @@ def test_pickle_payload_in_rng_state_is_refused(good, tmp_path):
     marker = tmp_path / "pwned-rng"
     bad = root / "step_00000002"
     shutil.copytree(root / "step_00000001", bad)
+    (bad / "rng.safetensors").unlink()  # checkpoints before rng.safetensors kept torch's pickle
     torch.save({"torch": Payload(marker)}, bad / "rng.pt")
     _rehash(bad)
     message = _assert_refused(bad, marker, _model_and_optimizer(1))

@@ -78,8 +78,8 @@ def test_auto_resume_skips_a_damaged_newest_checkpoint(tmp_path):
 def test_a_missing_file_is_detected(tmp_path):
     model, opt = _model_and_optimizer()
     path = ckpt.save_checkpoint(tmp_path, 1, model, opt, {}, keep_last=1)
-    (path / "rng.pt").unlink()
-    assert any("rng.pt: missing" in p for p in ckpt.verify_checkpoint(path))
+    (path / "rng.safetensors").unlink()
+    assert any("rng.safetensors: missing" in p for p in ckpt.verify_checkpoint(path))
 
 
 def test_a_checkpoint_of_another_model_is_refused(tmp_path):

@@ -78,22 +78,22 @@ def _print_result(run_dir: Path, summary: dict) -> None:
 
 
 def load_run(run: str):
-    """(config, model) of a finished run folder; the weights come from safetensors, never pickle."""
-    from safetensors.torch import load_model
-
+    """(config, model) of a finished run folder, read through `scaletrain.untrusted`: the weights
+    come from safetensors (never pickle), checked against the recorded model description."""
     from scaletrain.config.load import load_config
-    from scaletrain.models import model_from_config_json
+    from scaletrain.untrusted.weights import read_model_dir
 
     run_dir = Path(run)
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir}: not a run folder (no such directory)")
     for name in ("config.yaml", "model_config.json", "model.safetensors"):
         if not (run_dir / name).is_file():
             raise UserError(f"{run_dir / name}: missing (is {run} a finished run folder?)")
     cfg = load_config(str(run_dir / "config.yaml"))
-    try:
-        model = model_from_config_json(json.loads((run_dir / "model_config.json").read_text()))
-        load_model(model, str(run_dir / "model.safetensors"))
-    except (ValueError, KeyError, RuntimeError) as exc:
-        raise UserError(f"{run_dir}: cannot load the model ({str(exc).splitlines()[0]})") from None
+    spec, model = read_model_dir(run_dir)
+    if spec.get("name") != cfg.model.name:
+        raise UserError(f"{run_dir / 'model_config.json'}: describes a {spec.get('name')!r} model, but "
+                        f"config.yaml trains {cfg.model.name!r}")
     return cfg, model
 
 
@@ -104,7 +104,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     cfg, model = load_run(args.run)
     cfg.log.progress = False
     device = check_device(cfg)
-    task, _, _, _ = build_task(cfg, device)
+    task, args_of_data, _, _ = build_task(cfg, device)
+    vocab = args_of_data.get("vocab_size")
+    if vocab is not None and vocab != getattr(model.args, "vocab_size", vocab):
+        raise UserError(f"{args.run}: the model was trained on a vocabulary of {model.args.vocab_size} tokens, "
+                        f"its configured data is tokenized into {vocab}: not this run's data")
     model.to(device).eval()
     batch_size = cfg.train.eval_batch_size or cfg.train.batch_size
     metrics = task.evaluate(model, batches=args.batches, batch_size=batch_size, device=device,
@@ -124,6 +128,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.tokens <= 0 or args.temperature < 0 or args.top_k < 0:
         raise UserError("--tokens must be > 0, --temperature >= 0 and --top-k >= 0")
     tokenizer = load_tokenizer(Path(args.run) / "tokenizer.json")
+    if tokenizer.get_vocab_size() != model.args.vocab_size:
+        raise UserError(f"{Path(args.run) / 'tokenizer.json'}: a vocabulary of {tokenizer.get_vocab_size()} "
+                        f"tokens, but the model was trained on {model.args.vocab_size}: not this run's tokenizer")
     ids = tokenizer.encode(args.prompt).ids
     if not ids:
         raise UserError("--prompt: empty")

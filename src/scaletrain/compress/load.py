@@ -18,6 +18,9 @@ import torch
 from torch import nn
 
 from scaletrain.errors import UserError
+from scaletrain.untrusted.checkpoint import load_dcp
+from scaletrain.untrusted.files import read_json
+from scaletrain.untrusted.weights import build_checked, load_weights, save_weights
 
 
 @dataclass
@@ -37,58 +40,40 @@ def _first_line(exc: BaseException) -> str:
 
 
 def build_from_spec(spec: dict, where: Path) -> nn.Module:
-    """An untrained model with the structure model_config.json describes (low-rank factors too)."""
+    """An untrained model with the structure model_config.json describes (low-rank factors too),
+    refused before allocation when it would not fit in memory."""
     from scaletrain.models import model_from_config_json
 
-    try:
-        return model_from_config_json(spec)
-    except UserError as exc:
-        raise UserError(f"{where}: {exc}") from None
+    return build_checked(lambda: model_from_config_json(spec), where)
 
 
 def read_spec(path: Path) -> dict:
-    try:
-        spec = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{path}: not readable JSON ({_first_line(exc)})") from None
-    if not isinstance(spec, dict) or "name" not in spec or "args" not in spec:
+    spec = read_json(path, what="a model description (model_config.json)")
+    if "name" not in spec or not isinstance(spec.get("args"), dict):
         raise UserError(f'{path}: expected a mapping with "name" and "args" (a model_config.json)')
     return spec
 
 
-def load_safetensors_into(model: nn.Module, path: Path) -> None:
+def load_safetensors_into(model: nn.Module, path: Path, spec: dict | None = None) -> None:
     """Strict load: a missing, extra or differently shaped tensor is a UserError naming the file."""
-    from safetensors.torch import load_model
-
-    try:
-        missing, unexpected = load_model(model, str(path), strict=False)
-    except Exception as exc:  # SafetensorError (corrupted header/data) or a shape mismatch
-        raise UserError(f"{path}: cannot load the weights into the model of model_config.json "
-                        f"({_first_line(exc)})") from None
-    if missing or unexpected:
-        raise UserError(f"{path}: does not match model_config.json (missing {sorted(missing)[:3]}, "
-                        f"unexpected {sorted(unexpected)[:3]}): wrong architecture?")
+    load_weights(model, path, spec=spec)
 
 
-def load_checkpoint_into(model: nn.Module, ckpt: Path) -> None:
-    """The model part of a DCP checkpoint (any layout, any world size) into a plain model."""
-    import torch.distributed.checkpoint as dcp
+def load_checkpoint_into(model: nn.Module, ckpt: Path, spec: dict | None = None) -> None:
+    """The model part of a DCP checkpoint (any layout, any world size) into a plain model. Nothing
+    but tensors is read: a bytes entry among the model's weights is refused, never unpickled."""
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
 
-    from scaletrain.train.checkpoint import verify_checkpoint
+    from scaletrain.train.checkpoint import check_model_spec, read_trainer_state, verify_checkpoint
 
+    if not (ckpt / ".metadata").is_file():
+        raise UserError(f"{ckpt}: not a checkpoint (no .metadata)")
     problems = verify_checkpoint(ckpt)
     if problems:
         raise UserError(f"checkpoint {ckpt} is damaged: {problems[0]}")
+    check_model_spec(ckpt, read_trainer_state(ckpt), spec)
     state = {"model": get_model_state_dict(model)}
-    try:
-        with warnings.catch_warnings():  # "no process group: loading in a single process" is the point
-            warnings.simplefilter("ignore", UserWarning)
-            dcp.load(state, checkpoint_id=str(ckpt))
-    except Exception as exc:
-        lines = str(exc).strip().splitlines()
-        raise UserError(f"checkpoint {ckpt} does not match model_config.json: "
-                        f"{lines[-1] if lines else type(exc).__name__}") from None
+    load_dcp(state, ckpt, allow_bytes=False)
     set_model_state_dict(model, state["model"])
 
 
@@ -111,31 +96,28 @@ def load_source(run: str | Path, checkpoint: str | Path | None = None) -> Source
     if checkpoint is not None:
         ckpt = Path(checkpoint)
         found = list_checkpoints(ckpt / "checkpoints") or list_checkpoints(ckpt) or [ckpt]
-        load_checkpoint_into(model, found[-1])
+        load_checkpoint_into(model, found[-1], spec)
         weights = found[-1]
     elif (run_dir / "model.safetensors").is_file():
         weights = run_dir / "model.safetensors"
-        load_safetensors_into(model, weights)
+        load_safetensors_into(model, weights, spec)
     else:
         found = list_checkpoints(run_dir / "checkpoints")
         if not found:
             raise UserError(f"{run_dir}: neither model.safetensors nor a checkpoint in checkpoints/")
         weights = found[-1]
-        load_checkpoint_into(model, weights)
+        load_checkpoint_into(model, weights, spec)
     return Source(run_dir=run_dir, cfg=cfg, model=model.float().eval(), spec=spec, weights=weights)
 
 
 def save_model_dir(model: nn.Module, spec: dict, out: Path, name: str = "model.safetensors") -> Path:
-    """`out/name` (tied tensors stored once) and `out/model_config.json`, each written atomically."""
-    from safetensors.torch import save_model
-
+    """`out/name` (tied tensors stored once, the description recorded) and `out/model_config.json`,
+    each written atomically."""
     from scaletrain.atomic import write_json_atomic
 
     out.mkdir(parents=True, exist_ok=True)
     path = out / name
-    tmp = out / f".{name}.tmp"
-    save_model(model, str(tmp))
-    os.replace(tmp, path)
+    save_weights(model, path, spec=spec)
     write_json_atomic(out / "model_config.json", spec)
     return path
 
@@ -147,7 +129,7 @@ def load_model_dir(out: str | Path) -> nn.Module:
     out = Path(out)
     spec = read_spec(out / "model_config.json")
     model = build_from_spec(spec, out / "model_config.json")
-    load_safetensors_into(model, out / "model.safetensors")
+    load_safetensors_into(model, out / "model.safetensors", spec)
     return model.eval()
 
 
@@ -155,8 +137,8 @@ def load_runtime(out: str | Path):
     """What a compressed folder runs as: a torchao int8 model (rebuilt from model_int8.safetensors),
     an ONNX Runtime session wrapper (model_int8.onnx) or the plain fp32 model."""
     out = Path(out)
-    summary = json.loads((out / "summary.json").read_text())
-    method = summary["method"]
+    summary = read_json(out / "summary.json", what="a compressed model's summary")
+    method = summary.get("method")
     if method in ("int8-dynamic", "int8-weight"):
         from scaletrain.compress.quantize import load_int8
 

@@ -70,14 +70,11 @@ def merge(dirs: list[Path], out: Path) -> dict[str, Any]:
 
 
 def _merged_stats(dirs: list[Path]) -> dict[str, Any]:
-    import json
+    from scaletrain.untrusted.files import read_json
 
     total: dict[str, Any] = {}
     for d in dirs:
-        try:
-            s = json.loads((d / STATS).read_text())
-        except (OSError, ValueError):
-            raise UserError(f"--merge: {d / STATS} is missing or unreadable") from None
+        s = read_json(d / STATS, what="--merge: a prepared share's statistics")
         for key, value in s.items():
             if isinstance(value, bool) or key in ("shard", "created", "workers", "resumed"):
                 continue

@@ -13,6 +13,7 @@ from scaletrain.errors import UserError
 EOT = "<|endoftext|>"
 # 256 byte symbols + EOT: below this BPE cannot represent every input.
 MIN_VOCAB_SIZE = 257
+MAX_TOKENIZER_BYTES = 256 << 20
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int) -> Tokenizer:
@@ -42,6 +43,9 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"tokenizer file {path} not found")
+    size = path.stat().st_size
+    if size > MAX_TOKENIZER_BYTES:  # a 256k-token vocabulary with its merges is ~20 MB
+        raise UserError(f"tokenizer file {path}: {size:,} bytes, larger than any tokenizer")
     try:
         return Tokenizer.from_file(str(path))
     except Exception as e:  # the Rust side raises plain Exception for any parse error

@@ -133,7 +133,7 @@ def _cache_key(dtype: torch.dtype, dev: torch.device, sizes: tuple[int, ...]) ->
 def _read_cache(path: Path) -> dict:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return {}  # missing or corrupt: measure again and rewrite it
     return data if isinstance(data, dict) else {}
 

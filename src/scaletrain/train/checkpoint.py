@@ -2,8 +2,11 @@
 
 Layout: `checkpoints/step_00000500/` holds the model and optimizer as a torch.distributed.checkpoint
 (DCP) folder — the format the parallel layouts will reshard — plus `trainer.json` (step, data
-position, early-stopping state, Python/NumPy RNG), `rng.pt` (torch RNG tensors, read back with
-`weights_only=True`: nothing is unpickled) and `checksums.json` (XXH3-128 of every file).
+position, early-stopping state, Python/NumPy RNG, the model description it was made with),
+`rng.safetensors` (torch RNG tensors: no pickle) and `checksums.json` (XXH3-128 of every file).
+A checkpoint may come from outside (a shared disk, a download): it is read only through
+`scaletrain.untrusted` (no pickle but DCP's checked metadata, paths kept inside the folder, every
+JSON field checked), and a checkpoint of another model is refused naming what differs.
 
 A checkpoint is built in a hidden temporary folder and renamed into place, so a folder named
 `step_*` is always complete; older ones are deleted only after the new one is in place. Under
@@ -14,6 +17,7 @@ a checkpoint written by one layout or world size loads into any other.
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import re
@@ -31,7 +35,10 @@ import torch.distributed as dist
 
 from scaletrain.errors import RunFailure, UserError
 from scaletrain.parallel.state import load_train_state, train_state
-from scaletrain.train import untrusted
+from scaletrain.untrusted import checkpoint as untrusted_dcp
+from scaletrain.untrusted.files import field, inside, read_json
+from scaletrain.untrusted.pickles import load_weights_only, read_metadata
+from scaletrain.untrusted.weights import read_header, spec_differences
 
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
 
@@ -132,8 +139,10 @@ def _write_files(tmp: Path, model, optimizer, trainer_state: dict, step: int, ma
         dcp.save(state, checkpoint_id=str(tmp))
     del state
     if main:
+        from safetensors.torch import save_file
+
         tensors, plain = rng_state()
-        torch.save(tensors, tmp / "rng.pt")
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / "rng.safetensors"))
         (tmp / "trainer.json").write_text(json.dumps({**trainer_state, "step": step, "rng": plain}))
         sums = {p.name: _hash_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
         (tmp / "checksums.json").write_text(json.dumps(sums, indent=1))
@@ -164,26 +173,122 @@ def _write_failure(root: Path, tmp: Path, step: int, exc: BaseException, main: b
 
 
 def verify_checkpoint(path: Path) -> list[str]:
-    """Problems found in a checkpoint folder (empty list: intact)."""
+    """Problems found in a checkpoint folder (empty list: intact and plain data only).
+
+    The checksums prove that the files belong together; whoever planted them can rewrite the
+    checksums too, so every file is then also read the way a load will read it, without
+    unpickling anything: DCP's metadata (its classes, fields and the data files it names),
+    `trainer.json` (every field) and the RNG state.
+    """
     sums_file = path / "checksums.json"
-    if not sums_file.is_file():
-        return [f"{sums_file}: missing"]
     try:
-        sums = json.loads(sums_file.read_text())
-    except ValueError:
-        return [f"{sums_file}: not valid JSON"]
-    problems = []
-    for name, expected in sums.items():
-        file = path / name
-        if not file.is_file():
-            problems.append(f"{file}: missing")
-        elif _hash_file(file) != expected:
-            problems.append(f"{file}: checksum mismatch")
-    if not problems:  # intact, but possibly planted: refuse pickles that would run code
-        for name, check in ((".metadata", untrusted.check_metadata), ("rng.pt", untrusted.check_torch_file)):
-            if (path / name).is_file() and (reason := check(path / name)):
-                problems.append(f"{path / name}: {reason}")
-    return problems
+        sums = read_json(sums_file, what="a checkpoint's checksum list")
+        problems = []
+        for name, expected in sums.items():
+            file = inside(path, name, what="checksums.json")
+            if not isinstance(expected, str):
+                problems.append(f"{sums_file}: the checksum of {name!r} is not a string")
+            elif not file.is_file():
+                problems.append(f"{file}: missing")
+            elif _hash_file(file) != expected:
+                problems.append(f"{file}: checksum mismatch")
+        for required in (".metadata", "trainer.json"):
+            if required not in sums:
+                problems.append(f"{path / required}: not listed in checksums.json (an incomplete checkpoint)")
+        if problems:
+            return problems
+        read_metadata(path / ".metadata")
+        read_trainer_state(path)
+        _rng_tensors(path)
+    except UserError as exc:
+        return [str(exc)]
+    return []
+
+
+_LOOP_FIELDS = {  # trainer.json: key -> (types, minimum); LoopState's fields and what else a save adds
+    "step": (int, 0), "position": (int, 0), "best_val": ((int, float), None), "best_step": (int, -1),
+    "bad_evals": (int, 0), "units_seen": (int, 0), "train_seconds": ((int, float), 0),
+    "evals": (list, None), "skipped_steps": (int, 0), "rollbacks": (int, 0), "lr_scale": ((int, float), None),
+}
+
+
+def read_trainer_state(path: Path) -> dict:
+    """`trainer.json` of a checkpoint, every field checked: UserError naming the file and key."""
+    file = path / "trainer.json"
+    state = read_json(file, what="a checkpoint's trainer state", allow_nonfinite=True)  # best_val: inf
+    unknown = set(state) - set(_LOOP_FIELDS) - {"data", "rng", "model"}
+    if unknown:
+        raise UserError(f"{file}: unknown key {sorted(unknown)[0]!r}")
+    for key, (kinds, minimum) in _LOOP_FIELDS.items():
+        if key not in state:
+            continue
+        value = state[key]
+        if isinstance(value, bool) or not isinstance(value, kinds if isinstance(kinds, tuple) else (kinds,)):
+            raise UserError(f"{file}: {key!r} must be {getattr(kinds, '__name__', 'a number')} (got {value!r:.40})")
+        if minimum is not None and value < minimum:
+            raise UserError(f"{file}: {key!r} is {value}, below {minimum}")
+    if "lr_scale" in state and not (0 < state["lr_scale"] <= 1 and math.isfinite(state["lr_scale"])):
+        raise UserError(f"{file}: 'lr_scale' must be in (0, 1] (got {state['lr_scale']!r})")
+    for item in state.get("evals", []):
+        if not (isinstance(item, dict) and set(item) == {"step", "val_loss"}):
+            raise UserError(f"{file}: 'evals' must list {{step, val_loss}} records")
+    field(state, "rng", dict, file)
+    for key in ("data", "model"):
+        if key in state and not isinstance(state[key], dict):
+            raise UserError(f"{file}: {key!r} must be an object")
+    _check_rng_plain(state["rng"], file)
+    return state
+
+
+def _check_rng_plain(rng: dict, file: Path) -> None:
+    try:
+        name, keys, pos, has_gauss, cached = rng["numpy"]
+        version, internal, gauss = rng["python"]
+        ok = (name == "MT19937" and isinstance(keys, list) and len(keys) == 624
+              and all(isinstance(k, int) and 0 <= k < 2**32 for k in keys)
+              and isinstance(pos, int) and 0 <= pos <= 624 and has_gauss in (0, 1)
+              and isinstance(cached, (int, float)) and isinstance(version, int)
+              and isinstance(internal, list) and len(internal) == 625
+              and all(isinstance(k, int) and 0 <= k < 2**32 for k in internal[:-1])
+              and isinstance(internal[-1], int) and 0 <= internal[-1] <= 624
+              and (gauss is None or isinstance(gauss, (int, float))))
+    except (KeyError, TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise UserError(f"{file}: 'rng' is not a NumPy and Python random state")
+
+
+def _rng_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """The torch RNG tensors: `rng.safetensors`, or `rng.pt` of checkpoints written before it
+    (read with torch's weights-only unpickler)."""
+    from safetensors.torch import load_file
+
+    if (path / "rng.safetensors").is_file():
+        _, header = read_header(path / "rng.safetensors")
+        if set(header) - {"torch", "cuda"} or header.get("torch", ("U8",))[0] != "U8":
+            raise UserError(f"{path / 'rng.safetensors'}: not a torch RNG state")
+        tensors = load_file(str(path / "rng.safetensors"))
+    elif (path / "rng.pt").is_file():
+        tensors = load_weights_only(path / "rng.pt", f"checkpoint {path / 'rng.pt'}")
+    else:
+        raise UserError(f"{path}: no RNG state (rng.safetensors)")
+    if not isinstance(tensors, dict) or not isinstance(tensors.get("torch"), torch.Tensor) \
+            or tensors["torch"].dtype != torch.uint8 or any(not isinstance(v, torch.Tensor) for v in tensors.values()):
+        raise UserError(f"{path}: its RNG state is not a torch generator state")
+    return tensors
+
+
+def check_model_spec(path: Path, trainer_state: dict, model_spec: dict | None) -> None:
+    """UserError naming the differing keys when the checkpoint was made for another model (the
+    description it records against this run's). Checkpoints written before descriptions were
+    recorded still load: their keys and shapes are compared instead."""
+    saved = trainer_state.get("model")
+    if saved is None or model_spec is None:
+        return
+    diff = spec_differences(saved, model_spec)
+    if diff:
+        raise UserError(f"checkpoint {path} was made for another model: {diff} (resume with the "
+                        "checkpoint's model settings, or start a new run with train.resume=false)")
 
 
 def recover_replaced(root: Path) -> None:
@@ -224,36 +329,31 @@ def resolve_resume(resume: str, run_dir: Path) -> tuple[Path | None, list[str]]:
 
 
 def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, *,
-                    verified: bool = False) -> dict:
+                    verified: bool = False, model_spec: dict | None = None, whole_model: bool = True) -> dict:
     """Restore model, optimizer and RNG in place on every rank; return the saved trainer state.
 
     The checkpoint may come from another world size or layout: DCP reads the slices each rank
-    needs now (resharding). `verified`: the checksums were already checked (by rank 0).
+    needs now (resharding). `verified`: the checksums were already checked (by rank 0); every
+    rank still reads the metadata and trainer state through the checked readers. `model_spec`:
+    this run's model description, compared with the one the checkpoint records. `whole_model`:
+    `model` holds every weight (not a pipeline stage), so a weight in the checkpoint that it lacks
+    means another architecture.
     """
     if not verified:
         problems = verify_checkpoint(path)
         if problems:
             raise UserError(f"checkpoint {path} is damaged: {problems[0]}")
+    trainer = read_trainer_state(path)
+    check_model_spec(path, trainer, model_spec)
+    rng = _rng_tensors(path)
     state = train_state(model, optimizer, for_load=True)
-    reason = untrusted.check_metadata(path / ".metadata")  # every rank reads it: every rank checks
-    if reason:
-        raise UserError(f"checkpoint {path / '.metadata'}: {reason}")
-    planner = untrusted.PlainDataLoadPlanner()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            dcp.load(state, checkpoint_id=str(path), planner=planner)
-    except (Exception, CheckpointException) as exc:  # a key or shape mismatch: another model's
-        if planner.refused:
-            raise UserError(f"checkpoint {path}: refused a pickled object that is not plain data "
-                            f"({planner.refused}); nothing from it was run") from None
-        lines = str(exc).strip().splitlines()
-        reason = lines[-1] if lines else type(exc).__name__  # DCP puts the cause on the last line
-        raise UserError(f"checkpoint {path} does not match this model/optimizer: {reason}") from None
+    # The optimizer's param_groups are plain values DCP stores as bytes: those (only) are read,
+    # with torch's weights-only unpickler.
+    untrusted_dcp.load_dcp(state, path, allow_bytes=True, strict_prefixes=("model.",) if whole_model else ())
     load_train_state(model, optimizer, state)
-    trainer = json.loads((path / "trainer.json").read_text())
-    reason = untrusted.check_torch_file(path / "rng.pt")
-    if reason:
-        raise UserError(f"checkpoint {path / 'rng.pt'}: {reason}")
-    set_rng_state(torch.load(path / "rng.pt", weights_only=True), trainer.pop("rng"))
+    trainer.pop("model", None)
+    try:
+        set_rng_state(rng, trainer.pop("rng"))
+    except (RuntimeError, ValueError, TypeError) as exc:
+        raise UserError(f"checkpoint {path}: its RNG state cannot be restored ({exc})") from None
     return trainer

@@ -175,11 +175,14 @@ def load_full_state(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Modu
     return model
 
 
-def export_full_model(layout_model: nn.Module, fresh_model_factory, path: Path, strategy: str) -> None:
+def export_full_model(layout_model: nn.Module, fresh_model_factory, path: Path, strategy: str,
+                      spec: dict | None = None) -> None:
     """Write consolidated `model.safetensors` on rank 0 (every rank must call: it may gather).
-    `fresh_model_factory()` gives the plain module to fill (a `meta_skeleton` will do)."""
-    from safetensors.torch import save_model
+    `fresh_model_factory()` gives the plain module to fill (a `meta_skeleton` will do); `spec`, the
+    model description, is recorded in the file's metadata."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    from scaletrain.untrusted.weights import save_weights
 
     if strategy in ("single", "ddp", "zero1", "pp"):
         full_model = layout_model  # plain tensors, identical on every rank (pp: consolidated first)
@@ -191,6 +194,4 @@ def export_full_model(layout_model: nn.Module, fresh_model_factory, path: Path, 
             full_model = load_full_state(fresh_model_factory(), full)
         del full
     if rank() == 0:
-        tmp = path.with_name("." + path.name + ".tmp")
-        save_model(full_model, str(tmp))
-        tmp.replace(path)
+        save_weights(full_model, path, spec=spec)

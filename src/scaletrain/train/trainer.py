@@ -168,7 +168,8 @@ class Trainer:
         if resume_from is not None:
             trained = layout.extras.get("stage_module", layout.model)  # pp: this rank's stage
             configured = [g.get("base_lr") for g in optimizer.param_groups]
-            saved = ckpt.load_checkpoint(resume_from, trained, optimizer, verified=True)
+            saved = ckpt.load_checkpoint(resume_from, trained, optimizer, verified=True,
+                                         model_spec=self.model_spec, whole_model=trained is layout.model)
             for group, base_lr in zip(optimizer.param_groups, configured):
                 if base_lr is not None:  # the config's lr wins over the checkpoint's (a resume may change it)
                     group["base_lr"] = base_lr
@@ -352,7 +353,8 @@ class Trainer:
     def _rollback(self, path: Path, optimizer, tel: Telemetry, reason: str) -> None:
         st = self.state
         trained = self.layout.extras.get("stage_module", self.layout.model)
-        saved = ckpt.load_checkpoint(path, trained, optimizer)
+        saved = ckpt.load_checkpoint(path, trained, optimizer, model_spec=self.model_spec,
+                                     whole_model=trained is self.layout.model)
         saved.pop("step", None)
         saved.pop("data", None)
         keep = {"skipped_steps": st.skipped_steps, "rollbacks": st.rollbacks + 1,
@@ -431,6 +433,7 @@ class Trainer:
 
     def _save(self, optimizer: torch.optim.Optimizer) -> None:
         state = {k: v for k, v in vars(self.state).items() if k != "step"}
+        state["model"] = self.model_spec  # a resume with another architecture is refused by name
         data_state = getattr(self.task, "data_state", None)
         if data_state is not None:  # the loader's position, seed and data fingerprint
             state["data"] = data_state(self.state.position)
@@ -443,7 +446,7 @@ class Trainer:
         model = self._eval_model()
         sample = self.sampler(model) if self.sampler else None  # every rank: FSDP/TP forward is collective
         ranks.export_full_model(model, self.model_factory or self._no_factory,
-                                self.run_dir / "model.safetensors", self.layout.strategy)
+                                self.run_dir / "model.safetensors", self.layout.strategy, spec=self.model_spec)
         state_bytes = ranks.gather_objects(self._state_bytes)
         # Every rank's own peak (after the export, which gathers the whole model on rank 0): a
         # memory budget holds per process, and rank 0 is not always the largest.
