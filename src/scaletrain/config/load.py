@@ -225,12 +225,13 @@ def apply_override(raw: dict, item: str) -> None:
         if not isinstance(child, dict):
             raise UserError(f"override {brief(item)}: {'.'.join(parents[: i + 1])} is not a section")
         node = child
-    node[leaf] = _parse_value(value, key)
+    node[leaf] = parse_value(value, f"override {brief(key)}")
 
 
-def _parse_value(value: str, key: str) -> Any:
-    """A value is read as YAML (numbers, booleans, lists); what YAML can't read (`*.txt`) is a string.
-    A value beyond the YAML limits (an alias bomb, deep nesting, a duplicate key) is refused."""
+def parse_value(value: str, what: str) -> Any:
+    """One command-line value read as YAML (numbers, booleans, lists); what YAML can't read (`*.txt`)
+    stays a string. A value beyond the YAML limits (an alias bomb, deep nesting, a duplicate key) is
+    a UserError starting with `what` (e.g. `override optim.lr`)."""
     if value == "":
         return None
     try:
@@ -238,7 +239,7 @@ def _parse_value(value: str, key: str) -> Any:
     except _NotYAML:
         return value
     except _Refused as exc:
-        raise UserError(f"override {brief(key)}: {exc}") from None
+        raise UserError(f"{what}: {exc}") from None
 
 
 def _is_field(part: object) -> bool:
