@@ -126,14 +126,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
     cfg, model = load_run(args.run)
     if cfg.model.name != "gpt":
         raise UserError(f"{args.run}: generate needs a GPT run (this one is {cfg.model.name})")
-    tokenizer = load_tokenizer(Path(args.run) / "tokenizer.json")
-    ids = tokenizer.encode(args.prompt).ids
-    if not ids:
-        raise UserError("--prompt: empty")
     if not all(torch.isfinite(p).all() for p in model.parameters()):
         # Sampling would end in torch.multinomial on NaN probabilities (a device assert on CUDA).
         raise UserError(f"{args.run}: the model's weights are not finite (NaN or Inf: the run diverged); "
                         "nothing to sample")
+    tokenizer = load_tokenizer(Path(args.run) / "tokenizer.json")
+    ids = tokenizer.encode(args.prompt).ids
+    if not ids:
+        raise UserError("--prompt: empty")
     model.eval()
     gen = torch.Generator().manual_seed(args.seed)
     out = model.generate(torch.tensor([ids]), args.tokens, temperature=args.temperature,

@@ -137,7 +137,7 @@ def _check_expansion(root: yaml.Node) -> None:
 def _safe_load(text: str, limit: int) -> Any:
     """The YAML value of `text`; _Refused beyond the limits, _NotYAML for text that is not YAML."""
     if len(text.encode("utf-8", "surrogatepass")) > limit:
-        raise _Refused(f"larger than {limit:,} bytes (a config is a few KB)")
+        raise _Refused(f"larger than {limit:,} bytes")
     loader = None
     try:
         loader = _Loader(text)  # the reader refuses control characters here
