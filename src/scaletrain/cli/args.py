@@ -1,6 +1,6 @@
 """argparse types shared by every subcommand: a flag's value is checked while the command line is
-parsed, so a bad one ends as one `error: scaletrain CMD: argument --FLAG: ...` line (exit 2) before
-anything is read, built or written.
+parsed, so a bad one ends as one `error: --FLAG: ...` line (exit 2) before anything is read, built
+or written.
 
 Upper bounds only stop typos and absurd requests (a run that never ends, an allocation no machine
 has); they are the config schema's where the two overlap.
