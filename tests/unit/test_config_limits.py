@@ -269,3 +269,13 @@ def test_bounds_are_in_the_field_metadata():
     fields' own bounds: the new upper bounds must be metadata, not hidden in validators."""
     seq_len = schema.DataConfig.model_fields["seq_len"]
     assert any(isinstance(m, at.Le) and m.le == schema.MAX_SEQ_LEN for m in seq_len.metadata)
+
+
+@pytest.mark.parametrize("key", ["train.run_dir", "data.cache_dir"])
+def test_folders_under_an_unknown_users_home(key):
+    assert error_of("gpt-tiny", [f"{key}=~nosuchuser-scaletrain/x"]) == (
+        f"{key}: no home folder for the user in '~nosuchuser-scaletrain/x'")
+
+
+def test_config_file_under_an_unknown_users_home():
+    assert "no such file and not a preset" in error_of("~nosuchuser-scaletrain/x.yaml")

@@ -196,11 +196,11 @@ def _read_source(source: str | None) -> tuple[dict, str]:
         text = (resources.files("scaletrain") / "configs" / f"{source}.yaml").read_text()
         raw, name = parse_yaml(text, f"preset {source}"), source
     else:
-        path = Path(source).expanduser()
         try:
+            path = Path(source).expanduser()
             is_file = path.is_file()
-        except (OSError, ValueError):  # a name too long for the OS, a NUL byte
-            is_file = False
+        except (OSError, ValueError, RuntimeError):  # too long for the OS, a NUL byte, `~nosuchuser`
+            path, is_file = Path(source), False
         if not is_file:
             raise UserError(
                 f"config {brief(source)}: no such file and not a preset (presets: {', '.join(preset_names())})"

@@ -96,6 +96,16 @@ class Section(BaseModel):
         return value
 
 
+def _expandable(path: str | None) -> str | None:
+    """A folder to create later: `~user` must name a known user (pathlib raises RuntimeError)."""
+    if path is not None:
+        try:
+            Path(path).expanduser()
+        except RuntimeError:
+            raise ValueError(f"no home folder for the user in {brief(path)}") from None
+    return path
+
+
 def _exists(path: str, kind: str = "any") -> bool:
     """Whether a path exists, False for names the OS refuses (too long, a NUL byte)."""
     try:
@@ -138,6 +148,8 @@ class DataConfig(Section):
     document_mask: bool = False
     # text: train on several `scaletrain prepare` directories mixed by weight (instead of data.path)
     mixture: list[MixtureSource] | None = None
+
+    _cache_dir_home = field_validator("cache_dir")(_expandable)
 
     @field_validator("pattern")
     @classmethod
@@ -329,6 +341,8 @@ class TrainConfig(Section):
     threads: Annotated[int, Field(gt=0, le=MAX_THREADS)] | None = None  # intra-op threads; None: torch's default
     compile: bool = False
     max_minutes: Annotated[float, Field(gt=0.0)] | None = None  # a wall-clock guard, checked per step
+
+    _run_dir_home = field_validator("run_dir")(_expandable)
 
     @field_validator("early_stopping", mode="before")
     @classmethod
