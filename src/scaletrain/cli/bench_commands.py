@@ -7,6 +7,9 @@ from pathlib import Path
 
 
 def register(sub) -> None:
+    from scaletrain.cli.args import int_in
+    from scaletrain.config.schema import MAX_STEPS
+
     p = sub.add_parser("bench", help="benchmarks that write their table into docs/",
                        description="Run a benchmark and write its table and raw figures.")
     bench_sub = p.add_subparsers(dest="bench", metavar="BENCH", parser_class=type(p))
@@ -17,22 +20,12 @@ def register(sub) -> None:
         "same number of steps, each at the best of 3 learning rates, and write a loss-curve PNG and a "
         "table into OUT/optimizers.md and raw figures into OUT/results/optim.json.")
     o.add_argument("--task", choices=["mlp", "gpt-tiny", "both"], default="both")
-    o.add_argument("--steps", type=_positive, default=None,
+    o.add_argument("--steps", type=int_in(1, MAX_STEPS), default=None,
                    help="steps per run (default: 300 for mlp, 150 for gpt-tiny)")
     o.add_argument("--out", type=Path, default=Path("docs"), help="output folder (default: docs)")
     o.add_argument("--optimizers", default=None, help="comma-separated subset of optimizer names (default: all)")
     o.add_argument("--cache-dir", default=None, help="data.cache_dir for the runs (default: the config's)")
     o.set_defaults(func=cmd_bench_optim)
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
 
 
 def cmd_bench_optim(args) -> int:

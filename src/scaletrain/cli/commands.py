@@ -10,7 +10,9 @@ from scaletrain.errors import UserError
 
 
 def register(sub) -> None:
+    from scaletrain.cli.args import int_in, temperature, utf8_text
     from scaletrain.config.load import DEFAULT_PRESET, preset_names
+    from scaletrain.config.schema import INT64, MAX_STEPS
 
     p = sub.add_parser(
         "train", help="train a model from a preset or a YAML config",
@@ -25,17 +27,18 @@ def register(sub) -> None:
     p = sub.add_parser("eval", help="evaluate a trained run on its validation split",
                        description="Load RUN/model.safetensors and report validation metrics as JSON.")
     p.add_argument("run", help="run folder")
-    p.add_argument("--batches", type=int, default=0, help="validation batches (0: the whole split)")
+    p.add_argument("--batches", type=int_in(0, MAX_STEPS), default=0, help="validation batches (0: the whole split)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("generate", help="sample text from a trained GPT run",
                        description="Sample a continuation of --prompt from RUN/model.safetensors.")
     p.add_argument("run", help="run folder")
-    p.add_argument("--prompt", default="def ", help="text to continue (default: 'def ')")
-    p.add_argument("--tokens", type=int, default=200, help="new tokens to generate")
-    p.add_argument("--temperature", type=float, default=0.8, help="0 means greedy")
-    p.add_argument("--top-k", type=int, default=50, help="sample among the k likeliest (0: all)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--prompt", type=utf8_text, default="def ", help="text to continue (default: 'def ')")
+    # Generation has no KV cache: each token is a forward over the context, so 2**20 is hours.
+    p.add_argument("--tokens", type=int_in(1, 1 << 20), default=200, help="new tokens to generate")
+    p.add_argument("--temperature", type=temperature, default=0.8, help="0 means greedy; else 0.001 to 1000")
+    p.add_argument("--top-k", type=int_in(0, 2**31 - 1), default=50, help="sample among the k likeliest (0: all)")
+    p.add_argument("--seed", type=int_in(0, INT64 - 1), default=0)
     p.set_defaults(func=cmd_generate)
 
 
@@ -49,7 +52,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from scaletrain.config.load import load_config
 
     source, overrides = split_items(args.items)
-    cfg = load_config(source, overrides)  # validated before torch is even imported
+    cfg = load_config(source, overrides, this_machine=True)  # validated before torch is even imported
 
     from scaletrain.parallel.launch import launch, needs_launch
 
@@ -74,6 +77,8 @@ def _print_result(run_dir: Path, summary: dict) -> None:
     if summary.get("sample"):
         console.print("sample:", style="bold")
         console.print(summary["sample"], markup=False, highlight=False)
+    if summary.get("sample_error"):
+        console.print(f"no sample: {summary['sample_error']}", markup=False, highlight=False)
     console.print(f"run folder: {run_dir}")
 
 
@@ -125,8 +130,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
     cfg, model = load_run(args.run)
     if cfg.model.name != "gpt":
         raise UserError(f"{args.run}: generate needs a GPT run (this one is {cfg.model.name})")
-    if args.tokens <= 0 or args.temperature < 0 or args.top_k < 0:
-        raise UserError("--tokens must be > 0, --temperature >= 0 and --top-k >= 0")
+    if not all(torch.isfinite(p).all() for p in model.parameters()):
+        # Sampling would end in torch.multinomial on NaN probabilities (a device assert on CUDA).
+        raise UserError(f"{args.run}: the model's weights are not finite (NaN or Inf: the run diverged); "
+                        "nothing to sample")
     tokenizer = load_tokenizer(Path(args.run) / "tokenizer.json")
     if tokenizer.get_vocab_size() != model.args.vocab_size:
         raise UserError(f"{Path(args.run) / 'tokenizer.json'}: a vocabulary of {tokenizer.get_vocab_size()} "

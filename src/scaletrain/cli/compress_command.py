@@ -8,7 +8,11 @@ from scaletrain.errors import UserError
 
 
 def register(sub) -> None:
+    from scaletrain.cli.args import float_in, int_in
     from scaletrain.compress.names import METHODS
+    from scaletrain.config.schema import MAX_STEPS, MAX_THREADS
+
+    fraction = float_in(0.0, 1.0, high_open=True)
 
     p = sub.add_parser(
         "compress", help="compress a trained run (int8, pruning, distillation, low-rank, ONNX)",
@@ -22,33 +26,35 @@ def register(sub) -> None:
     p.add_argument("--method", required=True, help=f"one of {', '.join(METHODS)}")
     p.add_argument("--out", help="output folder (default: RUN-METHOD beside RUN); must not hold files")
     p.add_argument("--checkpoint", help="read the weights from this checkpoint (or run folder's last)")
-    p.add_argument("--finetune-steps", type=int, default=0, help="recovery steps after prune/prune-structured/lowrank")
-    p.add_argument("--finetune-lr", type=float, help="default: 0.3 x the run's optim.lr")
-    p.add_argument("--amount", type=float, default=0.5, help="pruned fraction (weights, or units per layer)")
-    p.add_argument("--head-amount", type=float, help="prune-structured, GPT: pruned fraction of heads (default --amount)")
-    p.add_argument("--energy", type=float, default=0.9, help="lowrank: retained fraction of sum of squared singular values")
+    p.add_argument("--finetune-steps", type=int_in(0, MAX_STEPS), default=0, help="recovery steps after prune/prune-structured/lowrank")
+    p.add_argument("--finetune-lr", type=float_in(0.0, 1e3, low_open=True), help="default: 0.3 x the run's optim.lr")
+    p.add_argument("--amount", type=fraction, default=0.5, help="pruned fraction (weights, or units per layer)")
+    p.add_argument("--head-amount", type=fraction, help="prune-structured, GPT: pruned fraction of heads (default --amount)")
+    p.add_argument("--energy", type=float_in(0.0, 1.0, low_open=True), default=0.9, help="lowrank: retained fraction of sum of squared singular values")
     p.add_argument("--student", nargs="*", default=[], metavar="KEY=VALUE",
                    help="distill: student model args (YAML values), e.g. d_model=96 n_layer=3 or hidden=[45,22]")
-    p.add_argument("--distill-steps", type=int, help="distill: training steps (default: the run's train.max_steps)")
-    p.add_argument("--temperature", type=float, default=2.0)
-    p.add_argument("--alpha", type=float, default=0.5, help="distill: weight of the KL term")
+    p.add_argument("--distill-steps", type=int_in(1, MAX_STEPS), help="distill: training steps (default: the run's train.max_steps)")
+    # Distillation divides both models' logits by it: below 0.001 they overflow float32.
+    p.add_argument("--temperature", type=float_in(1e-3, 1e3), default=2.0, help="distill: softening temperature")
+    p.add_argument("--alpha", type=float_in(0.0, 1.0), default=0.5, help="distill: weight of the KL term")
     p.add_argument("--no-baseline", action="store_true", help="distill: skip the from-scratch student")
-    p.add_argument("--eval-batches", type=int, default=16, help="GPT validation batches (0: all)")
-    p.add_argument("--latency-rounds", type=int, default=7)
-    p.add_argument("--threads", type=int, default=1, help="threads for every latency measurement")
+    p.add_argument("--eval-batches", type=int_in(0, MAX_STEPS), default=16, help="GPT validation batches (0: all)")
+    p.add_argument("--latency-rounds", type=int_in(1, 10_000), default=7)
+    p.add_argument("--threads", type=int_in(1, MAX_THREADS), default=1, help="threads for every latency measurement")
     p.add_argument("--no-onnx", action="store_true", help="skip the ONNX export check")
     p.set_defaults(func=cmd_compress)
 
 
 def _student(items: list[str]) -> dict:
-    import yaml
+    from scaletrain.config.load import parse_value
+    from scaletrain.config.schema import brief
 
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise UserError(f"--student: expected KEY=VALUE, got {item!r}")
-        out[key] = yaml.safe_load(value)
+            raise UserError(f"--student: expected KEY=VALUE, got {brief(item)}")
+        out[key] = parse_value(value, f"--student {brief(key)}")  # YAML within the config limits
     return out
 
 

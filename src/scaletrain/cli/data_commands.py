@@ -28,6 +28,10 @@ DIR/stats.json reports documents_in, documents_out, removed per step, skipped ba
 
 
 def register(sub) -> None:
+    from scaletrain.cli.args import float_in, int_in
+    from scaletrain.config.schema import MAX_THREADS, MAX_VOCAB
+
+    fraction = float_in(0.0, 1.0)
     p = sub.add_parser(
         "prepare", help="clean, dedup and tokenize a corpus into checksummed shards",
         description=_PREPARE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -38,7 +42,7 @@ def register(sub) -> None:
     p.add_argument("--config", help="YAML file with the settings (the keys of PrepareConfig); "
                    "command-line options override it")
     p.add_argument("--merge", action="store_true", help="merge the finished directories INPUT... into --out")
-    p.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
+    p.add_argument("--workers", type=int_in(1, MAX_THREADS), default=None, help="worker processes (default: all cores)")
     p.add_argument("--shard", default=None, metavar="I/N", help="process share I of N (0-based)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
     g = p.add_argument_group("sources")
@@ -46,24 +50,24 @@ def register(sub) -> None:
                    help="source kind (default auto: by extension; directories are text)")
     g.add_argument("--field", default=None, help="JSONL key / Parquet column with the text (default text)")
     g.add_argument("--pattern", default=None, help="glob of files under a directory INPUT (default **/*)")
-    g.add_argument("--max-bytes", type=int, default=None, help="a deterministic subset of each source's files")
+    g.add_argument("--max-bytes", type=int_in(1), default=None, help="a deterministic subset of each source's files")
     g = p.add_argument_group("cleaning")
     g.add_argument("--normalize", choices=["NFC", "NFKC", "none"], default=None)
-    for flag, kind in (("--min-chars", int), ("--max-chars", int), ("--max-line-chars", int),
-                       ("--max-non-alnum-fraction", float), ("--max-repeated-line-fraction", float)):
+    for flag, kind in (("--min-chars", int_in(0)), ("--max-chars", int_in(1)), ("--max-line-chars", int_in(1)),
+                       ("--max-non-alnum-fraction", fraction), ("--max-repeated-line-fraction", fraction)):
         g.add_argument(flag, type=kind, default=None)
     g.add_argument("--exact-dedup", action=argparse.BooleanOptionalAction, default=None)
     g.add_argument("--near-dedup", action=argparse.BooleanOptionalAction, default=None)
-    g.add_argument("--bands", type=int, default=None, help="LSH bands (default 14)")
-    g.add_argument("--rows", type=int, default=None, help="rows per band (default 8)")
-    g.add_argument("--ngram", type=int, default=None, help="words per shingle (default 5)")
-    g.add_argument("--threshold", type=float, default=None,
+    g.add_argument("--bands", type=int_in(1, 256), default=None, help="LSH bands (default 14)")
+    g.add_argument("--rows", type=int_in(1, 64), default=None, help="rows per band (default 8)")
+    g.add_argument("--ngram", type=int_in(1, 32), default=None, help="words per shingle (default 5)")
+    g.add_argument("--threshold", type=fraction, default=None,
                    help="estimated Jaccard that makes a near duplicate (default (1/bands)^(1/rows))")
     g = p.add_argument_group("tokenizer and output")
-    g.add_argument("--vocab-size", type=int, default=None, help="BPE vocabulary (default 8192)")
+    g.add_argument("--vocab-size", type=int_in(258, MAX_VOCAB), default=None, help="BPE vocabulary (default 8192)")
     g.add_argument("--tokenizer", default=None, help="reuse this tokenizer.json instead of training one")
-    g.add_argument("--val-fraction", type=float, default=None, help="validation share, by document (default 0.05)")
-    g.add_argument("--task-bytes", type=int, default=None, help="input bytes per task")
+    g.add_argument("--val-fraction", type=float_in(0.0, 1.0, high_open=True), default=None, help="validation share, by document (default 0.05)")
+    g.add_argument("--task-bytes", type=int_in(1), default=None, help="input bytes per task")
     p.set_defaults(func=cmd_prepare)
 
     data = sub.add_parser("data", help="check or describe prepared shards")
@@ -74,8 +78,8 @@ def register(sub) -> None:
     v.set_defaults(func=cmd_verify)
     i = dsub.add_parser("inspect", help="print a shard directory's manifest summary and a sample")
     i.add_argument("dir")
-    i.add_argument("--tokens", type=int, default=64, help="tokens to show of each sample document")
-    i.add_argument("--samples", type=int, default=1, help="training documents to decode and show")
+    i.add_argument("--tokens", type=int_in(1, 1 << 20), default=64, help="tokens to show of each sample document")
+    i.add_argument("--samples", type=int_in(0, 10_000), default=1, help="training documents to decode and show")
     i.set_defaults(func=cmd_inspect)
 
 
@@ -134,8 +138,6 @@ def _parse_shard(text: str | None) -> tuple[int, int]:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    if args.workers is not None and args.workers < 1:
-        raise UserError("--workers must be >= 1")
     if args.merge:
         from scaletrain.data.merge import merge
 

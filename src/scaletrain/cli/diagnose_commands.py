@@ -10,6 +10,10 @@ from scaletrain.errors import UserError
 
 
 def register(sub) -> None:
+    from scaletrain.cli.args import float_in, int_in
+    from scaletrain.config.schema import MAX_NODES, MAX_PROCS, MAX_STEPS
+
+    gigabytes = float_in(0.0, 1e6, low_open=True)  # per rank: up to a petabyte
     p = sub.add_parser(
         "plan", help="memory per rank and step time of each layout, before launch",
         description="Estimate, per rank, the memory of parameters, gradients, optimizer state, "
@@ -19,11 +23,11 @@ def register(sub) -> None:
         "recommend the fastest layout that fits (docs/plan.md).",
         epilog="example: scaletrain plan gpt --world-size 8 --device h100 --write gpt-8xh100.yaml")
     p.add_argument("items", nargs="*", metavar="[CONFIG|PRESET] [section.key=value ...]")
-    p.add_argument("--world-size", type=int, default=None,
+    p.add_argument("--world-size", type=int_in(1, MAX_PROCS * MAX_NODES), default=None,
                    help="ranks to plan for (default: parallel.nproc x parallel.nnodes)")
     p.add_argument("--device", default=None,
                    help="cpu (this machine, measured) or a known device: " + ", ".join(_device_names()))
-    p.add_argument("--device-memory", type=float, default=None, metavar="GB",
+    p.add_argument("--device-memory", type=gigabytes, default=None, metavar="GB",
                    help="memory per rank in GB (default: the device's)")
     p.add_argument("--write", type=Path, default=None, metavar="CONFIG_OUT",
                    help="write the config with the recommended layout to this YAML file")
@@ -40,7 +44,7 @@ def register(sub) -> None:
         epilog="example: scaletrain doctor runs/gpt-20261130-101500 --json")
     p.add_argument("run", help="run folder")
     p.add_argument("--json", action="store_true", help="print the findings as a JSON list")
-    p.add_argument("--device-memory", type=float, default=None, metavar="GB",
+    p.add_argument("--device-memory", type=gigabytes, default=None, metavar="GB",
                    help="memory per rank to judge the peak against (default: this machine's RAM for CPU runs)")
     p.set_defaults(func=cmd_doctor)
 
@@ -52,10 +56,11 @@ def register(sub) -> None:
         "time into data, forward, backward, optimizer and communication.",
         epilog="example: scaletrain profile gpt-tiny --steps 10 --out prof")
     p.add_argument("items", nargs="*", metavar="[CONFIG|PRESET] [section.key=value ...]")
-    p.add_argument("--steps", type=int, default=10, help="profiled optimizer steps (default 10)")
-    p.add_argument("--warmup", type=int, default=2, help="steps run before profiling (default 2)")
+    # The trace grows with every profiled step: 100,000 is already gigabytes.
+    p.add_argument("--steps", type=int_in(1, 100_000), default=10, help="profiled optimizer steps (default 10)")
+    p.add_argument("--warmup", type=int_in(0, MAX_STEPS), default=2, help="steps run before profiling (default 2)")
     p.add_argument("--out", type=Path, default=Path("profile"), help="output folder (default: profile)")
-    p.add_argument("--top", type=int, default=15, help="ops to list (default 15)")
+    p.add_argument("--top", type=int_in(1, 10_000), default=15, help="ops to list (default 15)")
     p.set_defaults(func=cmd_profile)
 
 
@@ -68,8 +73,6 @@ def _device_names() -> list[str]:
 def cmd_doctor(args: argparse.Namespace) -> int:
     from scaletrain.diagnose.doctor import diagnose, format_text, load_run
 
-    if args.device_memory is not None and args.device_memory <= 0:
-        raise UserError(f"--device-memory must be > 0 GB, got {args.device_memory}")
     run = load_run(args.run)
     limit = int(args.device_memory * 1e9) if args.device_memory else None
     findings = diagnose(run, device_memory_bytes=limit)
@@ -86,11 +89,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from scaletrain.diagnose import plan
 
     source, overrides = split_items(args.items)
-    cfg = load_config(source, overrides)
-    if args.world_size is not None and args.world_size < 1:
-        raise UserError(f"--world-size must be >= 1, got {args.world_size}")
-    if args.device_memory is not None and args.device_memory <= 0:
-        raise UserError(f"--device-memory must be > 0 GB, got {args.device_memory}")
+    cfg = load_config(source, overrides)  # plans for any machine: nproc is not checked against this one
     if args.write is not None and args.write.exists():
         raise UserError(f"--write: {args.write} already exists; choose a new file")
     result = plan.plan(cfg, world_size=args.world_size, device=args.device,
@@ -111,10 +110,8 @@ def cmd_profile(args: argparse.Namespace) -> int:
     from scaletrain.cli.commands import split_items
     from scaletrain.config.load import load_config
 
-    if args.steps < 1 or args.warmup < 0 or args.top < 1:
-        raise UserError("--steps and --top must be >= 1, --warmup >= 0")
     source, overrides = split_items(args.items)
-    cfg = load_config(source, overrides)
+    cfg = load_config(source, overrides, this_machine=True)
     from scaletrain.diagnose.profile import format_report, profile
 
     report = profile(cfg, steps=args.steps, warmup=args.warmup, out=args.out, top=args.top)

@@ -13,6 +13,10 @@ class _Parser(argparse.ArgumentParser):
     """argparse that reports misuse as one `error:` line and exit code 2, like every other bad input."""
 
     def error(self, message: str):  # type: ignore[override]
+        # A flag's bad value reads like every other bad value, key first: `--tokens: must be ...`.
+        head, sep, rest = message.partition(": ")
+        if sep and head.startswith("argument -"):
+            raise UserError(f"{head[len('argument '):]}: {rest}")
         raise UserError(f"{self.prog}: {message}")
 
 

@@ -9,6 +9,9 @@ from scaletrain.errors import UserError
 
 
 def register(sub) -> None:
+    from scaletrain.cli.args import int_in
+    from scaletrain.config.schema import MAX_STEPS
+
     p = sub.add_parser(
         "verify", help="check that a parallel layout matches the single-process reference",
         description="Train K steps with the configured layout (parallel.*, grad_accum, precision) and "
@@ -18,7 +21,7 @@ def register(sub) -> None:
         epilog="example: scaletrain verify gpt-tiny parallel.strategy=fsdp parallel.nproc=2 --steps 5",
     )
     p.add_argument("items", nargs="*", metavar="[CONFIG|PRESET] [section.key=value ...]")
-    p.add_argument("--steps", type=int, default=5, help="optimizer steps to compare (default 5)")
+    p.add_argument("--steps", type=int_in(1, MAX_STEPS), default=5, help="optimizer steps to compare (default 5)")
     p.add_argument("--keep", default=None, help="keep the recorded weights in this directory")
     p.set_defaults(func=cmd_verify)
 
@@ -27,10 +30,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from scaletrain.cli.commands import split_items
     from scaletrain.config.load import load_config
 
-    if args.steps < 1:
-        raise UserError("--steps must be >= 1")
     source, overrides = split_items(args.items)
-    cfg = load_config(source, overrides)
+    cfg = load_config(source, overrides, this_machine=True)
     keep = Path(args.keep) if args.keep else None
     if keep is not None and keep.exists():
         raise UserError(f"--keep: {keep} already exists; choose a new directory")

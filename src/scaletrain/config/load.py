@@ -1,4 +1,10 @@
-"""Build a validated `Config` from a preset or YAML file plus `section.key=value` overrides."""
+"""Build a validated `Config` from a preset or YAML file plus `section.key=value` overrides.
+
+Config files and override values may come from anywhere (a downloaded run's config.yaml, a script),
+so YAML is read with limits: the document's size, its nesting depth, and what its aliases expand to
+are capped before anything is built from it, and duplicate keys are refused rather than the last one
+silently winning. An error line never shows more than a short, cut excerpt of a value.
+"""
 
 from __future__ import annotations
 
@@ -10,16 +16,73 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from scaletrain.config.schema import Config
+from scaletrain.config.schema import Config, brief
 from scaletrain.errors import UserError
 
 DEFAULT_PRESET = "gpt"
 
+# Limits on YAML from outside. A real config is a few KB, nests 4 levels and has a few hundred
+# values; these leave room for long data.mixture lists (thousands of sources), still refuse an alias
+# bomb (10**9 values from a few hundred bytes) in milliseconds, before it is ever expanded, and keep
+# the worst file within the limits to about a second of parsing.
+MAX_CONFIG_BYTES = 1 << 20  # a config file
+MAX_VALUE_BYTES = 64 << 10  # one `section.key=value` override value
+MAX_DEPTH = 64  # nested mappings/lists, also counted through aliases
+MAX_VALUES = 50_000  # nodes of the document, also once its aliases are expanded
+MAX_INT_CHARS = 100  # an integer literal (int64 needs 19 digits; huge ones cost quadratic time)
+
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+class _Refused(Exception):
+    """A YAML document beyond the limits: never falls back to reading the text as a string."""
+
+
+class _NotYAML(Exception):
+    """Text that is not YAML (a syntax error, a malformed tagged scalar)."""
+
 
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that reads `3e-4` as a float: YAML 1.1 wants a dot (`3.0e-4`), users don't."""
+    """SafeLoader that reads `3e-4` as a float (YAML 1.1 wants a dot, `3.0e-4`; users don't),
+    caps nesting depth while composing (PyYAML's composer recurses: 20,000 levels would end in a
+    RecursionError) and refuses duplicate keys and overlong integers."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self._depth = 0
+        self._nodes = 0
+
+    def compose_node(self, parent, index):
+        self._depth += 1
+        self._nodes += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                line = self.peek_event().start_mark.line + 1
+                raise _Refused(f"nested deeper than {MAX_DEPTH} levels at line {line}")
+            if self._nodes > MAX_VALUES:  # pure-Python YAML reads ~40,000 values a second
+                line = self.peek_event().start_mark.line + 1
+                raise _Refused(f"more than {MAX_VALUES:,} values (at line {line})")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def compose_mapping_node(self, anchor):
+        node = super().compose_mapping_node(anchor)
+        seen = set()
+        for key, _ in node.value:  # the written keys, before merge keys (`<<`) add theirs
+            if isinstance(key, yaml.ScalarNode) and key.tag != _MERGE_TAG:
+                if (key.tag, key.value) in seen:
+                    raise _Refused(f"duplicate key {brief(key.value)} at line {key.start_mark.line + 1}")
+                seen.add((key.tag, key.value))
+        return node
+
+    def construct_yaml_int(self, node):
+        if len(node.value) > MAX_INT_CHARS:
+            raise _Refused(f"an integer of {len(node.value)} characters at line {node.start_mark.line + 1}")
+        return super().construct_yaml_int(node)
 
 
+_Loader.add_constructor("tag:yaml.org,2002:int", _Loader.construct_yaml_int)
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(
@@ -34,11 +97,91 @@ _Loader.add_implicit_resolver(
 )
 
 
-def parse_yaml(text: str, origin: str) -> Any:
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return node.value
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    return []
+
+
+def _check_expansion(root: yaml.Node) -> None:
+    """Refuse a document whose aliases expand past MAX_VALUES nodes or MAX_DEPTH levels, or refer
+    to themselves. The composed graph shares each aliased node, so the expanded size is summed per
+    distinct node (memoized, iteratively): a billion-laughs document costs a few hundred steps."""
+    size: dict[int, int] = {}
+    depth: dict[int, int] = {}
+    entered: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        key = id(node)
+        if children_done:
+            kids = _children(node)
+            size[key] = 1 + sum(size[id(k)] for k in kids)
+            depth[key] = 1 + max((depth[id(k)] for k in kids), default=0)
+            if size[key] > MAX_VALUES:
+                raise _Refused(f"its aliases expand to more than {MAX_VALUES:,} values")
+            if depth[key] > MAX_DEPTH:
+                raise _Refused(f"its aliases nest deeper than {MAX_DEPTH} levels")
+            continue
+        if key in size:
+            continue
+        if key in entered:
+            raise _Refused(f"an alias refers to its own anchor at line {node.start_mark.line + 1}")
+        entered.add(key)
+        stack.append((node, True))
+        stack.extend((k, False) for k in _children(node) if id(k) not in size)
+
+
+def _safe_load(text: str, limit: int) -> Any:
+    """The YAML value of `text`; _Refused beyond the limits, _NotYAML for text that is not YAML."""
+    if len(text.encode("utf-8", "surrogatepass")) > limit:
+        raise _Refused(f"larger than {limit:,} bytes")
+    loader = None
     try:
-        return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+        loader = _Loader(text)  # the reader refuses control characters here
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_expansion(node)
+        return loader.construct_document(node)
     except yaml.YAMLError as exc:
-        raise UserError(f"{origin}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        raise _NotYAML(str(exc).splitlines()[0]) from None
+    except (ValueError, TypeError, AttributeError, OverflowError) as exc:
+        # A constructor fed a malformed tagged scalar (`!!float x`, `!!timestamp x`).
+        raise _NotYAML(f"{type(exc).__name__}: {brief(str(exc))}") from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+
+
+def parse_yaml(text: str, origin: str, *, limit: int = MAX_CONFIG_BYTES) -> Any:
+    """YAML from outside, within the limits above; a UserError starting with `origin` if not."""
+    try:
+        return _safe_load(text, limit)
+    except _Refused as exc:
+        raise UserError(f"{origin}: {exc}") from None
+    except _NotYAML as exc:
+        raise UserError(f"{origin}: not valid YAML ({exc})") from None
+
+
+def read_yaml_file(path: str | Path, origin: str | None = None) -> Any:
+    """A YAML file from outside: at most MAX_CONFIG_BYTES of UTF-8 text, parsed within the limits.
+    UserError (starting with `origin`, default `config PATH`) for a file that is none of these."""
+    origin = origin or f"config {path}"
+    try:
+        with open(Path(path).expanduser(), "rb") as f:
+            data = f.read(MAX_CONFIG_BYTES + 1)  # never read a huge file whole
+    except OSError as exc:  # a directory, no permission
+        raise UserError(f"{origin}: cannot read ({exc.strerror or type(exc).__name__})") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise UserError(f"{origin}: larger than {MAX_CONFIG_BYTES:,} bytes (a config is a few KB)")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:  # a binary file
+        raise UserError(f"{origin}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    return parse_yaml(text, origin)
 
 
 def preset_names() -> list[str]:
@@ -51,23 +194,22 @@ def _read_source(source: str | None) -> tuple[dict, str]:
     source = source or DEFAULT_PRESET
     if source in preset_names():
         text = (resources.files("scaletrain") / "configs" / f"{source}.yaml").read_text()
-        name = source
+        raw, name = parse_yaml(text, f"preset {source}"), source
     else:
-        path = Path(source).expanduser()
-        if not path.is_file():
-            raise UserError(
-                f"config {source!r}: no such file and not a preset (presets: {', '.join(preset_names())})"
-            )
         try:
-            text = path.read_text(encoding="utf-8")
-        except (UnicodeDecodeError, OSError) as exc:  # a binary file, a directory, no permission
-            reason = f"not UTF-8 text ({exc.reason} at byte {exc.start})" if isinstance(exc, UnicodeDecodeError) \
-                else exc.strerror or type(exc).__name__
-            raise UserError(f"config {source!r}: {reason}") from None
+            path = Path(source).expanduser()
+            is_file = path.is_file()
+        except (OSError, ValueError, RuntimeError):  # too long for the OS, a NUL byte, `~nosuchuser`
+            path, is_file = Path(source), False
+        if not is_file:
+            raise UserError(
+                f"config {brief(source)}: no such file and not a preset (presets: {', '.join(preset_names())})"
+            )
+        raw = read_yaml_file(path, f"config {source}")
         name = path.parent.name if path.name == "config.yaml" else path.stem
-    raw = parse_yaml(text, source) or {}
+    raw = raw or {}
     if not isinstance(raw, dict):
-        raise UserError(f"{source}: the top level must be a mapping of sections")
+        raise UserError(f"config {source}: the top level must be a mapping of sections")
     raw.setdefault("name", name)
     return raw, name
 
@@ -75,25 +217,29 @@ def _read_source(source: str | None) -> tuple[dict, str]:
 def apply_override(raw: dict, item: str) -> None:
     key, sep, value = item.partition("=")
     if not sep or not key or any(not part for part in key.split(".")):
-        raise UserError(f"override {item!r}: expected section.key=value")
+        raise UserError(f"override {brief(item)}: expected section.key=value")
     *parents, leaf = key.split(".")
     node = raw
     for i, part in enumerate(parents):
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
-            raise UserError(f"override {item!r}: {'.'.join(parents[: i + 1])} is not a section")
+            raise UserError(f"override {brief(item)}: {'.'.join(parents[: i + 1])} is not a section")
         node = child
-    node[leaf] = _parse_value(value, key)
+    node[leaf] = parse_value(value, f"override {brief(key)}")
 
 
-def _parse_value(value: str, key: str) -> Any:
-    """A value is read as YAML (numbers, booleans, lists); what YAML can't read (`*.txt`) is a string."""
+def parse_value(value: str, what: str) -> Any:
+    """One command-line value read as YAML (numbers, booleans, lists); what YAML can't read (`*.txt`)
+    stays a string. A value beyond the YAML limits (an alias bomb, deep nesting, a duplicate key) is
+    a UserError starting with `what` (e.g. `override optim.lr`)."""
     if value == "":
         return None
     try:
-        return yaml.load(value, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.YAMLError:
+        return _safe_load(value, MAX_VALUE_BYTES)
+    except _NotYAML:
         return value
+    except _Refused as exc:
+        raise UserError(f"{what}: {exc}") from None
 
 
 def _is_field(part: object) -> bool:
@@ -118,7 +264,7 @@ def _describe(err: dict, prefix: str = "", alternatives: list[dict] = ()) -> str
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, ") :]
         return msg if ":" in msg.split(" ")[0] else f"{loc}: {msg}" if loc else msg
-    shown = repr(got) if not isinstance(got, (dict, list)) or len(repr(got)) < 60 else type(got).__name__
+    shown = brief(got)  # cut: the input may be a huge string or list
     msgs = [msg.lower()] + [a["msg"].lower() for a in alternatives]
     return f"{loc}: {', or '.join(msgs)} (got {shown})"
 
@@ -133,18 +279,21 @@ def describe(exc: ValidationError, prefix: str = "") -> str:
     return _describe(errors[0], prefix, same) + more
 
 
-def validate(raw: dict) -> Config:
+def validate(raw: dict, *, this_machine: bool = False) -> Config:
     try:
-        return Config.model_validate(raw)
+        return Config.model_validate(raw, context={"this_machine": this_machine})
     except ValidationError as exc:
         raise UserError(describe(exc)) from None
 
 
-def load_config(source: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+def load_config(source: str | None = None, overrides: list[str] | tuple[str, ...] = (), *,
+                this_machine: bool = False) -> Config:
+    """The validated config. `this_machine=True` where its processes start here (train, verify,
+    profile): parallel.nproc must then fit this machine's cores or devices."""
     raw, _ = _read_source(source)
     for item in overrides:
         apply_override(raw, item)
-    return validate(raw)
+    return validate(raw, this_machine=this_machine)
 
 
 def to_yaml(cfg: Config) -> str:

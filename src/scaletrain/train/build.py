@@ -180,11 +180,24 @@ def _make_sampler(cfg: Config, tokenizer, device: torch.device):
         return None
 
     def sample(model) -> str:
-        prompt = torch.tensor([tokenizer.encode(cfg.log.sample_prompt).ids], device=device)
+        ids = tokenizer.encode(cfg.log.sample_prompt).ids
+        if not ids:  # the schema refuses an empty prompt; this is one that encodes to nothing
+            raise ValueError("log.sample_prompt encodes to no tokens")
+        prompt = torch.tensor([ids], device=device)
         gen = torch.Generator(device=device).manual_seed(cfg.train.seed)
         model.eval()
-        out = model.generate(prompt, cfg.log.sample_tokens, temperature=0.8, top_k=50, generator=gen)
-        model.train()
+        try:
+            # A run trained into NaN/Inf would end in torch.multinomial on NaN probabilities (a
+            # device-side assert on CUDA, which also loses the export): look at the logits first.
+            # Every rank sees the same logits, so every rank decides the same.
+            with torch.no_grad():
+                logits = model(prompt[:, -cfg.data.seq_len:])
+            logits = logits.full_tensor() if hasattr(logits, "full_tensor") else logits
+            if not torch.isfinite(logits).all():
+                raise ValueError("the model's outputs are not finite (NaN or Inf weights)")
+            out = model.generate(prompt, cfg.log.sample_tokens, temperature=0.8, top_k=50, generator=gen)
+        finally:
+            model.train()
         return tokenizer.decode(out[0].tolist())
 
     return sample

@@ -444,7 +444,12 @@ class Trainer:
     def _finish(self, final: dict, stopped_by: str, wall_start: float, optimizer) -> dict:
         cfg, st, unit = self.cfg, self.state, self.task.unit
         model = self._eval_model()
-        sample = self.sampler(model) if self.sampler else None  # every rank: FSDP/TP forward is collective
+        sample, sample_error = None, None
+        if self.sampler:  # every rank: FSDP/TP forward is collective
+            try:
+                sample = self.sampler(model)
+            except Exception as exc:  # noqa: BLE001 - the report's sample must not cost the run its weights
+                sample_error = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0]}"
         ranks.export_full_model(model, self.model_factory or self._no_factory,
                                 self.run_dir / "model.safetensors", self.layout.strategy, spec=self.model_spec)
         state_bytes = ranks.gather_objects(self._state_bytes)
@@ -488,9 +493,21 @@ class Trainer:
         }
         if sample is not None:
             summary["sample"] = sample
+        if sample_error is not None:
+            summary["sample_error"] = sample_error
         write_json_atomic(self.run_dir / "summary.json", summary)
-        plot_losses(records, self.run_dir / "loss.png", title=f"{cfg.name}: loss")
-        write_report(self.run_dir, config=cfg.model_dump(mode="json"), summary=summary, sample=sample)
+        # The weights and the summary are written: a failing plot or report is only a warning.
+        for name, write in (("loss.png", lambda: plot_losses(records, self.run_dir / "loss.png",
+                                                             title=f"{cfg.name}: loss")),
+                            ("report.md", lambda: write_report(self.run_dir, config=cfg.model_dump(mode="json"),
+                                                               summary=summary, sample=sample))):
+            try:
+                write()
+            except Exception as exc:  # noqa: BLE001
+                import sys
+
+                print(f"warning: could not write {self.run_dir / name} ({type(exc).__name__}: {exc})",
+                      file=sys.stderr)
         return summary
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:
