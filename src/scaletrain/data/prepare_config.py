@@ -7,7 +7,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from scaletrain.errors import UserError
@@ -91,12 +90,9 @@ def validate(raw: dict) -> PrepareConfig:
 
 def load_yaml(path: str | Path) -> dict:
     """The raw mapping of a prepare config file (validated later, after CLI overrides)."""
-    try:
-        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except OSError as e:
-        raise UserError(f"--config: cannot read {path}: {e.strerror or e}") from None
-    except yaml.YAMLError as e:
-        raise UserError(f"--config: {path} is not valid YAML: {e}") from None
+    from scaletrain.config.load import read_yaml_file  # size, depth, alias and duplicate-key limits
+
+    raw = read_yaml_file(path, f"--config {path}")
     if raw is None:
         return {}
     if not isinstance(raw, dict):
