@@ -9,7 +9,6 @@ as shards (DCP reads every shard's slice into the full tensor).
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,13 +128,11 @@ def save_model_dir(model: nn.Module, spec: dict, out: Path, name: str = "model.s
     """`out/name` (tied tensors stored once) and `out/model_config.json`, each written atomically."""
     from safetensors.torch import save_model
 
-    from scaletrain.atomic import write_json_atomic
+    from scaletrain.atomic import atomic_path, write_json_atomic
 
-    out.mkdir(parents=True, exist_ok=True)
     path = out / name
-    tmp = out / f".{name}.tmp"
-    save_model(model, str(tmp))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_model(model, str(tmp))
     write_json_atomic(out / "model_config.json", spec)
     return path
 

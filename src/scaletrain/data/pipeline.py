@@ -92,6 +92,71 @@ def _run(fn: Callable, tasks: list[sources.Task], done: Callable[[sources.Task],
         raise
 
 
+def _check_out(out: Path) -> None:
+    """Refuse an --out that cannot become the output folder, before anything is written."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out: {out} is a file; choose a directory")
+    existing = next((p for p in (out, *out.absolute().parents) if p.exists()), None)
+    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"--out: {existing} is not writable (read-only file system or no permission)")
+
+
+def _check_tokenizer(cfg: PrepareConfig) -> None:
+    """--tokenizer is read only in the third phase: a missing or corrupt file is found now."""
+    if cfg.tokenizer is not None:
+        try:
+            tkz.eot_id(tkz.load_tokenizer(cfg.tokenizer))
+        except UserError as exc:
+            raise UserError(f"--tokenizer: {exc}") from None
+
+
+def _first_missing(out: Path) -> Path | None:
+    """The outermost folder of `out`'s path that does not exist yet (what a failed start removes)."""
+    missing = None
+    for p in (out, *out.absolute().parents):
+        if p.exists():
+            return missing
+        missing = p
+    return missing
+
+
+def _undo_start(out: Path, created: Path | None) -> None:
+    """Remove what this invocation made after bad input was found in the middle of it: the folders
+    it created, or the work/ it put in the empty --out it was given."""
+    if created is not None:
+        shutil.rmtree(created, ignore_errors=True)
+    else:
+        for child in out.iterdir():
+            shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink(missing_ok=True)
+
+
+def _check_documents(cfg: PrepareConfig, work: Path, tasks: list[sources.Task]) -> None:
+    """Bad input that only reading shows: a source that yields no document at all (a 0-byte file,
+    a JSONL field that is never a string), or nothing left after cleaning. Training on the
+    result would "finish" on 0 tokens."""
+    read: dict[int, int] = {}
+    kept = 0
+    skipped: dict[int, Counter] = {}
+    removed: Counter = Counter()
+    for t in tasks:
+        scan = json.loads(stages.scan_paths(work, t.index)["json"].read_text())
+        read[t.source] = read.get(t.source, 0) + scan["documents_in"]
+        skipped.setdefault(t.source, Counter()).update(scan["skipped"])
+        removed.update(scan["removed"])
+        kept += scan["documents_kept"]
+    specs = _source_specs(cfg)
+    for i, n in sorted(read.items()):
+        if n == 0:
+            spec = specs[i]
+            field = f", field {spec.field!r}" if spec.kind in ("jsonl", "parquet") else ""
+            why = ", ".join(f"{v} {k}" for k, v in sorted(skipped[i].items())) or "nothing"
+            raise UserError(f"source {spec.path or 'stdlib'}: no document in it ({spec.kind}{field}; "
+                            f"skipped: {why})")
+    if kept == 0:
+        why = ", ".join(f"{k} {v}" for k, v in sorted(removed.items()) if v)
+        raise UserError(f"no document is left after cleaning (removed: {why}); relax the clean settings")
+
+
 def _open_out(out: Path, plan: dict[str, Any]) -> bool:
     """Prepare `out` for this run; True when resuming an unfinished run."""
     if (out / shards.MANIFEST).exists():
@@ -121,8 +186,22 @@ def run_prepare(cfg: PrepareConfig, out: str | Path, workers: int | None = None,
     workers = workers or os.cpu_count() or 1
     if shard[1] > 1 and cfg.tokenizer is None:
         raise UserError("--shard i/n with n > 1 needs --tokenizer (one vocabulary for every machine)")
+    # Everything that can be checked before reading the inputs is, before anything is written.
+    _check_out(out)
+    _check_tokenizer(cfg)
     plan = _plan(cfg, shard)
+    created = _first_missing(out)
     resumed = _open_out(out, plan)
+    try:
+        return _prepare(cfg, out, plan, workers, resumed, progress, t0)
+    except UserError:
+        if not resumed:  # bad input found while reading it: this start leaves nothing behind
+            _undo_start(out, created)
+        raise
+
+
+def _prepare(cfg: PrepareConfig, out: Path, plan: dict[str, Any], workers: int, resumed: bool,
+             progress: bool, t0: float) -> dict[str, Any]:
     work = out / WORK
     tasks = [sources.Task(**{**t, "files": tuple(t["files"]), "rel": tuple(t["rel"])}) for t in plan["tasks"]]
     # The tokenizer is trained in this process; its Rust pool may use every worker's core.
@@ -139,6 +218,7 @@ def run_prepare(cfg: PrepareConfig, out: str | Path, workers: int | None = None,
             _run(partial(stages.scan, cfg, work), tasks,
                  lambda t: stages.scan_paths(work, t.index)["json"].is_file(), pool, bar, "scan + hash")
             phase["scan"], t = time.perf_counter() - t, time.perf_counter()
+            _check_documents(cfg, work, tasks)
             if not (work / "dedup.json").is_file():
                 pt = bar.add_task("dedup", total=None)
                 _decide(cfg, work, tasks)
