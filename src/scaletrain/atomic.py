@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,6 +43,28 @@ def make_temp_dir(parent: Path | str, prefix: str) -> Path:
     path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
     os.chmod(path, DIR_MODE)
     return path
+
+
+@contextlib.contextmanager
+def new_folder(path: Path | str) -> Iterator[Path]:
+    """Make the folder `path` (which must be missing or empty) for a command to fill; if the command
+    fails, remove what it put there, and the folders made for it, so that it leaves nothing behind.
+    (Built in place rather than renamed into place: what is written there may record its path.)"""
+    path = Path(path)
+    made = next((p for p in reversed((path.absolute(), *path.absolute().parents)) if not p.exists()), None)
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        yield path
+    except BaseException:
+        if made is not None:
+            shutil.rmtree(made, ignore_errors=True)
+        else:
+            for child in path.iterdir():
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child, ignore_errors=True)
+                else:
+                    child.unlink(missing_ok=True)
+        raise
 
 
 @contextlib.contextmanager

@@ -122,12 +122,15 @@ def _first_missing(out: Path) -> Path | None:
 
 def _undo_start(out: Path, created: Path | None) -> None:
     """Remove what this invocation made after bad input was found in the middle of it: the folders
-    it created, or the work/ it put in the empty --out it was given."""
+    it created, or what it put in the empty --out it was given."""
     if created is not None:
         shutil.rmtree(created, ignore_errors=True)
-    else:
-        for child in out.iterdir():
-            shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink(missing_ok=True)
+        return
+    for child in out.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
 
 
 def _check_documents(cfg: PrepareConfig, work: Path, tasks: list[sources.Task]) -> None:
