@@ -9,6 +9,7 @@ and data caches.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -46,16 +47,21 @@ def make_temp_dir(parent: Path | str, prefix: str) -> Path:
 
 
 @contextlib.contextmanager
-def new_folder(path: Path | str) -> Iterator[Path]:
-    """Make the folder `path` (which must be missing or empty) for a command to fill; if the command
-    fails, remove what it put there, and the folders made for it, so that it leaves nothing behind.
+def new_folder(path: Path | str, undo_on: type[BaseException] = BaseException) -> Iterator[Path]:
+    """Make the folder `path` (missing or empty: checked) for a command to fill. If the command
+    fails (raises `undo_on`), remove what it put there and the folders made for it, and give an
+    empty folder it was handed back its time stamps: a failed command leaves nothing behind.
     (Built in place rather than renamed into place: what is written there may record its path.)"""
     path = Path(path)
     made = next((p for p in reversed((path.absolute(), *path.absolute().parents)) if not p.exists()), None)
+    if made is None and (not path.is_dir() or any(path.iterdir())):
+        raise FileExistsError(errno.EEXIST, "not an empty folder", str(path))
+    kept = path if made is None else made.parent  # the folder that existed: its time stamps come back
+    times = (kept.stat().st_atime_ns, kept.stat().st_mtime_ns)
     path.mkdir(parents=True, exist_ok=True)
     try:
         yield path
-    except BaseException:
+    except undo_on:
         if made is not None:
             shutil.rmtree(made, ignore_errors=True)
         else:
@@ -64,6 +70,8 @@ def new_folder(path: Path | str) -> Iterator[Path]:
                     shutil.rmtree(child, ignore_errors=True)
                 else:
                     child.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            os.utime(kept, ns=times)
         raise
 
 

@@ -12,6 +12,7 @@ is refused. Outputs depend only on the tasks and settings, never on N or on sche
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -30,7 +31,7 @@ import xxhash
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from scaletrain.atomic import write_json_atomic
+from scaletrain.atomic import new_folder, write_json_atomic
 from scaletrain.data import dedup, minhash, shards, sources, stages
 from scaletrain.data.clean import FILTERS
 from scaletrain.data import tokenizer as tkz
@@ -110,29 +111,6 @@ def _check_tokenizer(cfg: PrepareConfig) -> None:
             raise UserError(f"--tokenizer: {exc}") from None
 
 
-def _first_missing(out: Path) -> Path | None:
-    """The outermost folder of `out`'s path that does not exist yet (what a failed start removes)."""
-    missing = None
-    for p in (out, *out.absolute().parents):
-        if p.exists():
-            return missing
-        missing = p
-    return missing
-
-
-def _undo_start(out: Path, created: Path | None) -> None:
-    """Remove what this invocation made after bad input was found in the middle of it: the folders
-    it created, or what it put in the empty --out it was given."""
-    if created is not None:
-        shutil.rmtree(created, ignore_errors=True)
-        return
-    for child in out.iterdir():
-        if child.is_dir() and not child.is_symlink():
-            shutil.rmtree(child, ignore_errors=True)
-        else:
-            child.unlink(missing_ok=True)
-
-
 def _check_documents(cfg: PrepareConfig, work: Path, tasks: list[sources.Task]) -> None:
     """Bad input that only reading shows: a source that yields no document at all (a 0-byte file,
     a JSONL field that is never a string), or nothing left after cleaning. Training on the
@@ -160,8 +138,9 @@ def _check_documents(cfg: PrepareConfig, work: Path, tasks: list[sources.Task]) 
         raise UserError(f"no document is left after cleaning (removed: {why}); relax the clean settings")
 
 
-def _open_out(out: Path, plan: dict[str, Any]) -> bool:
-    """Prepare `out` for this run; True when resuming an unfinished run."""
+def _resuming(out: Path, plan: dict[str, Any]) -> bool:
+    """Whether `out` is an unfinished run of this plan to resume; UserError when `out` cannot be
+    used (finished, another run's, or holding other files). Reads only."""
     if (out / shards.MANIFEST).exists():
         raise UserError(f"--out: {out} holds a finished preparation (manifest.json); choose a new directory")
     plan_file = out / WORK / "plan.json"
@@ -170,15 +149,17 @@ def _open_out(out: Path, plan: dict[str, Any]) -> bool:
         if old.get("fingerprint") != plan["fingerprint"]:
             raise UserError(f"--out: {out} holds an unfinished run with other settings or inputs; "
                             "rerun the same command to resume it, or choose a new directory")
-        resumed = True
-    elif out.exists() and any(out.iterdir()):
+        return True
+    if out.exists() and any(out.iterdir()):
         raise UserError(f"--out: {out} exists and is not an unfinished preparation; choose a new directory")
-    else:
-        write_json_atomic(plan_file, plan)  # first: a directory with work/ is always resumable
-        resumed = False
+    return False
+
+
+def _open_out(out: Path, plan: dict[str, Any], resumed: bool) -> None:
+    if not resumed:
+        write_json_atomic(out / WORK / "plan.json", plan)  # first: a directory with work/ is always resumable
     (out / WORK / "scan").mkdir(parents=True, exist_ok=True)
     (out / WORK / "tokenize").mkdir(parents=True, exist_ok=True)
-    return resumed
 
 
 def run_prepare(cfg: PrepareConfig, out: str | Path, workers: int | None = None,
@@ -193,14 +174,12 @@ def run_prepare(cfg: PrepareConfig, out: str | Path, workers: int | None = None,
     _check_out(out)
     _check_tokenizer(cfg)
     plan = _plan(cfg, shard)
-    created = _first_missing(out)
-    resumed = _open_out(out, plan)
-    try:
+    resumed = _resuming(out, plan)
+    # Bad input found while reading it (a source with no document): a new start leaves nothing
+    # behind. Any other stop (a crash, Ctrl-C) keeps work/ to resume from.
+    with contextlib.nullcontext() if resumed else new_folder(out, undo_on=UserError):
+        _open_out(out, plan, resumed)
         return _prepare(cfg, out, plan, workers, resumed, progress, t0)
-    except UserError:
-        if not resumed:  # bad input found while reading it: this start leaves nothing behind
-            _undo_start(out, created)
-        raise
 
 
 def _prepare(cfg: PrepareConfig, out: Path, plan: dict[str, Any], workers: int, resumed: bool,

@@ -32,8 +32,6 @@ def check_folder(cfg: Config, run_dir: Path) -> None:
     resume = cfg.train.resume
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"train.run_dir: {run_dir} is a file, not a folder")
-    if resume not in (False, "auto") and not Path(resume).expanduser().exists():
-        raise UserError(f"train.resume: {resume} does not exist (a checkpoint folder, a run folder, or auto)")
     try:
         occupied = run_dir.is_dir() and any(run_dir.iterdir())
     except OSError as exc:  # a folder we may not list
