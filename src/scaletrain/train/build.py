@@ -40,10 +40,6 @@ def default_run_dir(cfg: Config) -> Path:
 def check_run_dir(cfg: Config, run_dir: Path) -> None:
     """train.run_dir and train.resume, checked before any data is read (see train/resume.py)."""
     resume.check_folder(cfg, run_dir)
-    # A read-only folder (or disk) is found before any work, not at the first write.
-    existing = next((p for p in (run_dir, *run_dir.absolute().parents) if p.exists()), None)
-    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(f"train.run_dir: {existing} is not writable (read-only file system or no permission)")
 
 
 def check_device(cfg: Config) -> torch.device:

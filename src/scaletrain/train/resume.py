@@ -3,7 +3,7 @@
 Every check here only reads: a start that is refused leaves the folder byte-identical. The trainer
 writes nothing before all of them have passed (see `Trainer._fit`):
 
-1. `check_folder` (before any data is read): train.run_dir is a folder; an occupied one is only
+1. `check_folder` (before any data is read): train.run_dir is a writable folder; an occupied one is only
    used to continue a run (train.resume), and must hold one (config.yaml or checkpoints/); a
    finished run with no checkpoint left cannot be continued.
 2. `check_same_config` (once the data and model are built): the run in the folder was made with
@@ -14,6 +14,7 @@ writes nothing before all of them have passed (see `Trainer._fit`):
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from scaletrain.config.schema import Config
@@ -32,6 +33,10 @@ def check_folder(cfg: Config, run_dir: Path) -> None:
     resume = cfg.train.resume
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"train.run_dir: {run_dir} is a file, not a folder")
+    # A read-only folder (or disk) is found before any work, not at the first write.
+    existing = next((p for p in (run_dir, *run_dir.absolute().parents) if p.exists()), None)
+    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"train.run_dir: {existing} is not writable (read-only file system or no permission)")
     try:
         occupied = run_dir.is_dir() and any(run_dir.iterdir())
     except OSError as exc:  # a folder we may not list
