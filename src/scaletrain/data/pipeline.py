@@ -111,7 +111,7 @@ def _check_tokenizer(cfg: PrepareConfig) -> None:
             raise UserError(f"--tokenizer: {exc}") from None
 
 
-def _check_documents(cfg: PrepareConfig, work: Path, tasks: list[sources.Task]) -> None:
+def _check_documents(cfg: PrepareConfig, work: Path, tasks: list[sources.Task], plan_shard: str) -> None:
     """Bad input that only reading shows: a source that yields no document at all (a 0-byte file,
     a JSONL field that is never a string), or nothing left after cleaning. Training on the
     result would "finish" on 0 tokens."""
@@ -127,15 +127,16 @@ def _check_documents(cfg: PrepareConfig, work: Path, tasks: list[sources.Task]) 
         kept += scan["documents_kept"]
     specs = _source_specs(cfg)
     for i, n in sorted(read.items()):
-        if n == 0:
+        if n == 0 and plan_shard == "0/1":  # (one machine's share of a source may hold only bad lines)
             spec = specs[i]
             field = f", field {spec.field!r}" if spec.kind in ("jsonl", "parquet") else ""
             why = ", ".join(f"{v} {k}" for k, v in sorted(skipped[i].items())) or "nothing"
             raise UserError(f"source {spec.path or 'stdlib'}: no document in it ({spec.kind}{field}; "
                             f"skipped: {why})")
     if kept == 0:
-        why = ", ".join(f"{k} {v}" for k, v in sorted(removed.items()) if v)
-        raise UserError(f"no document is left after cleaning (removed: {why}); relax the clean settings")
+        why = ", ".join(f"{v} {k}" for k, v in sorted(removed.items()) if v)
+        raise UserError(f"no document is left after cleaning (removed: {why}); relax the clean settings" if why
+                        else f"this share ({plan_shard}) of the inputs holds no document")
 
 
 def _resuming(out: Path, plan: dict[str, Any]) -> bool:
@@ -200,7 +201,7 @@ def _prepare(cfg: PrepareConfig, out: Path, plan: dict[str, Any], workers: int, 
             _run(partial(stages.scan, cfg, work), tasks,
                  lambda t: stages.scan_paths(work, t.index)["json"].is_file(), pool, bar, "scan + hash")
             phase["scan"], t = time.perf_counter() - t, time.perf_counter()
-            _check_documents(cfg, work, tasks)
+            _check_documents(cfg, work, tasks, plan["shard"])
             if not (work / "dedup.json").is_file():
                 pt = bar.add_task("dedup", total=None)
                 _decide(cfg, work, tasks)
