@@ -1,17 +1,79 @@
 """Atomic file writes: a temp file in the same directory, fsync, os.replace.
 
 A crash or a concurrent reader never sees a half-written file: it sees the old one or the new one.
+Files and folders made here follow the user's umask like any Unix tool (0644 / 0755 under umask
+022): `mkstemp` and `mkdtemp` create them 0600 / 0700, which would keep a team from sharing runs
+and data caches.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
+
+
+def _read_umask() -> int:
+    """The process umask. Linux reports it in /proc/self/status; elsewhere the only way is to
+    set it and set it back, which a thread creating a file in between would see (hence once, at
+    import, and only as the fallback)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+UMASK = _read_umask()
+FILE_MODE = 0o666 & ~UMASK  # what open(path, "w") would have given
+DIR_MODE = 0o777 & ~UMASK  # what mkdir would have given
+
+
+def make_temp_dir(parent: Path | str, prefix: str) -> Path:
+    """A new, uniquely named folder in `parent` (mkdtemp), with the mode mkdir would give it."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    os.chmod(path, DIR_MODE)
+    return path
+
+
+@contextlib.contextmanager
+def new_folder(path: Path | str, undo_on: type[BaseException] = BaseException) -> Iterator[Path]:
+    """Make the folder `path` (missing or empty: checked) for a command to fill. If the command
+    fails (raises `undo_on`), remove what it put there and the folders made for it, and give an
+    empty folder it was handed back its time stamps: a failed command leaves nothing behind.
+    (Built in place rather than renamed into place: what is written there may record its path.)"""
+    path = Path(path)
+    made = next((p for p in reversed((path.absolute(), *path.absolute().parents)) if not p.exists()), None)
+    if made is None and (not path.is_dir() or any(path.iterdir())):
+        raise FileExistsError(errno.EEXIST, "not an empty folder", str(path))
+    kept = path if made is None else made.parent  # the folder that existed: its time stamps come back
+    times = (kept.stat().st_atime_ns, kept.stat().st_mtime_ns)
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        yield path
+    except undo_on:
+        if made is not None:
+            shutil.rmtree(made, ignore_errors=True)
+        else:
+            for child in path.iterdir():
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child, ignore_errors=True)
+                else:
+                    child.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            os.utime(kept, ns=times)
+        raise
+
 
 @contextlib.contextmanager
 def atomic_open(path: Path | str, mode: str = "w") -> Iterator[IO[Any]]:
@@ -25,8 +87,31 @@ def atomic_open(path: Path | str, mode: str = "w") -> Iterator[IO[Any]]:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            os.fchmod(f.fileno(), FILE_MODE)
             yield f
             f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path | str) -> Iterator[Path]:
+    """`atomic_open` for a library that writes a file by name (safetensors, ONNX): yield a temp
+    path next to `path`; on success give it the umask's mode (safetensors creates 0600), fsync it
+    and rename it over `path`. On any exception the temp file is removed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.chmod(tmp, FILE_MODE)
+        with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:

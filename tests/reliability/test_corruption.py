@@ -160,7 +160,8 @@ def test_shard_ids_outside_the_vocabulary_are_refused_before_training(cache_dir,
 def test_a_crash_between_the_renames_of_a_resaved_step_loses_nothing(tmp_path):
     """Re-saving step N moves the old folder aside, then renames the new one in: a kill between the
     two left step N only as `.old-step_N`, invisible to resume=auto (with keep_last=1: no checkpoint
-    at all, a restart from step 0). resume=auto puts it back."""
+    at all, a restart from step 0). resume=auto reads it where it is (a check writes nothing), and
+    the trainer puts it back once the start is checked."""
     model = torch.nn.Linear(4, 2)
     opt = torch.optim.AdamW(model.parameters())
     root = tmp_path / "checkpoints"
@@ -168,6 +169,7 @@ def test_a_crash_between_the_renames_of_a_resaved_step_loses_nothing(tmp_path):
     (root / "step_00000007").rename(root / ".old-step_00000007")  # the state the crash leaves
     (root / ".tmp-step_00000007").mkdir()  # and the new copy, unfinished
     chosen, skipped = ckpt.resolve_resume("auto", tmp_path)
-    assert chosen == root / "step_00000007" and skipped == []
+    assert chosen == root / ".old-step_00000007" and skipped == [] and ckpt.checkpoint_step(chosen) == 7
     assert ckpt.verify_checkpoint(chosen) == []
-    assert not (root / ".old-step_00000007").exists()
+    ckpt.recover_replaced(root)
+    assert not (root / ".old-step_00000007").exists() and ckpt.verify_checkpoint(root / "step_00000007") == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from scaletrain import __version__
@@ -41,14 +42,36 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
+        return code
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except RunFailure as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # `scaletrain doctor RUN --json | head -1`: the reader has what it wanted
+        _silence_stdout()
+        return 141  # what a shell reports for a process ended by SIGPIPE
     except KeyboardInterrupt:
         print("interrupted: the last completed checkpoint is intact (resume with train.resume=auto)",
               file=sys.stderr)
         return 130
+    except OSError as exc:
+        if exc.errno is None:  # not from the file system: a bug, whose traceback is wanted
+            raise
+        # A full disk, a read-only folder, no permission: the command cannot go on, but this is no bug.
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 1
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so that the interpreter's final flush does not fail a second time
+    (the recipe of Python's signal documentation, "Note on SIGPIPE")."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # stdout is not a file (a test's StringIO)
+        pass

@@ -9,12 +9,13 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
+
+from scaletrain.atomic import atomic_path
 
 
 def example_input(model: nn.Module, batch: int, seed: int = 0) -> torch.Tensor:
@@ -40,13 +41,11 @@ def export_onnx(model: nn.Module, path: Path) -> Path:
     dims = {0: Dim("batch", min=1, max=4096)}
     if name == "idx":
         dims[1] = Dim("seq", min=2, max=model.args.seq_len)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
     # The exporter prints progress lines and warnings about optional ops (torchvision): not ours.
-    with contextlib.redirect_stdout(io.StringIO()), _quiet("torch.onnx"), torch.no_grad():
+    with atomic_path(path) as tmp, contextlib.redirect_stdout(io.StringIO()), _quiet("torch.onnx"), \
+            torch.no_grad():
         torch.onnx.export(model, (x,), str(tmp), input_names=[name], output_names=["logits"],
                           dynamic_shapes={name: dims}, dynamo=True, external_data=False)
-    os.replace(tmp, path)
     return path
 
 
@@ -65,11 +64,9 @@ def quantize_onnx_int8(src: Path, dst: Path, per_channel: bool = True) -> Path:
     """ORT dynamic quantization: MatMul weights (and a GPT's embedding Gather) to int8."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    tmp = dst.with_name(f".{dst.name}.tmp")
-    with _quiet("root"):  # "consider pre-processing": shape inference is not needed for MatMul/Gather
-        quantize_dynamic(str(src), str(tmp), weight_type=QuantType.QInt8, per_channel=per_channel,
-                         op_types_to_quantize=["MatMul", "Gemm", "Gather"])
-    os.replace(tmp, dst)
+    with atomic_path(dst) as tmp, _quiet("root"):  # "consider pre-processing": shape inference is
+        quantize_dynamic(str(src), str(tmp), weight_type=QuantType.QInt8,  # not needed for MatMul/Gather
+                         per_channel=per_channel, op_types_to_quantize=["MatMul", "Gemm", "Gather"])
     return dst
 
 

@@ -9,7 +9,6 @@ as shards (DCP reads every shard's slice into the full tensor).
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,7 +114,6 @@ def save_model_dir(model: nn.Module, spec: dict, out: Path, name: str = "model.s
     each written atomically."""
     from scaletrain.atomic import write_json_atomic
 
-    out.mkdir(parents=True, exist_ok=True)
     path = out / name
     save_weights(model, path, spec=spec)
     write_json_atomic(out / "model_config.json", spec)

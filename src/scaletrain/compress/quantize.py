@@ -14,7 +14,6 @@ values and scales copied into its tensors (the model saved, bit for bit).
 from __future__ import annotations
 
 import copy
-import os
 from pathlib import Path
 
 import torch
@@ -74,12 +73,12 @@ def dequantized(q: nn.Module, model: nn.Module) -> nn.Module:
 def save_int8(q: nn.Module, model: nn.Module, spec: dict, out: Path) -> Path:
     from safetensors.torch import save_file
 
+    from scaletrain.atomic import atomic_path
     from scaletrain.compress.load import save_model_dir
 
-    out.mkdir(parents=True, exist_ok=True)
-    path, tmp = out / "model_int8.safetensors", out / ".model_int8.safetensors.tmp"
-    save_file(int8_tensors(q), str(tmp), metadata={"format": "int8 rows + fp32 scales (NAME.scale)"})
-    os.replace(tmp, path)
+    path = out / "model_int8.safetensors"
+    with atomic_path(path) as tmp:
+        save_file(int8_tensors(q), str(tmp), metadata={"format": "int8 rows + fp32 scales (NAME.scale)"})
     save_model_dir(dequantized(q, model), spec, out)
     return path
 

@@ -7,7 +7,7 @@ method files (`model_int8.safetensors`, `model.onnx`, `model_int8.onnx`), traini
 """
 from __future__ import annotations
 
-import shutil
+import os
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from scaletrain.atomic import new_folder, write_bytes_atomic
 from scaletrain.errors import UserError
 
 from scaletrain.compress.names import METHODS  # noqa: F401 (re-exported)
@@ -86,15 +87,39 @@ def _evaluate(task, model: nn.Module, cfg, batches: int) -> dict:
 
 def _out_dir(run: Path, method: str, out) -> Path:
     out = Path(out) if out else run.parent / f"{run.name}-{method}"
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out: {out} is a file; choose a new folder")
+    if out.exists() and any(out.iterdir()):
         raise UserError(f"--out: {out} already exists and is not empty; choose another folder")
+    existing = next(p for p in (out, *out.absolute().parents) if p.exists())
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"--out: {existing} is not writable (read-only file system or no permission)")
     return out
 
 
+def _check_method_inputs(method: str, src, opts: Options) -> None:
+    """What a method reads besides the run, checked before anything is written."""
+    if opts.student and method != "distill":
+        raise UserError(f"--student: only --method distill trains a student (this is {method})")
+    if method == "distill":
+        from scaletrain.compress.distill import default_student, student_spec
+        from scaletrain.models import model_from_config_json
+
+        spec = student_spec(src.spec, opts.student or default_student(src.spec))
+        try:
+            with torch.device("meta"):  # the structure only: no memory for the weights
+                model_from_config_json(spec)
+        except UserError as exc:
+            raise UserError(f"--student: {exc}") from None
+        except (TypeError, ValueError, AssertionError, RuntimeError) as exc:  # a value the model cannot take
+            raise UserError(f"--student: {spec['args']} does not make a {spec['name']} model: {exc}") from None
+
+
 def compress(run: str | Path, method: str, out: str | Path | None = None, **options) -> dict:
-    """Compress the run folder `run` with `method`; write and return the summary (see module doc)."""
+    """Compress the run folder `run` with `method`; write and return the summary (see module doc).
+
+    Everything is checked before `out` is made; a failure after that removes it again."""
     from scaletrain.compress.load import load_source
-    from scaletrain.compress import methods
     from scaletrain.train.build import build_task
 
     try:
@@ -104,13 +129,22 @@ def compress(run: str | Path, method: str, out: str | Path | None = None, **opti
     opts.check(method)
     src = load_source(run, opts.checkpoint)
     out = _out_dir(src.run_dir, method, out)
+    _check_method_inputs(method, src, opts)
     cfg = src.cfg.model_copy(deep=True)
     cfg.log.progress = False
     task = build_task(cfg, torch.device("cpu"), progress=False)[0]
-    out.mkdir(parents=True, exist_ok=True)
+    with new_folder(out):
+        summary = _compress(method, src, task, cfg, opts, out)
+    summary["out"] = str(out)
+    return summary
+
+
+def _compress(method: str, src, task, cfg, opts: Options, out: Path) -> dict:
+    from scaletrain.compress import methods
+
     for name in ("config.yaml", "tokenizer.json"):  # the folder evaluates on its own
         if (src.run_dir / name).is_file():
-            shutil.copyfile(src.run_dir / name, out / name)
+            write_bytes_atomic(out / name, (src.run_dir / name).read_bytes())
 
     result = methods.apply(method, src, task, cfg, opts, out)
     runners = {"original": src.model, **{r.name: r.runtime for r in result.rows}}
@@ -147,5 +181,4 @@ def compress(run: str | Path, method: str, out: str | Path | None = None, **opti
     }
     summary["files"] = sorted(set(summary["files"]) | {"report.md", "compression.png", "summary.json"})
     write_report(out, summary)
-    summary["out"] = str(out)
     return summary

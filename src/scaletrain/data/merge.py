@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from scaletrain.atomic import write_json_atomic
+from scaletrain.atomic import make_temp_dir, write_json_atomic
 from scaletrain.data import shards
 from scaletrain.data.pipeline import STATS
 from scaletrain.errors import UserError
@@ -37,7 +36,7 @@ def merge(dirs: list[Path], out: Path) -> dict[str, Any]:
         for split in m["splits"]:
             shards.TokenShards(d, split)  # missing or truncated files fail here, naming the file
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp = make_temp_dir(out.parent, prefix=f".{out.name}.tmp-")
     try:
         splits: dict[str, dict[str, Any]] = {}
         for k, (d, m) in enumerate(zip(dirs, manifests)):

@@ -12,6 +12,7 @@ is refused. Outputs depend only on the tasks and settings, never on N or on sche
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -30,7 +31,7 @@ import xxhash
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from scaletrain.atomic import write_json_atomic
+from scaletrain.atomic import new_folder, write_json_atomic
 from scaletrain.data import dedup, minhash, shards, sources, stages
 from scaletrain.data.clean import FILTERS
 from scaletrain.data import tokenizer as tkz
@@ -92,8 +93,55 @@ def _run(fn: Callable, tasks: list[sources.Task], done: Callable[[sources.Task],
         raise
 
 
-def _open_out(out: Path, plan: dict[str, Any]) -> bool:
-    """Prepare `out` for this run; True when resuming an unfinished run."""
+def _check_out(out: Path) -> None:
+    """Refuse an --out that cannot become the output folder, before anything is written."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out: {out} is a file; choose a directory")
+    existing = next((p for p in (out, *out.absolute().parents) if p.exists()), None)
+    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"--out: {existing} is not writable (read-only file system or no permission)")
+
+
+def _check_tokenizer(cfg: PrepareConfig) -> None:
+    """--tokenizer is read only in the third phase: a missing or corrupt file is found now."""
+    if cfg.tokenizer is not None:
+        try:
+            tkz.eot_id(tkz.load_tokenizer(cfg.tokenizer))
+        except UserError as exc:
+            raise UserError(f"--tokenizer: {exc}") from None
+
+
+def _check_documents(cfg: PrepareConfig, work: Path, tasks: list[sources.Task], plan_shard: str) -> None:
+    """Bad input that only reading shows: a source that yields no document at all (a 0-byte file,
+    a JSONL field that is never a string), or nothing left after cleaning. Training on the
+    result would "finish" on 0 tokens."""
+    read: dict[int, int] = {}
+    kept = 0
+    skipped: dict[int, Counter] = {}
+    removed: Counter = Counter()
+    for t in tasks:
+        scan = json.loads(stages.scan_paths(work, t.index)["json"].read_text())
+        read[t.source] = read.get(t.source, 0) + scan["documents_in"]
+        skipped.setdefault(t.source, Counter()).update(scan["skipped"])
+        removed.update(scan["removed"])
+        kept += scan["documents_kept"]
+    specs = _source_specs(cfg)
+    for i, n in sorted(read.items()):
+        if n == 0 and plan_shard == "0/1":  # (one machine's share of a source may hold only bad lines)
+            spec = specs[i]
+            field = f", field {spec.field!r}" if spec.kind in ("jsonl", "parquet") else ""
+            why = ", ".join(f"{v} {k}" for k, v in sorted(skipped[i].items())) or "nothing"
+            raise UserError(f"source {spec.path or 'stdlib'}: no document in it ({spec.kind}{field}; "
+                            f"skipped: {why})")
+    if kept == 0:
+        why = ", ".join(f"{v} {k}" for k, v in sorted(removed.items()) if v)
+        raise UserError(f"no document is left after cleaning (removed: {why}); relax the clean settings" if why
+                        else f"this share ({plan_shard}) of the inputs holds no document")
+
+
+def _resuming(out: Path, plan: dict[str, Any]) -> bool:
+    """Whether `out` is an unfinished run of this plan to resume; UserError when `out` cannot be
+    used (finished, another run's, or holding other files). Reads only."""
     if (out / shards.MANIFEST).exists():
         raise UserError(f"--out: {out} holds a finished preparation (manifest.json); choose a new directory")
     plan_file = out / WORK / "plan.json"
@@ -102,15 +150,17 @@ def _open_out(out: Path, plan: dict[str, Any]) -> bool:
         if old.get("fingerprint") != plan["fingerprint"]:
             raise UserError(f"--out: {out} holds an unfinished run with other settings or inputs; "
                             "rerun the same command to resume it, or choose a new directory")
-        resumed = True
-    elif out.exists() and any(out.iterdir()):
+        return True
+    if out.exists() and any(out.iterdir()):
         raise UserError(f"--out: {out} exists and is not an unfinished preparation; choose a new directory")
-    else:
-        write_json_atomic(plan_file, plan)  # first: a directory with work/ is always resumable
-        resumed = False
+    return False
+
+
+def _open_out(out: Path, plan: dict[str, Any], resumed: bool) -> None:
+    if not resumed:
+        write_json_atomic(out / WORK / "plan.json", plan)  # first: a directory with work/ is always resumable
     (out / WORK / "scan").mkdir(parents=True, exist_ok=True)
     (out / WORK / "tokenize").mkdir(parents=True, exist_ok=True)
-    return resumed
 
 
 def run_prepare(cfg: PrepareConfig, out: str | Path, workers: int | None = None,
@@ -121,8 +171,20 @@ def run_prepare(cfg: PrepareConfig, out: str | Path, workers: int | None = None,
     workers = workers or os.cpu_count() or 1
     if shard[1] > 1 and cfg.tokenizer is None:
         raise UserError("--shard i/n with n > 1 needs --tokenizer (one vocabulary for every machine)")
+    # Everything that can be checked before reading the inputs is, before anything is written.
+    _check_out(out)
+    _check_tokenizer(cfg)
     plan = _plan(cfg, shard)
-    resumed = _open_out(out, plan)
+    resumed = _resuming(out, plan)
+    # Bad input found while reading it (a source with no document): a new start leaves nothing
+    # behind. Any other stop (a crash, Ctrl-C) keeps work/ to resume from.
+    with contextlib.nullcontext() if resumed else new_folder(out, undo_on=UserError):
+        _open_out(out, plan, resumed)
+        return _prepare(cfg, out, plan, workers, resumed, progress, t0)
+
+
+def _prepare(cfg: PrepareConfig, out: Path, plan: dict[str, Any], workers: int, resumed: bool,
+             progress: bool, t0: float) -> dict[str, Any]:
     work = out / WORK
     tasks = [sources.Task(**{**t, "files": tuple(t["files"]), "rel": tuple(t["rel"])}) for t in plan["tasks"]]
     # The tokenizer is trained in this process; its Rust pool may use every worker's core.
@@ -139,6 +201,7 @@ def run_prepare(cfg: PrepareConfig, out: str | Path, workers: int | None = None,
             _run(partial(stages.scan, cfg, work), tasks,
                  lambda t: stages.scan_paths(work, t.index)["json"].is_file(), pool, bar, "scan + hash")
             phase["scan"], t = time.perf_counter() - t, time.perf_counter()
+            _check_documents(cfg, work, tasks, plan["shard"])
             if not (work / "dedup.json").is_file():
                 pt = bar.add_task("dedup", total=None)
                 _decide(cfg, work, tasks)

@@ -21,6 +21,7 @@ import xxhash
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
+from scaletrain.atomic import make_temp_dir
 from scaletrain.data import corpus, shards
 from scaletrain.data import tokenizer as tkz
 from scaletrain.errors import UserError
@@ -71,6 +72,11 @@ def _list_files(spec: TextSpec) -> list[Path]:
             f"need at least 2 files to split train/val, got {len(chosen)} from {root}"
             + (f" with max_bytes={spec.max_bytes}" if spec.max_bytes is not None else "")
         )
+    train, _ = corpus.split_by_file(chosen, root, spec.val_fraction)
+    if not any(p.stat().st_size for p in train):
+        # Every document would be only its end-of-text token: a run would "train" on nothing.
+        raise UserError(f"{root}: the {len(train)} training file(s) matching {spec.pattern!r} are empty "
+                        "(0 bytes): there is no text to train on")
     return sorted(chosen, key=lambda p: p.relative_to(root).as_posix())
 
 
@@ -150,7 +156,7 @@ def prepare_text(spec: TextSpec, out_dir: str | Path, workers: int = 2, progress
     fingerprint = inputs_fingerprint(spec, files)
     train_files, val_files = corpus.split_by_file(files, root, spec.val_fraction)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    tmp = make_temp_dir(out_dir.parent, prefix=f".{out_dir.name}.tmp-")
     try:
         with _progress(progress) as bar:
             t = bar.add_task(f"training tokenizer on {len(train_files)} files", total=None)

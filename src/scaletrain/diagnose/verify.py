@@ -10,7 +10,9 @@ depends on the optimizer and the precision (TOLERANCES, documented in docs/paral
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import subprocess
 import sys
 import tempfile
@@ -18,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from scaletrain.atomic import atomic_path, new_folder
 from scaletrain.config.schema import Config
 from scaletrain.errors import UserError
 
@@ -83,7 +86,8 @@ def record_run(source: str | None, overrides: list[str], out: Path) -> None:
                     continue
                 seen.add(tensor.data_ptr())
                 unique[name] = tensor.float().contiguous()
-            save_file(unique, str(out / f"step_{step:05d}.safetensors"), metadata={"loss": repr(float(loss))})
+            with atomic_path(out / f"step_{step:05d}.safetensors") as tmp:  # the umask's mode
+                save_file(unique, str(tmp), metadata={"loss": repr(float(loss))})
 
     trainer.step_hook = hook
     trainer.fit()
@@ -112,10 +116,32 @@ def compare(run: Path, ref: Path, steps: int) -> list[dict]:
 
 
 def verify(cfg: Config, source: str | None, overrides: list[str], steps: int, keep: Path | None = None) -> tuple[list[dict], tuple[float, float]]:
+    """Record both runs (in `keep`, or in a temporary folder removed afterwards, also on failure)
+    and compare them."""
     if getattr(cfg.model, "dropout", 0) > 0:
         raise UserError("verify: model.dropout must be 0 (dropout masks differ between layouts by design)")
+    if keep is not None:
+        _check_keep(keep)
+        with contextlib.ExitStack() as stack:
+            try:
+                stack.enter_context(new_folder(keep))
+            except OSError as exc:  # e.g. under /proc, which even root cannot write
+                raise UserError(f"--keep: cannot create {keep}: {exc.strerror or exc}") from None
+            return _verify(cfg, source, overrides, steps, keep)
+    with tempfile.TemporaryDirectory(prefix="scaletrain-verify-") as root:
+        return _verify(cfg, source, overrides, steps, Path(root))
+
+
+def _check_keep(keep: Path) -> None:
+    if keep.exists():
+        raise UserError(f"--keep: {keep} already exists; choose a new directory")
+    existing = next(p for p in keep.absolute().parents if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"--keep: {existing} is not a writable folder (read-only file system or no permission)")
+
+
+def _verify(cfg: Config, source: str | None, overrides: list[str], steps: int, root: Path):
     base = [*overrides, f"train.max_steps={steps}", *_QUIET]
-    root = keep or Path(tempfile.mkdtemp(prefix="scaletrain-verify-"))
     run_dir, ref_dir = root / "layout", root / "reference"
     run_dir.mkdir(parents=True, exist_ok=True)
     ref_dir.mkdir(parents=True, exist_ok=True)
@@ -128,7 +154,8 @@ def verify(cfg: Config, source: str | None, overrides: list[str], steps: int, ke
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-            reason = errors[0].removeprefix("error: ") if errors else proc.stderr.strip().splitlines()[-1]
+            last = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
+            reason = errors[0].removeprefix("error: ") if errors else last
             raise UserError(f"verify: the {cfg.parallel.strategy} run failed: {reason}")
     else:
         record_run(source, layout_args, run_dir)

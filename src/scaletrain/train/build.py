@@ -1,7 +1,8 @@
 """From a validated config to a ready `Trainer`: data, task, model, run folder.
 
 Order matters for "bad input loses nothing": every check that can fail on user input (config,
-data files, an existing run folder) runs before the run folder is created.
+data files, an existing run folder) runs before the run folder is created, and nothing here
+writes to it (the trainer does, after the resume checks).
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from scaletrain.atomic import write_bytes_atomic
 from scaletrain.config.schema import Config
 from scaletrain.data import images
 from scaletrain.data.prepare import TextSpec, ensure_prepared
@@ -23,6 +23,7 @@ from scaletrain.data.shards import TokenShards, read_manifest
 from scaletrain.data.tokenizer import load_tokenizer
 from scaletrain.errors import UserError
 from scaletrain.models import build_model
+from scaletrain.train import resume
 from scaletrain.train.tasks import Classification, LanguageModeling
 from scaletrain.train.trainer import Trainer, resolve_device
 
@@ -37,16 +38,8 @@ def default_run_dir(cfg: Config) -> Path:
 
 
 def check_run_dir(cfg: Config, run_dir: Path) -> None:
-    occupied = run_dir.exists() and any(run_dir.iterdir())
-    if occupied and not cfg.train.resume:
-        raise UserError(f"train.run_dir: {run_dir} already holds a run; "
-                        "continue it with train.resume=auto or choose another train.run_dir")
-    if run_dir.exists() and not run_dir.is_dir():
-        raise UserError(f"train.run_dir: {run_dir} is a file")
-    # A read-only folder (or disk) is found before any work, not at the first write.
-    existing = next((p for p in (run_dir, *run_dir.absolute().parents) if p.exists()), None)
-    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(f"train.run_dir: {existing} is not writable (read-only file system or no permission)")
+    """train.run_dir and train.resume, checked before any data is read (see train/resume.py)."""
+    resume.check_folder(cfg, run_dir)
 
 
 def check_device(cfg: Config) -> torch.device:
@@ -147,29 +140,34 @@ def build_task(cfg: Config, device: torch.device, progress: bool | None = None) 
 
 
 def build_trainer(cfg: Config) -> Trainer:
-    """A trainer for this process; under torchrun, for this rank (joins the process group)."""
+    """A trainer for this process; under torchrun, for this rank (joins the process group).
+
+    Nothing is written here: the trainer writes its run folder once a resume has been checked too
+    (`Trainer._fit`), so that a refused start leaves every file as it was."""
     from scaletrain.parallel.dist import init_distributed
     from scaletrain.train.ranks import on_main
 
     device = check_device(cfg)
     info = init_distributed(device.type, cfg.parallel.timeout_seconds)
     # Rank 0 names the run folder (a default name has a timestamp) and checks it, for everyone.
-    run_dir = on_main(_checked_run_dir, cfg)
+    run_dir = on_main(checked_run_dir, cfg)
     if info.device.type == "cuda":
         device = info.device
     task, args, extra, sampler = build_task(cfg, device, progress=cfg.log.progress and info.is_main)
     torch.manual_seed(cfg.train.seed)  # the initial weights are a function of the seed
     model = build_model(cfg.model.name, args)
     spec = {"name": cfg.model.name, "args": model.args_dict()}
-    if info.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if "data_dir" in extra:  # the run folder is self-contained for eval/generate
-            write_bytes_atomic(run_dir / "tokenizer.json", (Path(extra["data_dir"]) / "tokenizer.json").read_bytes())
+    # After the data and model checks: bad input is reported as such before a mismatch with the run.
+    on_main(resume.check_same_config, cfg, run_dir)
+    run_files = {}
+    if "data_dir" in extra:  # the run folder is self-contained for eval/generate
+        run_files["tokenizer.json"] = (Path(extra["data_dir"]) / "tokenizer.json").read_bytes()
     return Trainer(cfg, model, task, run_dir=run_dir, model_spec=spec, sampler=sampler, extra_summary=extra,
-                   dist_info=info)
+                   dist_info=info, run_files=run_files)
 
 
-def _checked_run_dir(cfg: Config) -> Path:
+def checked_run_dir(cfg: Config) -> Path:
+    """The run folder this config names (train.run_dir, or a new one under runs/), checked."""
     run_dir = Path(cfg.train.run_dir).expanduser() if cfg.train.run_dir else default_run_dir(cfg)
     check_run_dir(cfg, run_dir)
     return run_dir

@@ -291,32 +291,55 @@ def check_model_spec(path: Path, trainer_state: dict, model_spec: dict | None) -
                         "checkpoint's model settings, or start a new run with train.resume=false)")
 
 
+def _set_aside(root: Path) -> list[Path]:
+    """`.old-step_N` folders whose `step_N` is missing: re-saving step N moves the old folder aside
+    before the new one is renamed in, and a crash between the two renames leaves step N only there
+    (it is complete)."""
+    if not root.is_dir():
+        return []
+    return [old for old in root.glob(".old-step_*")
+            if _STEP_DIR.match(old.name.removeprefix(".old-")) and not (root / old.name.removeprefix(".old-")).exists()]
+
+
+def resume_candidates(root: Path) -> list[Path]:
+    """Checkpoints under `root` a resume may continue from, oldest first: the complete ones and
+    those a crash left set aside (see `recover_replaced`), which are read where they are."""
+    return sorted([*list_checkpoints(root), *_set_aside(root)], key=lambda p: p.name.removeprefix(".old-"))
+
+
+def checkpoint_step(path: Path) -> int | None:
+    """The step a checkpoint folder is named after (`step_00000500`, or `.old-step_00000500` set
+    aside); None for a folder named otherwise (a checkpoint copied under another name)."""
+    m = _STEP_DIR.match(path.name.removeprefix(".old-"))
+    return int(m.group(1)) if m else None
+
+
 def recover_replaced(root: Path) -> None:
-    """Re-saving a step moves the old folder aside (`.old-step_N`) before the new one is renamed
-    in; a crash between the two renames leaves step N only there. Put it back (it is complete), or
-    drop it when the new one made it."""
+    """Put back a checkpoint a crash left set aside (`.old-step_N`, see `_set_aside`), or drop it
+    when the new step N made it. A write: the trainer calls it once the start is checked."""
     if not root.is_dir():
         return
+    aside = set(_set_aside(root))
     for old in root.glob(".old-step_*"):
-        final = root / old.name.removeprefix(".old-")
-        if _STEP_DIR.match(final.name) and not final.exists():
-            os.rename(old, final)
+        if old in aside:
+            os.rename(old, root / old.name.removeprefix(".old-"))
         else:
             shutil.rmtree(old, ignore_errors=True)
 
 
 def resolve_resume(resume: str, run_dir: Path) -> tuple[Path | None, list[str]]:
-    """(checkpoint to resume from, problems of newer ones skipped).
+    """(checkpoint to resume from, problems of newer ones skipped); reads only, writes nothing.
 
-    `auto`: the newest intact checkpoint of this run (a damaged newer one is skipped and reported);
-    a path: that checkpoint, or the newest of that run folder, which must be intact.
+    `auto`: the newest intact checkpoint of this run (a damaged newer one is skipped and reported;
+    when there are checkpoints and none is intact, a UserError: starting over would overwrite the
+    run); None when the run has no checkpoint yet. A path: that checkpoint, or the newest of that
+    run folder, which must be intact. The path returned may be a set-aside `.old-step_N` folder.
     """
     if resume == "auto":
-        recover_replaced(run_dir / "checkpoints")
-        candidates = list_checkpoints(run_dir / "checkpoints")
+        candidates = resume_candidates(run_dir / "checkpoints")
     else:
         path = Path(resume).expanduser()
-        candidates = list_checkpoints(path / "checkpoints") or list_checkpoints(path) or [path]
+        candidates = resume_candidates(path / "checkpoints") or resume_candidates(path) or [path]
     skipped: list[str] = []
     for candidate in reversed(candidates):
         problems = verify_checkpoint(candidate)
@@ -325,6 +348,10 @@ def resolve_resume(resume: str, run_dir: Path) -> tuple[Path | None, list[str]]:
         if resume != "auto":
             raise UserError(f"train.resume: checkpoint {candidate} is damaged: {problems[0]}")
         skipped.append(f"{candidate.name}: {problems[0]}")
+    if skipped:
+        raise UserError(f"train.resume=auto: no intact checkpoint in {run_dir / 'checkpoints'} (newest "
+                        f"{skipped[0]}); nothing was changed. To start over, train with train.resume=false "
+                        "and a new train.run_dir")
     return None, skipped
 
 

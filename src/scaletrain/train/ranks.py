@@ -24,21 +24,48 @@ def rank() -> int:
 
 
 def on_main(fn, *args, **kwargs):
-    """Run `fn` on rank 0 and hand its result (or its UserError) to every rank, so that a check
-    that fails fails everywhere instead of leaving the other ranks waiting in a collective."""
-    result, error = None, None
+    """Run `fn` on rank 0 and hand its result to every rank.
+
+    A failure reaches every rank at once, instead of leaving the others waiting in their next
+    collective until parallel.timeout_seconds: rank 0 raises its own exception; the other ranks a
+    UserError with the same line when it was bad input (every rank then exits 2), otherwise a
+    RunFailure naming rank 0's error."""
+    return _on_main(fn, args, kwargs, share=True)
+
+
+def main_only(fn, *args, **kwargs):
+    """`on_main` for work whose result stays on rank 0 (a file written, a log opened): the other
+    ranks get None, and rank 0's failure as `on_main` hands it on."""
+    return _on_main(fn, args, kwargs, share=False)
+
+
+def _on_main(fn, args, kwargs, share: bool):
+    result, failure, caught = None, None, None
     if rank() == 0:
         try:
             result = fn(*args, **kwargs)
-        except UserError as exc:
-            error = str(exc)
+        except BaseException as exc:  # noqa: BLE001 - re-raised below, after the others know
+            caught = exc
+            failure = (isinstance(exc, UserError), str(exc) if isinstance(exc, UserError) else _describe(exc))
     if dist.is_initialized():
-        box = [(result, error)]
+        box = [(result if share and caught is None else None, failure)]
         dist.broadcast_object_list(box, src=0)
-        result, error = box[0]
-    if error is not None:
-        raise UserError(error)
+        if rank() != 0:
+            result, failure = box[0]
+    if caught is not None:
+        raise caught
+    if failure is not None:
+        bad_input, message = failure
+        if bad_input:
+            raise UserError(message)
+        raise RunFailure(f"rank 0 failed: {message}")
     return result
+
+
+def _describe(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    text = f"{type(exc).__name__}: {lines[-1]}" if lines else type(exc).__name__
+    return text if len(text) < 300 else text[:300] + " ..."
 
 
 def gather_floats(value: float) -> list[float]:
@@ -182,16 +209,17 @@ def export_full_model(layout_model: nn.Module, fresh_model_factory, path: Path, 
     model description, is recorded in the file's metadata."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    from scaletrain.untrusted.weights import save_weights
-
-    if strategy in ("single", "ddp", "zero1", "pp"):
-        full_model = layout_model  # plain tensors, identical on every rank (pp: consolidated first)
-    else:
+    full = None
+    if strategy not in ("single", "ddp", "zero1", "pp"):  # else plain tensors, the same on every rank
         full = get_model_state_dict(layout_model, options=StateDictOptions(full_state_dict=True,
                                                                            cpu_offload=True))
-        full_model = None
-        if rank() == 0:
-            full_model = load_full_state(fresh_model_factory(), full)
-        del full
-    if rank() == 0:
-        save_weights(full_model, path, spec=spec)
+    # Rank 0 alone builds and writes the file: a failure there (a full disk) stops every rank.
+    main_only(_save_full_model, layout_model, full, fresh_model_factory, path, spec)
+
+
+def _save_full_model(layout_model: nn.Module, full: dict | None, fresh_model_factory, path: Path,
+                     spec: dict | None) -> None:
+    from scaletrain.untrusted.weights import save_weights
+
+    model = layout_model if full is None else load_full_state(fresh_model_factory(), full)
+    save_weights(model, path, spec=spec)

@@ -21,7 +21,7 @@ from scaletrain.optim.param_groups import param_groups
 from scaletrain.optim.registry import build_optimizer
 from scaletrain.optim.schedules import apply_lr, effective_lr, lr_multiplier
 from scaletrain.train import checkpoint as ckpt
-from scaletrain.atomic import write_json_atomic, write_text_atomic
+from scaletrain.atomic import write_bytes_atomic, write_json_atomic, write_text_atomic
 from scaletrain.train.guard import Guard
 from scaletrain.train.loop_state import LoopState, Meter, Rollback
 from scaletrain.train.report import plot_losses, read_metrics, write_report
@@ -29,7 +29,7 @@ from scaletrain.data.prefetch import Prefetcher
 from scaletrain.parallel import faults
 from scaletrain.parallel.dist import DistInfo, shutdown
 from scaletrain.parallel.layout import Layout, build_layout, wrap_optimizer
-from scaletrain.train import ranks
+from scaletrain.train import ranks, resume
 from scaletrain.train.step import NonfiniteCheck, autocast_context, train_step
 from scaletrain.train.telemetry import Telemetry
 
@@ -46,7 +46,7 @@ def resolve_device(cfg: Config) -> torch.device:
 class Trainer:
     def __init__(self, cfg: Config, model: nn.Module, task, *, run_dir: Path,
                  model_spec: dict | None = None, sampler=None, extra_summary: dict | None = None,
-                 dist_info: DistInfo | None = None, model_factory=None):
+                 dist_info: DistInfo | None = None, model_factory=None, run_files: dict[str, bytes] | None = None):
         self.cfg, self.model, self.task = cfg, model, task
         self.dist_info = dist_info or DistInfo(device=resolve_device(cfg))
         self.model_factory = model_factory  # a fresh plain model, for consolidating sharded weights
@@ -54,6 +54,8 @@ class Trainer:
         self.model_spec = model_spec or {"name": "custom", "class": type(model).__qualname__}
         self.sampler = sampler  # callable(model) -> str: a generated sample for the report
         self.extra_summary = extra_summary or {}
+        # {name: bytes} copied into the run folder once the start is checked (the tokenizer).
+        self.run_files = run_files or {}
         self.device = self.dist_info.device
         # FSDP casts parameters itself (MixedPrecisionPolicy); autocast covers the other layouts.
         fsdp_casts = cfg.parallel.strategy in ("fsdp", "fsdp+tp")
@@ -163,32 +165,15 @@ class Trainer:
         watchdog = ranks.Watchdog(cfg.parallel.timeout_seconds) if layout.distributed else None
         torch.manual_seed(t.seed)  # dropout and sampling; a resume restores the saved RNG instead
 
-        found = ranks.on_main(ckpt.resolve_resume, t.resume, self.run_dir) if t.resume else (None, [])
-        resume_from, damaged = found
-        if resume_from is not None:
-            trained = layout.extras.get("stage_module", layout.model)  # pp: this rank's stage
-            configured = [g.get("base_lr") for g in optimizer.param_groups]
-            saved = ckpt.load_checkpoint(resume_from, trained, optimizer, verified=True,
-                                         model_spec=self.model_spec, whole_model=trained is layout.model)
-            for group, base_lr in zip(optimizer.param_groups, configured):
-                if base_lr is not None:  # the config's lr wins over the checkpoint's (a resume may change it)
-                    group["base_lr"] = base_lr
-            saved.pop("step", None)
-            data_state = saved.pop("data", None)
-            check = getattr(self.task, "check_data_state", None)
-            if data_state is not None and check is not None:
-                check(data_state)
-            self.state = LoopState(step=int(resume_from.name.split("_")[1]), **saved)
-        if main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            if resume_from is None:  # a fresh start in a reused folder: old curves would mix with new
-                (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
-                shutil.rmtree(self.run_dir / "tensorboard", ignore_errors=True)
-            write_text_atomic(self.run_dir / "config.yaml", _config_file_text(cfg))
-
+        # Every check of a resume comes before the run's first write: a refused start (another
+        # config, a damaged checkpoint, other data) leaves the folder byte-identical.
+        resume_from, damaged = self._resume(layout, optimizer)
+        tel = ranks.main_only(self._open_run_folder, resume_from)
+        if tel is None:  # the other ranks log nothing
+            tel = Telemetry(self.run_dir, enabled=False, total_steps=t.max_steps, unit=self.task.unit)
+        if resume_from is not None and t.resume == "auto":  # a checkpoint set aside is back in place
+            resume_from = self.run_dir / "checkpoints" / resume_from.name.removeprefix(".old-")
         st = self.state
-        tel = Telemetry(self.run_dir, enabled=main, total_steps=t.max_steps, start_step=st.step,
-                        unit=self.task.unit, tensorboard=cfg.log.tensorboard, progress=cfg.log.progress)
         for problem in damaged:
             tel.message(f"warning: skipped damaged checkpoint {problem}")
         if resume_from is not None:
@@ -209,6 +194,52 @@ class Trainer:
                 raise
             raise watchdog.failure(st.step, exc, cfg.parallel.timeout_seconds) from None
         return self._finish(final, stopped_by, wall_start, optimizer)
+
+    def _resume(self, layout: Layout, optimizer) -> tuple[Path | None, list[str]]:
+        """(checkpoint resumed from, damaged newer ones skipped), after every check a resume makes;
+        writes nothing. Rank 0 checks the files (resume.find_checkpoint), every rank loads the
+        model, optimizer and RNG, and the task checks the saved data position against its data."""
+        t = self.cfg.train
+        if not t.resume:
+            return None, []
+        resume_from, damaged = ranks.on_main(resume.find_checkpoint, t.resume, self.run_dir, self.model_spec)
+        if resume_from is None:  # resume=auto on a run that has no checkpoint yet: a fresh start
+            return None, damaged
+        trained = layout.extras.get("stage_module", layout.model)  # pp: this rank's stage
+        configured = [g.get("base_lr") for g in optimizer.param_groups]
+        saved = ckpt.load_checkpoint(resume_from, trained, optimizer, verified=True,
+                                     model_spec=self.model_spec, whole_model=trained is layout.model)
+        for group, base_lr in zip(optimizer.param_groups, configured):
+            if base_lr is not None:  # the config's lr wins over the checkpoint's (a resume may change it)
+                group["base_lr"] = base_lr
+        saved_step = saved.pop("step", None)
+        data_state = saved.pop("data", None)
+        check = getattr(self.task, "check_data_state", None)
+        if data_state is not None and check is not None:
+            check(data_state)
+        step = ckpt.checkpoint_step(resume_from)
+        self.state = LoopState(step=int(saved_step) if step is None else step, **saved)
+        if layout.distributed:  # every rank has read the checkpoint before rank 0 moves anything
+            torch.distributed.barrier()
+        return resume_from, damaged
+
+    def _open_run_folder(self, resume_from: Path | None) -> Telemetry:
+        """Rank 0's first writes, once the start is checked: the folder, config.yaml, the run's files
+        and the log. A fresh start in a folder that holds this run (one that never saved a
+        checkpoint: see resume.check_folder) drops that run's curves."""
+        cfg, t, run_dir = self.cfg, self.cfg.train, self.run_dir
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if t.resume == "auto":
+            ckpt.recover_replaced(run_dir / "checkpoints")
+        if resume_from is None:
+            (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+            shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)
+        write_text_atomic(run_dir / "config.yaml", _config_file_text(cfg))
+        for name, data in self.run_files.items():
+            if not ((run_dir / name).is_file() and (run_dir / name).read_bytes() == data):
+                write_bytes_atomic(run_dir / name, data)
+        return Telemetry(run_dir, enabled=True, total_steps=t.max_steps, start_step=self.state.step,
+                         unit=self.task.unit, tensorboard=cfg.log.tensorboard, progress=cfg.log.progress)
 
     def _loop(self, layout: Layout, optimizer, tel: Telemetry, wall_start: float) -> str:
         t = self.cfg.train
