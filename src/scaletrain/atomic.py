@@ -148,22 +148,3 @@ def write_bytes_atomic(path: Path | str, data: bytes) -> None:
     with atomic_open(path, "wb") as f:
         f.write(data)
 
-
-@contextlib.contextmanager
-def atomic_path(path: Path | str) -> Iterator[Path]:
-    """Yield a temp path next to `path` for a library that writes a file by name (safetensors,
-    torch.save); on success fsync it and rename it over `path`, on failure remove it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)

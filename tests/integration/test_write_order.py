@@ -129,11 +129,11 @@ def test_a_finished_run_without_checkpoints_is_not_overwritten(finished, run, tm
 def test_a_refused_resume_creates_no_run_folder(finished, run, tmp_path):
     """A checkpoint found damaged (or missing) only when the trainer starts: no new folder is left."""
     step = run / "checkpoints" / "step_00000004"
-    (step / "rng.pt").write_bytes(b"damaged")
+    (step / "rng.safetensors").write_bytes(b"damaged")
     new = tmp_path / "new" / "run"
     line = refused(tmp_path, "train", "gpt-tiny", *finished[1], f"train.run_dir={new}", f"train.resume={step}",
                    "train.max_steps=6")
-    assert "damaged" in line and "rng.pt" in line
+    assert "damaged" in line and "rng.safetensors" in line
     line = refused(tmp_path, "train", "gpt-tiny", *finished[1], f"train.run_dir={new}",
                    f"train.resume={tmp_path / 'nope'}")
     assert "train.resume" in line and "does not exist" in line

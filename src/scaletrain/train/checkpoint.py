@@ -33,6 +33,7 @@ import xxhash
 from torch import nn
 import torch.distributed as dist
 
+from scaletrain.atomic import FILE_MODE
 from scaletrain.errors import RunFailure, UserError
 from scaletrain.parallel.state import load_train_state, train_state
 from scaletrain.untrusted import checkpoint as untrusted_dcp
@@ -143,6 +144,7 @@ def _write_files(tmp: Path, model, optimizer, trainer_state: dict, step: int, ma
 
         tensors, plain = rng_state()
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / "rng.safetensors"))
+        os.chmod(tmp / "rng.safetensors", FILE_MODE)  # safetensors creates 0600; follow the umask
         (tmp / "trainer.json").write_text(json.dumps({**trainer_state, "step": step, "rng": plain}))
         sums = {p.name: _hash_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
         (tmp / "checksums.json").write_text(json.dumps(sums, indent=1))
