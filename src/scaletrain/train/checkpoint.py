@@ -96,62 +96,65 @@ def _rank() -> int:
     return dist.get_rank() if dist.is_initialized() else 0
 
 
-def _barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()
-
-
 def save_checkpoint(root: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
                     trainer_state: dict, keep_last: int) -> Path:
     """Save on every rank (a collective under torch.distributed): each rank writes its own shard,
-    rank 0 the trainer state, the checksums and the final rename."""
+    rank 0 the trainer state, the checksums and the final rename. Rank 0's own steps run through
+    `ranks.main_only`, so a failure there (a full disk) reaches every rank at once instead of
+    leaving them waiting in the next collective."""
+    from scaletrain.train.ranks import main_only
+
     main = _rank() == 0
     final = root / f"step_{step:08d}"
     tmp = root / f".tmp-step_{step:08d}"  # one name every rank agrees on
     try:
-        if main:
-            root.mkdir(parents=True, exist_ok=True)
-            shutil.rmtree(tmp, ignore_errors=True)  # a crash's leftover
-            tmp.mkdir()
-        _barrier()
-        _write_files(tmp, model, optimizer, trainer_state, step, main)
+        main_only(_fresh_folder, root, tmp)  # every rank waits for it (a barrier)
+        state = train_state(model, optimizer)
+        with warnings.catch_warnings():  # "no process group: saving in a single process" is expected
+            warnings.simplefilter("ignore", UserWarning)
+            dcp.save(state, checkpoint_id=str(tmp))
+        del state
+        main_only(_write_main_files, tmp, trainer_state, step)
     except (OSError, RuntimeError, CheckpointException) as exc:  # a full disk, a read-only folder
         raise _write_failure(root, tmp, step, exc, main) from None
-    if main:
-        replaced = None
-        if final.exists():  # re-saving the same step (a resumed run reaching it again): move the old
-            replaced = root / f".old-step_{step:08d}"  # one aside, never delete it first
-            shutil.rmtree(replaced, ignore_errors=True)
-            os.rename(final, replaced)
-        os.rename(tmp, final)
-        _fsync_dir(root)
-        if replaced is not None:
-            shutil.rmtree(replaced, ignore_errors=True)
-        for old in list_checkpoints(root)[:-keep_last]:
-            shutil.rmtree(old, ignore_errors=True)
-    _barrier()  # nobody goes on (or resumes) before the checkpoint is in place
+    # Nobody goes on (or resumes) before the checkpoint is in place: main_only waits for it.
+    main_only(_put_in_place, root, tmp, final, step, keep_last)
     return final
 
 
-def _write_files(tmp: Path, model, optimizer, trainer_state: dict, step: int, main: bool) -> None:
-    state = train_state(model, optimizer)
-    with warnings.catch_warnings():  # "no process group: saving in a single process" is expected
-        warnings.simplefilter("ignore", UserWarning)
-        dcp.save(state, checkpoint_id=str(tmp))
-    del state
-    if main:
-        from safetensors.torch import save_file
+def _fresh_folder(root: Path, tmp: Path) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(tmp, ignore_errors=True)  # a crash's leftover
+    tmp.mkdir()
 
-        tensors, plain = rng_state()
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / "rng.safetensors"))
-        os.chmod(tmp / "rng.safetensors", FILE_MODE)  # safetensors creates 0600; follow the umask
-        (tmp / "trainer.json").write_text(json.dumps({**trainer_state, "step": step, "rng": plain}))
-        sums = {p.name: _hash_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
-        (tmp / "checksums.json").write_text(json.dumps(sums, indent=1))
-        for p in tmp.iterdir():
-            with open(p, "rb") as fh:
-                os.fsync(fh.fileno())
-        _fsync_dir(tmp)
+
+def _write_main_files(tmp: Path, trainer_state: dict, step: int) -> None:
+    from safetensors.torch import save_file
+
+    tensors, plain = rng_state()
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / "rng.safetensors"))
+    os.chmod(tmp / "rng.safetensors", FILE_MODE)  # safetensors creates 0600; follow the umask
+    (tmp / "trainer.json").write_text(json.dumps({**trainer_state, "step": step, "rng": plain}))
+    sums = {p.name: _hash_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+    (tmp / "checksums.json").write_text(json.dumps(sums, indent=1))
+    for p in tmp.iterdir():
+        with open(p, "rb") as fh:
+            os.fsync(fh.fileno())
+    _fsync_dir(tmp)
+
+
+def _put_in_place(root: Path, tmp: Path, final: Path, step: int, keep_last: int) -> None:
+    replaced = None
+    if final.exists():  # re-saving the same step (a resumed run reaching it again): move the old
+        replaced = root / f".old-step_{step:08d}"  # one aside, never delete it first
+        shutil.rmtree(replaced, ignore_errors=True)
+        os.rename(final, replaced)
+    os.rename(tmp, final)
+    _fsync_dir(root)
+    if replaced is not None:
+        shutil.rmtree(replaced, ignore_errors=True)
+    for old in list_checkpoints(root)[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _write_failure(root: Path, tmp: Path, step: int, exc: BaseException, main: bool) -> RunFailure:
