@@ -1,0 +1,88 @@
+"""What a model family tells the rest of scaletrain: the contract of a `models/<family>/` folder.
+
+A family is a plain `nn.Module` (no `torch.distributed` in it) plus three things the core asks
+for, so that nothing outside the family's folder knows its module names:
+
+- `ParallelPlan`: its repeated blocks (the units of activation checkpointing, FSDP and pipeline
+  stages), its tensor-parallel plan (sub-module name inside a block -> "colwise" / "rowwise"), how
+  to cut it into pipeline stages, and which parameter (if any) ties the embedding to the head;
+- `ModelSpec`: what `scaletrain plan` needs to predict memory and time (parameters, FLOPs per token,
+  activation bytes), computed from the family's own arithmetic;
+- the config section of `model:` in a YAML file (a small pydantic model whose `name` is a
+  Literal of the family's name), and how a config plus the data's shape become the module's args.
+
+Adding a family: a folder `models/<name>/` that exports `FAMILY = ModelFamily(...)`, and one line in
+`models/__init__.py`'s registry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from torch import nn
+
+TPStyle = Literal["colwise", "rowwise", "colwise_rep", "rowwise_seq", "sequence"]
+
+
+@dataclass(frozen=True)
+class DataShape:
+    """What the data decides about a model: vocabulary and context (text) or features and classes."""
+
+    vocab_size: int | None = None
+    seq_len: int | None = None
+    input_dim: int | None = None
+    num_classes: int | None = None
+
+
+@dataclass(frozen=True)
+class ParallelPlan:
+    """How the core may split a family's module. Every callable takes the plain model."""
+
+    # The repeated units (an nn.ModuleList): activation checkpointing, FSDP units, pipeline stages.
+    blocks: Callable[[nn.Module], nn.ModuleList]
+    # Tensor parallel, per block: sub-module name (relative to a block) -> style. Empty: no TP.
+    tp_plan: dict[str, TPStyle] = field(default_factory=dict)
+    # Raises UserError naming the key when `tp` ranks cannot split the model (heads, widths).
+    check_tp: Callable[[nn.Module, int], None] | None = None
+    # A module holding blocks[layers] under the same names as the full model (`blocks.3`), plus
+    # what comes before the blocks on the first stage and after them on the last. None: no pp.
+    pipeline_stage: Callable[[nn.Module, range, bool, bool], nn.Module] | None = None
+    # The parameter shared by the embedding and the head (its gradient is summed across the first
+    # and last pipeline stages), or None.
+    tied_parameter: Callable[[nn.Module], nn.Parameter | None] = lambda model: None
+    # Which pipeline stage trains a parameter that is not in a block: "first" or "last".
+    outside_block_owner: Callable[[str], Literal["first", "last"]] = lambda name: "first"
+
+
+class ModelSpec(Protocol):
+    """Arithmetic of one model instance, for `scaletrain plan` (docs/plan.md derives each term)."""
+
+    kind: str  # the family's name
+    params: int
+    block_params: int  # one repeated block (0 when the family has none)
+    n_layer: int
+    tp_params: int  # the weights tensor parallel shards (all blocks)
+    matmul_params: int  # weights used in matmuls (autocast keeps a bf16 copy of each)
+    flops_per_unit: float  # training FLOPs per token (language models) or sample (classifiers)
+    units_per_sample: int  # seq_len for a language model, 1 for a classifier
+    hidden: int  # the residual width (the size of one TP all-reduce per token)
+    supports_tp: Callable[[int], bool]  # whether `tp` ranks can split it
+
+    def activation_bytes(self, micro: int, precision: str, ac: bool, tp: int = 1) -> tuple[float, float]:
+        """(saved for backward, transient peak on top) of one micro-batch, bytes per rank."""
+        ...
+
+
+@dataclass(frozen=True)
+class ModelFamily:
+    name: str
+    config: type  # the pydantic section for `model:` (its `name` field: Literal[name])
+    module: type[nn.Module]  # has `from_args_dict(dict)` and `args_dict()`
+    task: Literal["language_modeling", "classification"]
+    # (model section, data shape) -> the module's args dict (what model_config.json records)
+    args_from_config: Callable[[object, DataShape], dict]
+    # A model instance (often on the meta device) -> its ModelSpec
+    spec: Callable[[nn.Module], ModelSpec]
+    plan: ParallelPlan | None = None  # None: only data-parallel layouts (ddp, zero1, fsdp of the root)
