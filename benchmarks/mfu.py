@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     from scaletrain.config.load import load_config
     from scaletrain.diagnose.hardware import machine_info, matmul_peak_flops
     from scaletrain.diagnose.profile import profile
-    from scaletrain.models.gpt import GPTArgs
+    from scaletrain.models.gpt.model import GPTArgs
 
     load_before = os.getloadavg()  # the only load judged: during the run it counts our own threads
     began = time.time()

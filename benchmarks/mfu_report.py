@@ -70,7 +70,7 @@ def _shape_key(g: dict) -> str:
 
 
 def assemble(*, cfg, args, peak, profile_report, account, trainer, gemms, squares, attention, levers) -> dict:
-    from scaletrain.models.gpt import GPT
+    from scaletrain.models.gpt.model import GPT
 
     tokens = cfg.train.batch_size * cfg.data.seq_len
     flops_per_token = GPT(args).flops_per_token()

@@ -17,7 +17,8 @@ import annotated_types as at
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
-from scaletrain.config.schema import Config, GPTConfig
+from scaletrain.config.schema import Config
+from scaletrain.models.gpt.config import GPTConfig
 
 # Valid for every field (keys not fuzzed: the discriminator and the run folder/resume under test).
 _SKIP = {("model", "name"), ("train", "run_dir"), ("train", "resume"), (None, "name")}

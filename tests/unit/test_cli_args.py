@@ -117,7 +117,7 @@ def test_generate_refuses_a_model_whose_weights_are_not_finite(tmp_path):
     from safetensors.torch import save_model
 
     from scaletrain.config.load import load_config, to_yaml
-    from scaletrain.models.gpt import GPT, GPTArgs
+    from scaletrain.models.gpt.model import GPT, GPTArgs
 
     cfg = load_config("gpt-tiny")
     model = GPT(GPTArgs(vocab_size=cfg.data.vocab_size, seq_len=cfg.data.seq_len, n_layer=1, n_head=2, d_model=16))

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 
 from scaletrain.config.load import load_config, preset_names, to_yaml
-from scaletrain.config.schema import Config, GPTConfig, MLPConfig
+from scaletrain.config.schema import Config
+from scaletrain.models.gpt.config import GPTConfig
+from scaletrain.models.mlp.config import MLPConfig
 from scaletrain.errors import UserError
 
 
@@ -210,11 +212,29 @@ def test_resolved_config_round_trips_through_yaml(tmp_path, name, overrides):
     assert again.name == name  # kept from the dump, not replaced by the file's folder name
 
 
-def test_builtin_optimizer_names_match_the_registry():
-    from scaletrain.config.schema import BUILTIN_OPTIMIZERS
-    from scaletrain.optim.registry import available
+def test_the_config_is_composed_from_the_registries_without_torch():
+    """The optimizer and model-family registries are the config's source (one line per optimizer
+    or family) and load without torch, so bad input is reported before torch is imported."""
+    import subprocess
+    import sys
 
-    assert sorted(BUILTIN_OPTIMIZERS) == sorted(available())
+    code = ("import sys, scaletrain.config.schema as s; from scaletrain.optim.registry import OPTIMIZERS; "
+            "from scaletrain.models import FAMILIES; assert 'torch' not in sys.modules, 'torch imported'; "
+            "print(len(OPTIMIZERS), len(FAMILIES))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    from scaletrain.config.schema import OptimConfig
+    from scaletrain.models import FAMILIES
+    from scaletrain.optim.registry import OPTIMIZERS
+
+    declared = {name for name, spec in OPTIMIZERS.items() if spec.options is not None}
+    assert declared <= set(OptimConfig.model_fields)  # each declared options section is `optim.<name>`
+    assert set(OPTIMIZERS) - declared <= {"gd", "sgd", "momentum", "nesterov", "adam", "adamw"}
+    assert {"gpt", "mlp"} <= set(FAMILIES)
+    for name in FAMILIES:  # `model.name=<family>` picks the family's own section
+        section = FAMILIES[name].config
+        assert type(Config.model_validate({"model": {"name": name}, "data": {
+            "kind": "text" if section.task == "language_modeling" else "images"}}).model) is section
 
 
 def test_early_stopping_zero_is_refused():

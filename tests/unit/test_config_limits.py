@@ -13,7 +13,9 @@ from pydantic import BaseModel
 
 from scaletrain.config import load, schema
 from scaletrain.config.load import load_config
-from scaletrain.config.schema import Config, GPTConfig, MLPConfig
+from scaletrain.config.schema import Config
+from scaletrain.models.gpt.config import GPTConfig
+from scaletrain.models.mlp.config import MLPConfig
 from scaletrain.errors import UserError
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from scaletrain.models.gpt import GPT, GPTArgs
+from scaletrain.models.gpt.model import GPT, GPTArgs
 from scaletrain.train.ranks import load_full_state, meta_skeleton
 
 

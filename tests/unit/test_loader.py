@@ -143,7 +143,7 @@ def test_document_ids_follow_the_idx_offsets():
 
 @pytest.mark.parametrize("rope", [True, False])
 def test_document_mask_gives_each_document_the_logits_it_has_alone(rope):
-    from scaletrain.models.gpt import GPT, GPTArgs
+    from scaletrain.models.gpt.model import GPT, GPTArgs
 
     torch.manual_seed(0)
     lengths = [4, 7, 2, 20]  # the last document is cut by the window's end

@@ -13,7 +13,7 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 import mfu_account as acc  # noqa: E402
 
-from scaletrain.models.gpt import GPT, GPTArgs  # noqa: E402
+from scaletrain.models.gpt.model import GPT, GPTArgs  # noqa: E402
 
 
 def _ev(name, ts, dur, cat="cpu_op"):

@@ -7,7 +7,9 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from scaletrain.errors import UserError
-from scaletrain.models import GPT, MLP, GPTArgs, MLPArgs, build_model, model_from_config_json
+from scaletrain.models import build_model, model_from_config_json
+from scaletrain.models.gpt.model import GPT, GPTArgs
+from scaletrain.models.mlp.model import MLP, MLPArgs
 
 TINY = dict(vocab_size=61, seq_len=16, n_layer=2, n_head=2, d_model=32)
 

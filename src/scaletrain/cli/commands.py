@@ -54,7 +54,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     source, overrides = split_items(args.items)
     cfg = load_config(source, overrides, this_machine=True)  # validated before torch is even imported
 
-    from scaletrain.parallel.launch import launch, needs_launch
+    from scaletrain.cli.launch import launch, needs_launch
 
     if needs_launch(cfg):  # parallel.nproc > 1: start torchrun, whose workers land below
         return launch(cfg, source, overrides)
@@ -128,8 +128,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from scaletrain.data.tokenizer import load_tokenizer
 
     cfg, model = load_run(args.run)
-    if cfg.model.name != "gpt":
-        raise UserError(f"{args.run}: generate needs a GPT run (this one is {cfg.model.name})")
+    from scaletrain.models import FAMILIES
+
+    if FAMILIES[cfg.model.name].config.task != "language_modeling" or not hasattr(model, "generate"):
+        raise UserError(f"{args.run}: generate needs a language model's run (this one is {cfg.model.name})")
     if not all(torch.isfinite(p).all() for p in model.parameters()):
         # Sampling would end in torch.multinomial on NaN probabilities (a device assert on CUDA).
         raise UserError(f"{args.run}: the model's weights are not finite (NaN or Inf: the run diverged); "

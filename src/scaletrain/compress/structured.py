@@ -12,7 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from scaletrain.models import GPT, MLP
+from scaletrain.models.gpt.model import GPT
+from scaletrain.models.mlp.model import MLP
 
 
 def _keep(scores: torch.Tensor, amount: float) -> torch.Tensor:

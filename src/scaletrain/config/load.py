@@ -17,6 +17,7 @@ import yaml
 from pydantic import ValidationError
 
 from scaletrain.config.schema import Config, brief
+from scaletrain.models import FAMILIES
 from scaletrain.errors import UserError
 
 DEFAULT_PRESET = "gpt"
@@ -243,9 +244,9 @@ def parse_value(value: str, what: str) -> Any:
 
 
 def _is_field(part: object) -> bool:
-    # pydantic adds union members ("literal[False]", "int", "gpt") to the location: not keys.
+    # pydantic adds union members ("literal[False]", "int", a family's name) to the location: not keys.
     return not (isinstance(part, str) and ("[" in part or part.startswith("constrained-")
-                                          or part in ("gpt", "mlp", "int", "str", "float", "bool")))
+                                          or part in FAMILIES or part in ("int", "str", "float", "bool")))
 
 
 def _loc(err: dict, prefix: str) -> str:

@@ -1,21 +1,55 @@
-"""Model zoo: plain nn.Modules built from a name and an args dict (as in model_config.json)."""
+"""Model families, one folder each (`models/<name>/`, see `family.py` for the contract), found
+through the registry below. Plain nn.Modules are built from a family name and an args dict (as in
+model_config.json).
+
+No torch is imported here: the config composes its `model:` section from this registry before
+torch is loaded. A family's `FAMILY` (which imports torch) is imported on first use.
+"""
+
 from __future__ import annotations
 
-import torch.nn as nn
+import importlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from scaletrain.errors import UserError
-from scaletrain.models.gpt import GPT, GPTArgs
-from scaletrain.models.mlp import MLP, MLPArgs
+from scaletrain.models.gpt.config import GPTConfig
+from scaletrain.models.mlp.config import MLPConfig
 
-MODELS: dict[str, type[nn.Module]] = {"gpt": GPT, "mlp": MLP}
+if TYPE_CHECKING:
+    from torch import nn
 
-__all__ = ["GPT", "GPTArgs", "MLP", "MLPArgs", "MODELS", "build_model", "model_from_config_json"]
+    from scaletrain.models.family import ModelFamily
+
+
+@dataclass(frozen=True)
+class Registered:
+    config: type  # the family's `model:` section (torch-free)
+    family: str  # the module that defines FAMILY
+
+
+# The registry: one line per family.
+FAMILIES: dict[str, Registered] = {
+    "gpt": Registered(GPTConfig, "scaletrain.models.gpt.family"),
+    "mlp": Registered(MLPConfig, "scaletrain.models.mlp.family"),
+}
+
+__all__ = ["FAMILIES", "build_model", "get_family", "model_configs", "model_from_config_json"]
+
+
+def model_configs() -> tuple[type, ...]:
+    """Every family's `model:` section, for the config's union."""
+    return tuple(entry.config for entry in FAMILIES.values())
+
+
+def get_family(name: str) -> ModelFamily:
+    if not isinstance(name, str) or name not in FAMILIES:
+        raise UserError(f"unknown model.name {name!r}; known: {sorted(FAMILIES)}")
+    return importlib.import_module(FAMILIES[name].family).FAMILY
 
 
 def build_model(name: str, args: dict) -> nn.Module:
-    if name not in MODELS:
-        raise UserError(f"unknown model.name {name!r}; known: {sorted(MODELS)}")
-    return MODELS[name].from_args_dict(dict(args))
+    return get_family(name).module.from_args_dict(dict(args))
 
 
 def model_from_config_json(d: dict) -> nn.Module:

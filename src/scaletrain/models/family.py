@@ -9,21 +9,30 @@ for, so that nothing outside the family's folder knows its module names:
 - `ModelSpec`: what `scaletrain plan` needs to predict memory and time (parameters, FLOPs per token,
   activation bytes), computed from the family's own arithmetic;
 - the config section of `model:` in a YAML file (a small pydantic model whose `name` is a
-  Literal of the family's name), and how a config plus the data's shape become the module's args.
+  Literal of the family's name, and whose class attribute `task` says what data it learns from),
+  and how a config plus the data's shape become the module's args.
 
-Adding a family: a folder `models/<name>/` that exports `FAMILY = ModelFamily(...)`, and one line in
-`models/__init__.py`'s registry.
+A family folder holds:
+
+- `config.py`: the `model:` section. No torch here (nor in the folder's `__init__.py`): the config
+  is validated before torch is imported, so that bad input is reported at once;
+- `family.py`: `FAMILY = ModelFamily(...)`, built from the folder's other modules (the module, its
+  parallel plan, its spec).
+
+Adding a family: such a folder, and one line in `models/__init__.py`'s registry.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
-from torch import nn
+if TYPE_CHECKING:  # annotations only: this contract is read without importing torch
+    from torch import nn
 
 TPStyle = Literal["colwise", "rowwise", "colwise_rep", "rowwise_seq", "sequence"]
+Task = Literal["language_modeling", "classification"]
 
 
 @dataclass(frozen=True)
@@ -34,6 +43,14 @@ class DataShape:
     seq_len: int | None = None
     input_dim: int | None = None
     num_classes: int | None = None
+
+
+def _no_tied_parameter(model: nn.Module) -> None:
+    return None
+
+
+def _first_stage(name: str) -> Literal["first", "last"]:
+    return "first"
 
 
 @dataclass(frozen=True)
@@ -47,13 +64,15 @@ class ParallelPlan:
     # Raises UserError naming the key when `tp` ranks cannot split the model (heads, widths).
     check_tp: Callable[[nn.Module, int], None] | None = None
     # A module holding blocks[layers] under the same names as the full model (`blocks.3`), plus
-    # what comes before the blocks on the first stage and after them on the last. None: no pp.
+    # what comes before the blocks on the first stage and after them on the last; called as
+    # pipeline_stage(model, layers, first, last). Its forward takes the token ids (first stage) or
+    # the previous stage's output, and returns the next stage's input or the logits. None: no pp.
     pipeline_stage: Callable[[nn.Module, range, bool, bool], nn.Module] | None = None
     # The parameter shared by the embedding and the head (its gradient is summed across the first
     # and last pipeline stages), or None.
-    tied_parameter: Callable[[nn.Module], nn.Parameter | None] = lambda model: None
+    tied_parameter: Callable[[nn.Module], nn.Parameter | None] = _no_tied_parameter
     # Which pipeline stage trains a parameter that is not in a block: "first" or "last".
-    outside_block_owner: Callable[[str], Literal["first", "last"]] = lambda name: "first"
+    outside_block_owner: Callable[[str], Literal["first", "last"]] = _first_stage
 
 
 class ModelSpec(Protocol):
@@ -62,13 +81,16 @@ class ModelSpec(Protocol):
     kind: str  # the family's name
     params: int
     block_params: int  # one repeated block (0 when the family has none)
-    n_layer: int
+    n_layer: int  # repeated blocks (0: none; activation checkpointing is then not offered)
     tp_params: int  # the weights tensor parallel shards (all blocks)
     matmul_params: int  # weights used in matmuls (autocast keeps a bf16 copy of each)
     flops_per_unit: float  # training FLOPs per token (language models) or sample (classifiers)
     units_per_sample: int  # seq_len for a language model, 1 for a classifier
     hidden: int  # the residual width (the size of one TP all-reduce per token)
-    supports_tp: Callable[[int], bool]  # whether `tp` ranks can split it
+
+    def supports_tp(self, tp: int) -> bool:
+        """Whether `tp` ranks can split it (always False for a family without a TP plan)."""
+        ...
 
     def activation_bytes(self, micro: int, precision: str, ac: bool, tp: int = 1) -> tuple[float, float]:
         """(saved for backward, transient peak on top) of one micro-batch, bytes per rank."""
@@ -78,11 +100,15 @@ class ModelSpec(Protocol):
 @dataclass(frozen=True)
 class ModelFamily:
     name: str
-    config: type  # the pydantic section for `model:` (its `name` field: Literal[name])
+    config: type  # the pydantic section for `model:` (its `name` field: Literal[name]; class attribute `task`)
     module: type[nn.Module]  # has `from_args_dict(dict)` and `args_dict()`
-    task: Literal["language_modeling", "classification"]
     # (model section, data shape) -> the module's args dict (what model_config.json records)
     args_from_config: Callable[[object, DataShape], dict]
     # A model instance (often on the meta device) -> its ModelSpec
     spec: Callable[[nn.Module], ModelSpec]
     plan: ParallelPlan | None = None  # None: only data-parallel layouts (ddp, zero1, fsdp of the root)
+
+    @property
+    def task(self) -> Task:
+        """What the family learns (the config section's class attribute, readable without torch)."""
+        return self.config.task

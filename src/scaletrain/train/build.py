@@ -22,7 +22,8 @@ from scaletrain.data.mixture import ConcatWindows, Mixture
 from scaletrain.data.shards import TokenShards, read_manifest
 from scaletrain.data.tokenizer import load_tokenizer
 from scaletrain.errors import UserError
-from scaletrain.models import build_model
+from scaletrain.models import build_model, get_family
+from scaletrain.models.family import DataShape
 from scaletrain.train import resume
 from scaletrain.train.tasks import Classification, LanguageModeling
 from scaletrain.train.trainer import Trainer, resolve_device
@@ -81,9 +82,7 @@ def _text_task(cfg: Config, progress: bool):
         train, val, seq_len=d.seq_len, seed=cfg.train.seed, fraction=d.train_fraction,
         token_bytes=token_byte_lengths(tokenizer), train_counts=train.bincount(),
         fingerprint=data_fingerprint(data_dir), document_mask=d.document_mask)
-    args = {**cfg.model.model_dump(exclude={"name"}), "vocab_size": tokenizer.get_vocab_size(),
-            "seq_len": d.seq_len}
-    return task, args, tokenizer, data_dir
+    return task, DataShape(vocab_size=tokenizer.get_vocab_size(), seq_len=d.seq_len), tokenizer, data_dir
 
 
 def _mixture_task(cfg: Config):
@@ -112,9 +111,7 @@ def _mixture_task(cfg: Config):
     mixture = Mixture(sources, weights, cfg.train.seed, names=[str(p) for p in dirs])
     task = LanguageModeling(mixture, ConcatWindows(vals), token_bytes=token_byte_lengths(tokenizer),
                             train_counts=counts * total_tokens)
-    args = {**cfg.model.model_dump(exclude={"name"}), "vocab_size": tokenizer.get_vocab_size(),
-            "seq_len": d.seq_len}
-    return task, args, tokenizer, dirs[0]
+    return task, DataShape(vocab_size=tokenizer.get_vocab_size(), seq_len=d.seq_len), tokenizer, dirs[0]
 
 
 def _image_task(cfg: Config):
@@ -125,18 +122,19 @@ def _image_task(cfg: Config):
     train = torch.utils.data.TensorDataset(torch.from_numpy(data.x_train), torch.from_numpy(data.y_train))
     val = torch.utils.data.TensorDataset(torch.from_numpy(data.x_val), torch.from_numpy(data.y_val))
     task = Classification(train, val, seed=cfg.train.seed, fraction=d.train_fraction)
-    args = {"input_dim": data.input_dim, "num_classes": data.num_classes,
-            "hidden": list(cfg.model.hidden), "dropout": cfg.model.dropout}
-    return task, args, data
+    return task, DataShape(input_dim=data.input_dim, num_classes=data.num_classes), data
 
 
 def build_task(cfg: Config, device: torch.device, progress: bool | None = None) -> tuple[object, dict, dict, object]:
-    """(task, model args, summary extras, sampler) for the configured data; prepares text if needed."""
+    """(task, model args, summary extras, sampler) for the configured data; prepares text if needed.
+    The model's args are its family's, from the model section and the data's shape."""
+    family = get_family(cfg.model.name)
     if cfg.data.kind == "text":
-        task, args, tokenizer, data_dir = _text_task(cfg, progress=cfg.log.progress if progress is None else progress)
-        return task, args, {"data_dir": str(data_dir)}, _make_sampler(cfg, tokenizer, device)
-    task, args, data = _image_task(cfg)
-    return task, args, {"dataset": data.name}, None
+        task, shape, tokenizer, data_dir = _text_task(cfg, progress=cfg.log.progress if progress is None else progress)
+        return (task, family.args_from_config(cfg.model, shape), {"data_dir": str(data_dir)},
+                _make_sampler(cfg, tokenizer, device))
+    task, shape, data = _image_task(cfg)
+    return task, family.args_from_config(cfg.model, shape), {"dataset": data.name}, None
 
 
 def build_trainer(cfg: Config) -> Trainer:
@@ -163,7 +161,7 @@ def build_trainer(cfg: Config) -> Trainer:
     if "data_dir" in extra:  # the run folder is self-contained for eval/generate
         run_files["tokenizer.json"] = (Path(extra["data_dir"]) / "tokenizer.json").read_bytes()
     return Trainer(cfg, model, task, run_dir=run_dir, model_spec=spec, sampler=sampler, extra_summary=extra,
-                   dist_info=info, run_files=run_files)
+                   dist_info=info, run_files=run_files, family=get_family(cfg.model.name))
 
 
 def checked_run_dir(cfg: Config) -> Path:

@@ -2,7 +2,8 @@
 
 Submodule names (`tok_emb`, `pos_emb`, `blocks.{i}.attn.qkv`, `blocks.{i}.attn.proj`,
 `blocks.{i}.mlp.fc`, `blocks.{i}.mlp.proj`, `blocks.{i}.norm1/norm2`, `norm_f`, `lm_head`)
-are a stable contract: tensor-parallel plans and lr-multiplier globs address them by name.
+are a stable contract: checkpoints, lr-multiplier globs and this family's parallel plan
+(`parallelize.py` beside this file) address them by name. Nothing outside this folder does.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from scaletrain.errors import UserError
+from scaletrain.models.args import args_from_dict
 
 _NORMS = ("layernorm", "rmsnorm")
 
@@ -292,18 +294,3 @@ class GPT(nn.Module):
     @classmethod
     def from_args_dict(cls, d: dict) -> "GPT":
         return cls(args_from_dict(GPTArgs, d, "model"))
-
-
-def args_from_dict(args_cls: type, d: dict, prefix: str):
-    """Build an args dataclass, turning unknown/missing keys into UserError (not TypeError)."""
-    if not isinstance(d, dict):
-        raise UserError(f"{prefix} args must be a mapping, got {type(d).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(args_cls)}
-    unknown = sorted(set(d) - set(fields))
-    if unknown:
-        raise UserError(f"unknown {prefix} key(s) {unknown}; known: {sorted(fields)}")
-    missing = [n for n, f in fields.items()
-               if n not in d and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
-    if missing:
-        raise UserError(f"missing {prefix} key(s) {missing}")
-    return args_cls(**d)

@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 
 from scaletrain.errors import UserError
-from scaletrain.models.gpt import args_from_dict
+from scaletrain.models.args import args_from_dict
 
 
 @dataclass

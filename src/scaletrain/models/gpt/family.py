@@ -1,0 +1,17 @@
+"""The GPT family as the core sees it (see scaletrain.models.family)."""
+
+from __future__ import annotations
+
+from scaletrain.models.family import DataShape, ModelFamily
+from scaletrain.models.gpt.config import GPTConfig
+from scaletrain.models.gpt.model import GPT
+from scaletrain.models.gpt.parallelize import PLAN
+from scaletrain.models.gpt.spec import spec
+
+
+def args_from_config(section: GPTConfig, data: DataShape) -> dict:
+    return {**section.model_dump(exclude={"name"}), "vocab_size": data.vocab_size, "seq_len": data.seq_len}
+
+
+FAMILY = ModelFamily(name="gpt", config=GPTConfig, module=GPT, args_from_config=args_from_config,
+                     spec=spec, plan=PLAN)
