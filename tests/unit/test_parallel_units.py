@@ -3,40 +3,106 @@ straggler detection, verify's comparison, the launcher's torchrun arguments."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from safetensors.torch import save_file
 
 from scaletrain.config.load import load_config
-from scaletrain.config.schema import ParallelConfig
 from scaletrain.diagnose.verify import compare, reference_overrides, tolerance
 from scaletrain.errors import UserError
-from scaletrain.parallel.launch import torchrun_args
-from scaletrain.parallel.layout import mesh_shape
+from scaletrain.parallel.config import ParallelConfig
+from scaletrain.parallel.dims import STRATEGIES, ParallelDims
+from scaletrain.cli.launch import torchrun_args
 from scaletrain.parallel.pipeline import stage_layers
 from scaletrain.train.ranks import _ranks_named, stragglers
 
 
-@pytest.mark.parametrize("strategy, world, tp, expected", [
-    ("ddp", 2, 0, ((2,), ("dp",))),
-    ("fsdp", 4, 0, ((4,), ("dp",))),
-    ("tp", 2, 0, ((1, 2), ("dp", "tp"))),
-    ("fsdp+tp", 4, 2, ((2, 2), ("dp", "tp"))),
-    ("pp", 2, 0, ((2,), ("pp",))),
-])
-def test_mesh_shapes(strategy, world, tp, expected):
-    assert mesh_shape(ParallelConfig(strategy=strategy, tp_size=tp), world) == expected
+def dims(strategy: str, world: int, **sizes) -> ParallelDims:
+    return ParallelDims.from_config(ParallelConfig(strategy=strategy, **sizes), world)
 
 
-@pytest.mark.parametrize("strategy, world, tp, message", [
-    ("single", 2, 0, "parallel.strategy=single"),
-    ("ddp", 1, 0, "needs several processes"),
-    ("tp", 4, 2, "parallel.tp_size=2"),
-    ("fsdp+tp", 3, 2, "must divide"),
+# strategy, world, sizes -> (dp_replicate, dp_shard, tp, pp), zero1, mesh (shape, names)
+LAYOUTS = [
+    ("single", 1, {}, (1, 1, 1, 1), False, ((), ())),
+    ("ddp", 2, {}, (2, 1, 1, 1), False, ((2,), ("dp",))),
+    ("zero1", 3, {}, (3, 1, 1, 1), True, ((3,), ("dp",))),
+    ("fsdp", 4, {}, (1, 4, 1, 1), False, ((4,), ("dp",))),
+    ("tp", 2, {}, (1, 1, 2, 1), False, ((2,), ("tp",))),
+    ("tp", 4, {"tp_size": 4}, (1, 1, 4, 1), False, ((4,), ("tp",))),
+    ("fsdp+tp", 4, {}, (1, 2, 2, 1), False, ((2, 2), ("dp", "tp"))),
+    ("fsdp+tp", 8, {"tp_size": 4}, (1, 2, 4, 1), False, ((2, 4), ("dp", "tp"))),
+    ("pp", 2, {}, (1, 1, 1, 2), False, ((2,), ("pp",))),
+    ("pp", 4, {}, (1, 1, 1, 4), False, ((4,), ("pp",))),
+    ("pp+ddp", 4, {}, (2, 1, 1, 2), False, ((2, 2), ("pp", "dp"))),
+    ("pp+fsdp", 4, {}, (1, 2, 1, 2), False, ((2, 2), ("pp", "dp"))),
+    ("pp+fsdp", 6, {"pp_size": 3}, (1, 2, 1, 3), False, ((3, 2), ("pp", "dp"))),
+    ("pp+ddp", 8, {"pp_size": 2}, (4, 1, 1, 2), False, ((2, 4), ("pp", "dp"))),
+]
+
+
+@pytest.mark.parametrize("strategy, world, sizes, degrees, zero1, mesh", LAYOUTS,
+                         ids=[f"{s}x{w}{''.join(f'-{k}{v}' for k, v in z.items())}" for s, w, z, *_ in LAYOUTS])
+def test_dims_from_every_strategy(strategy, world, sizes, degrees, zero1, mesh):
+    d = dims(strategy, world, **sizes)
+    assert (d.dp_replicate, d.dp_shard, d.tp, d.pp) == degrees and d.zero1 == zero1
+    assert d.world == world and d.strategy == strategy  # the typed form says the same layout back
+    assert d.mesh_shape() == mesh
+    assert d.dp_size == degrees[0] * degrees[1]
+    assert d.fsdp == (degrees[1] > 1) and d.ddp == (degrees[0] > 1)
+    assert d.tp_enabled == (degrees[2] > 1) and d.pp_enabled == (degrees[3] > 1)
+    assert d.sharded_params == (d.fsdp or d.tp_enabled)
+    # FSDP casts its parameters itself: autocast is off exactly there
+    assert d.autocast_precision("bf16") == ("fp32" if d.fsdp else "bf16")
+
+
+def test_every_strategy_has_a_row():
+    assert {s for s, *_ in LAYOUTS} == set(STRATEGIES)
+
+
+@pytest.mark.parametrize("strategy, world, sizes, message", [
+    ("single", 2, {}, "parallel.strategy: single, but 2 ranks"),
+    ("ddp", 1, {}, "parallel.strategy: ddp needs several processes"),
+    ("pp+fsdp", 1, {}, "parallel.strategy: pp+fsdp needs several processes"),
+    ("tp", 4, {"tp_size": 2}, "parallel.tp_size: 2, but strategy tp uses all 4 ranks"),
+    ("fsdp+tp", 3, {"tp_size": 2}, "parallel.tp_size: 2 must be at least 2 and divide the number of ranks (3)"),
+    ("fsdp+tp", 2, {}, "parallel.strategy: fsdp+tp on 2 ranks with parallel.tp_size=2 leaves one data-parallel"),
+    ("pp+ddp", 2, {}, "use parallel.strategy=pp, or 4 ranks"),
+    ("pp+fsdp", 6, {"pp_size": 4}, "parallel.pp_size: 4 must be at least 2 and divide the number of ranks (6)"),
 ])
-def test_impossible_layouts_are_named(strategy, world, tp, message):
-    with pytest.raises(UserError, match=message):
-        mesh_shape(ParallelConfig(strategy=strategy, tp_size=tp), world)
+def test_impossible_layouts_name_their_keys(strategy, world, sizes, message):
+    with pytest.raises(UserError, match=re.escape(message)):
+        dims(strategy, world, **sizes)
+
+
+def test_the_config_checks_the_layout_against_nproc_before_anything_starts():
+    with pytest.raises(UserError, match=re.escape("parallel.pp_size: 3 must be at least 2 and divide")):
+        load_config("gpt-tiny", ["parallel.strategy=pp+fsdp", "parallel.nproc=4", "parallel.pp_size=3"])
+    # started by torchrun itself (nproc 1): the world is known only then, so the config accepts it
+    assert load_config("gpt-tiny", ["parallel.strategy=pp+fsdp"]).parallel.strategy == "pp+fsdp"
+
+
+def test_nothing_outside_dims_reads_the_strategy_string():
+    """`parallel.strategy` is read in one place, ParallelDims.from_config (the issue's contract):
+    no other code takes the attribute `<...>.parallel.strategy` or `parallel.strategy`."""
+    import ast
+    import pathlib
+
+    import scaletrain
+
+    def reads(tree) -> bool:
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and node.attr == "strategy" and isinstance(node.ctx, ast.Load):
+                owner = node.value
+                if (isinstance(owner, ast.Attribute) and owner.attr == "parallel") or \
+                        (isinstance(owner, ast.Name) and owner.id == "parallel"):
+                    return True
+        return False
+
+    root = pathlib.Path(scaletrain.__file__).parent
+    readers = sorted(str(p.relative_to(root)) for p in root.rglob("*.py") if reads(ast.parse(p.read_text())))
+    assert readers == ["parallel/dims.py"], readers
 
 
 def test_pipeline_stages_cover_every_block_once():

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from scaletrain.config.schema import Config
 from scaletrain.errors import RunFailure
+from scaletrain.parallel.dims import ParallelDims
 from scaletrain.parallel.dist import launched_by_torchrun
 
 
@@ -51,8 +52,9 @@ def launch(cfg: Config, source: str | None, overrides: list[str]) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
-    print(f"launching {cfg.parallel.nproc * cfg.parallel.nnodes} ranks with torchrun "
-          f"(parallel.strategy={cfg.parallel.strategy}) into {run_dir}", file=sys.stderr, flush=True)
+    world = cfg.parallel.nproc * cfg.parallel.nnodes
+    print(f"launching {world} ranks with torchrun (parallel.strategy="
+          f"{ParallelDims.from_config(cfg.parallel, world).strategy}) into {run_dir}", file=sys.stderr, flush=True)
     try:
         run(parse_args(torchrun_args(cfg, worker_args)))
     except ChildFailedError as exc:

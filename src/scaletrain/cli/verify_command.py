@@ -42,7 +42,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from scaletrain.diagnose.verify import verify
 
     rows, (loss_tol, param_tol) = verify(cfg, source, overrides, args.steps, keep)
-    table = Table(title=f"verify: parallel.strategy={cfg.parallel.strategy} x{cfg.parallel.nproc * cfg.parallel.nnodes}, "
+    from scaletrain.parallel.dims import ParallelDims
+
+    world = cfg.parallel.nproc * cfg.parallel.nnodes
+    table = Table(title=f"verify: parallel.strategy={ParallelDims.from_config(cfg.parallel, world).strategy} x{world}, "
                         f"grad_accum={cfg.train.grad_accum}, {cfg.train.precision}, optim {cfg.optim.name} "
                         f"vs one process, fp32")
     for col in ("step", "loss", "reference loss", "|loss diff|", "param rel. dev.", "max |dw|", "ok"):

@@ -23,6 +23,7 @@ import torch
 from scaletrain.atomic import atomic_path, new_folder
 from scaletrain.config.schema import Config
 from scaletrain.errors import UserError
+from scaletrain.parallel.dims import ParallelDims
 
 # (loss |difference|, parameter relative deviation). SGD-like updates are linear in the gradient:
 # a layout only reorders float sums (~1e-7). Adaptive optimizers divide by sqrt(v), which magnifies
@@ -56,14 +57,12 @@ def reference_overrides(cfg: Config) -> list[str]:
             "parallel.activation_checkpointing=false", "train.compile=false"]
 
 
+def _dims(cfg: Config) -> ParallelDims:
+    return ParallelDims.from_config(cfg.parallel, cfg.parallel.nproc * cfg.parallel.nnodes)
+
+
 def _dp_world(cfg: Config) -> int:
-    p = cfg.parallel
-    world = p.nproc * p.nnodes
-    if p.strategy in ("tp", "pp", "single"):
-        return 1
-    if p.strategy == "fsdp+tp":
-        return world // (p.tp_size or 2)
-    return world
+    return _dims(cfg).dp_size
 
 
 def record_run(source: str | None, overrides: list[str], out: Path) -> None:
@@ -156,7 +155,7 @@ def _verify(cfg: Config, source: str | None, overrides: list[str], steps: int, r
             errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
             last = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
             reason = errors[0].removeprefix("error: ") if errors else last
-            raise UserError(f"verify: the {cfg.parallel.strategy} run failed: {reason}")
+            raise UserError(f"verify: the {_dims(cfg).strategy} run failed: {reason}")
     else:
         record_run(source, layout_args, run_dir)
     ref_args = [*base, *reference_overrides(cfg), f"train.run_dir={root / 'reference-run'}"]

@@ -13,6 +13,8 @@ process, and a ZeRO-1 rank loads back whichever parameters it owns now.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 from torch.distributed.checkpoint.state_dict import (
@@ -74,3 +76,31 @@ def load_train_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: 
                     target[key].copy_(value)
         return
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+
+
+def meta_skeleton(model: nn.Module) -> nn.Module:
+    """A copy of `model` whose parameters live on the meta device (no storage): what the export
+    needs to rebuild the plain module after fsdp/tp have sharded the original in place, without a
+    second full copy of the weights held through training. Tied parameters stay tied (deepcopy's
+    memo maps one parameter to one meta parameter); buffers are copied as they are (they are
+    small, and non-persistent ones, which no state dict restores, keep their values)."""
+    memo = {id(p): nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=p.requires_grad)
+            for p in model.parameters()}  # one entry per tied parameter
+    return copy.deepcopy(model, memo)
+
+
+def load_full_state(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
+    """Make the state dict's tensors `model`'s parameters (`assign`: works on a meta skeleton and
+    copies nothing), then re-tie parameters that `model` shared: assignment gives each name its own
+    tensor, which would untie e.g. a GPT's embedding and output head."""
+    slots: dict[int, list[tuple[nn.Module, str]]] = {}
+    for module in model.modules():
+        for name, p in module._parameters.items():
+            if p is not None:
+                slots.setdefault(id(p), []).append((module, name))
+    model.load_state_dict(state, assign=True)
+    for shared in slots.values():
+        first_module, first_name = shared[0]
+        for module, name in shared[1:]:
+            setattr(module, name, getattr(first_module, first_name))
+    return model

@@ -13,6 +13,7 @@ import torch.distributed as dist
 from torch import nn
 
 from scaletrain.errors import RunFailure, UserError
+from scaletrain.parallel.state import load_full_state, meta_skeleton  # noqa: F401  (the export uses them)
 
 
 def world() -> int:
@@ -172,45 +173,16 @@ def _ranks_named(message: str) -> str | None:
     return ("rank " if len(found) == 1 else "ranks ") + ", ".join(map(str, found))
 
 
-def meta_skeleton(model: nn.Module) -> nn.Module:
-    """A copy of `model` whose parameters live on the meta device (no storage): what the export
-    needs to rebuild the plain module after fsdp/tp have sharded the original in place, without a
-    second full copy of the weights held through training. Tied parameters stay tied (deepcopy's
-    memo maps one parameter to one meta parameter); buffers are copied as they are (they are
-    small, and non-persistent ones, which no state dict restores, keep their values)."""
-    import copy
-
-    memo = {id(p): nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=p.requires_grad)
-            for p in model.parameters()}  # one entry per tied parameter
-    return copy.deepcopy(model, memo)
-
-
-def load_full_state(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
-    """Make the state dict's tensors `model`'s parameters (`assign`: works on a meta skeleton and
-    copies nothing), then re-tie parameters that `model` shared: assignment gives each name its own
-    tensor, which would untie e.g. a GPT's embedding and output head."""
-    slots: dict[int, list[tuple[nn.Module, str]]] = {}
-    for module in model.modules():
-        for name, p in module._parameters.items():
-            if p is not None:
-                slots.setdefault(id(p), []).append((module, name))
-    model.load_state_dict(state, assign=True)
-    for shared in slots.values():
-        first_module, first_name = shared[0]
-        for module, name in shared[1:]:
-            setattr(module, name, getattr(first_module, first_name))
-    return model
-
-
-def export_full_model(layout_model: nn.Module, fresh_model_factory, path: Path, strategy: str,
+def export_full_model(layout_model: nn.Module, fresh_model_factory, path: Path, sharded: bool,
                       spec: dict | None = None) -> None:
     """Write consolidated `model.safetensors` on rank 0 (every rank must call: it may gather).
-    `fresh_model_factory()` gives the plain module to fill (a `meta_skeleton` will do); `spec`, the
-    model description, is recorded in the file's metadata."""
+    `sharded`: the model's parameters are DTensor shards (FSDP, TP; else plain tensors, the same on
+    every rank). `fresh_model_factory()` gives the plain module to fill (a `meta_skeleton` will
+    do); `spec`, the model description, is recorded in the file's metadata."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     full = None
-    if strategy not in ("single", "ddp", "zero1", "pp"):  # else plain tensors, the same on every rank
+    if sharded:
         full = get_model_state_dict(layout_model, options=StateDictOptions(full_state_dict=True,
                                                                            cpu_offload=True))
     # Rank 0 alone builds and writes the file: a failure there (a full disk) stops every rank.
