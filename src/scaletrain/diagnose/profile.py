@@ -1,12 +1,12 @@
 """`scaletrain profile`: N training steps under torch.profiler, split into data / forward / backward /
 optimizer / communication, with the top ops and a Chrome trace.
 
-The steps are the trainer's own building blocks (build_task, build_model, parallel.layout, the
-optimizer registry, the task's loss), written out here so that each phase sits inside a
-`torch.profiler.record_function` range: the trainer's loop (train/step.py) has no hook between
-forward and backward. Communication ops (gloo/nccl collectives) run inside those phases (DDP's
-all-reduce during backward, FSDP's all-gathers during forward); their time is attributed to the
-phase that contains them and reported separately, so the five parts add up to the step.
+The steps are the trainer's own (`train.step.train_step` over the layout's forward_backward, the
+same data positions, layout and optimizer); the step brackets its forward, backward and optimizer
+parts with `phase(name)`, which here opens a `torch.profiler.record_function` range and times it.
+Communication ops (gloo/nccl collectives) run inside those phases (DDP's all-reduce during
+backward, FSDP's all-gathers during forward); their time is attributed to the phase that contains
+them and reported separately, so the five parts add up to the step.
 """
 
 from __future__ import annotations
@@ -14,13 +14,15 @@ from __future__ import annotations
 import json
 import os
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
 from scaletrain.config.schema import Config
 from scaletrain.errors import UserError
+from scaletrain.parallel.dims import ParallelDims
+from scaletrain.train import step as train_steps
 
 PHASES = ("data", "forward", "backward", "optimizer")
 _COMM = ("c10d::", "gloo", "nccl", "allreduce", "all_reduce", "allgather", "all_gather", "reduce_scatter",
@@ -33,40 +35,58 @@ def _is_comm(name: str) -> bool:
 
 
 def _build(cfg: Config):
-    from scaletrain.models import build_model
-    from scaletrain.optim.param_groups import param_groups
-    from scaletrain.optim.registry import build_optimizer
+    from scaletrain.models import build_model, get_family
     from scaletrain.parallel.dist import init_distributed
-    from scaletrain.parallel.layout import build_layout, wrap_optimizer
+    from scaletrain.parallel.layout import build_layout
     from scaletrain.train.build import build_task, check_device
+    from scaletrain.train.trainer import layout_optimizer
 
     device = check_device(cfg)
     info = init_distributed(device.type, cfg.parallel.timeout_seconds)
     task, args, _, _ = build_task(cfg, info.device, progress=False)
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model.name, args)
-    layout = build_layout(model, cfg.parallel, info, precision=cfg.train.precision, compile=cfg.train.compile)
-    o = cfg.optim
-    groups = param_groups(layout.model, o.weight_decay, o.lr_multipliers)
-    optimizer = wrap_optimizer(layout, groups, lambda g: build_optimizer(
-        o.name, g, lr=o.lr, weight_decay=o.weight_decay, betas=tuple(o.betas), eps=o.eps,
-        momentum=o.momentum, fused=o.fused, options=getattr(o, o.name, None)))
+    layout = build_layout(model, get_family(cfg.model.name), cfg.parallel, info, precision=cfg.train.precision,
+                          compile=cfg.train.compile, loss_fn=task.loss)
+    t = cfg.train
+    optimizer = layout_optimizer(layout, cfg.optim, t.batch_size * t.grad_accum * layout.dp_world)
     return info, task, model, layout, optimizer
 
 
+class Phases:
+    """The train step's `phase(name)`: a profiler range, timed, the device synchronized at its end
+    (so that a phase's time is its own work, not the queue it left)."""
+
+    def __init__(self, device: torch.device):
+        self.sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+        self.seconds = dict.fromkeys(PHASES, 0.0)
+
+    @contextmanager
+    def __call__(self, name: str):
+        from torch.profiler import record_function
+
+        began = time.perf_counter()
+        with record_function(name):
+            yield
+            self.sync()
+        self.seconds[name] += time.perf_counter() - began
+
+
 def profile(cfg: Config, *, steps: int, warmup: int, out: Path, top: int = 15) -> dict | None:
-    from torch.profiler import ProfilerActivity, record_function
+    from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
     from scaletrain.atomic import write_json_atomic
     from scaletrain.parallel.dist import launched_by_torchrun, shutdown
-    from scaletrain.train.step import autocast_context, forward, to_device
 
-    if cfg.parallel.nproc * cfg.parallel.nnodes > 1 and not launched_by_torchrun():
+    world = cfg.parallel.nproc * cfg.parallel.nnodes
+    if not launched_by_torchrun() and world > 1:
         raise UserError("profile: parallel.nproc > 1: start it under torchrun "
                         "(torchrun --standalone --nproc-per-node N -m scaletrain profile ...)")
-    if cfg.parallel.strategy == "pp":
-        raise UserError("profile: parallel.strategy=pp runs its own pipeline schedule; profile another layout")
+    if launched_by_torchrun():  # torchrun's protocol: the world it started
+        world = int(os.environ["WORLD_SIZE"])
+    if ParallelDims.from_config(cfg.parallel, world).pp_enabled:
+        raise UserError("profile: the pipeline schedule interleaves forward and backward; profile another layout")
     if cfg.optim.name == "gd":
         raise UserError("profile: optim.name=gd reads the whole training set per step; profile with sgd")
     if out.exists() and not out.is_dir():
@@ -75,66 +95,38 @@ def profile(cfg: Config, *, steps: int, warmup: int, out: Path, top: int = 15) -
         torch.set_num_threads(cfg.train.threads)
     info, task, model, layout, optimizer = _build(cfg)
     t = cfg.train
-    fsdp_casts = cfg.parallel.strategy in ("fsdp", "fsdp+tp")
-    autocast = autocast_context(info.device, "fp32" if fsdp_casts else t.precision)
-    b, dp, r = t.batch_size, layout.dp_world, layout.dp_rank
-    per_step = b * t.grad_accum * dp
-    sync = (lambda: torch.cuda.synchronize()) if info.device.type == "cuda" else (lambda: None)
-    seconds = {p: 0.0 for p in PHASES}
+    per_step = t.batch_size * t.grad_accum * layout.dp_world
+    phases = Phases(info.device)
+    forward_backward = train_steps.plain_forward_backward(
+        layout.module, task.loss, device=info.device, autocast=layout.autocast, grad_sync=layout.grad_sync,
+        phase=phases)
+    params = [p for p in layout.trained.parameters() if p.requires_grad]
     units = 0
 
-    def step(i: int, timed: bool):
+    def step(i: int) -> None:
         nonlocal units
-        marks = [time.perf_counter()]
-        with record_function("data"):
-            batches = [task.train_batch(i * per_step + k * b * dp + r * b, b) for k in range(t.grad_accum)]
-        marks.append(time.perf_counter())
-        fwd = bwd = 0.0
-        for k, (x, y) in enumerate(batches):
-            ctx = layout.grad_sync(k == len(batches) - 1) if layout.distributed else nullcontext()
-            with ctx:
-                t0 = time.perf_counter()
-                with record_function("forward"), autocast:
-                    loss = task.loss(forward(layout.module, to_device(x, info.device)), y.to(info.device))
-                    loss = loss / len(batches)
-                sync()
-                t1 = time.perf_counter()
-                with record_function("backward"):
-                    loss.backward()
-                sync()
-                fwd, bwd = fwd + t1 - t0, bwd + time.perf_counter() - t1
-        t2 = time.perf_counter()
-        with record_function("optimizer"):
-            params = [p for p in layout.module.parameters() if p.grad is not None]
-            if t.grad_clip > 0:
-                if layout.distributed:
-                    from scaletrain.parallel.layout import clip_grads, global_grad_norm
-
-                    clip_grads(params, t.grad_clip, global_grad_norm(params))
-                else:
-                    torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        sync()
-        if timed:
-            seconds["data"] += marks[1] - marks[0]
-            seconds["forward"] += fwd
-            seconds["backward"] += bwd
-            seconds["optimizer"] += time.perf_counter() - t2
-            units += sum(task.units(x) for x, _ in batches) * dp
+        with phases("data"):
+            plan = train_steps.micro_batches(i * per_step, t.batch_size, t.grad_accum, layout.dp_world,
+                                             layout.dp_rank)
+            batches = [task.train_batch(position, size) for position, size in plan]
+        train_steps.train_step(forward_backward, batches, optimizer, layout, params=params,
+                               grad_clip=t.grad_clip, want_norm=False, phase=phases)
+        units += sum(task.units(x) for x, _ in batches) * layout.dp_world
 
     for i in range(warmup):
-        step(i, timed=False)
+        step(i)
+    phases.seconds, units = dict.fromkeys(PHASES, 0.0), 0
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if info.device.type == "cuda" else [])
     wall = time.perf_counter()
     with torch_profile(activities=activities) as prof:
         for i in range(warmup, warmup + steps):
-            step(i, timed=True)
+            step(i)
     wall = time.perf_counter() - wall
     report = None
     if info.is_main:
         comm_by_phase = _communication(prof)
-        report = _report(cfg, prof, seconds, comm_by_phase, steps, units, wall, top, info.world)
+        report = _report(cfg, layout.dims.strategy, prof, phases.seconds, comm_by_phase, steps, units, wall,
+                         top, info.world)
         out.mkdir(parents=True, exist_ok=True)
         tmp = out / f".trace.{os.getpid()}.json"
         prof.export_chrome_trace(str(tmp))
@@ -169,7 +161,7 @@ def _communication(prof) -> dict:
     return out
 
 
-def _report(cfg, prof, seconds, comm, steps, units, wall, top, world) -> dict:
+def _report(cfg, strategy, prof, seconds, comm, steps, units, wall, top, world) -> dict:
     per_step = {p: seconds[p] / steps for p in PHASES}
     comm_step = {p: comm[p] / steps for p in PHASES}
     split = {p: max(0.0, per_step[p] - comm_step[p]) for p in PHASES}
@@ -180,7 +172,7 @@ def _report(cfg, prof, seconds, comm, steps, units, wall, top, world) -> dict:
                  key=lambda a: a.self_cpu_time_total, reverse=True)[:top]
     self_total = sum(a.self_cpu_time_total for a in averages) or 1.0
     return {
-        "config": {"model": cfg.model.name, "strategy": cfg.parallel.strategy, "world_size": world,
+        "config": {"model": cfg.model.name, "strategy": strategy, "world_size": world,
                    "batch_size": cfg.train.batch_size, "grad_accum": cfg.train.grad_accum,
                    "precision": cfg.train.precision, "optimizer": cfg.optim.name},
         "steps": steps, "step_seconds": total, "wall_seconds_profiled": wall,

@@ -11,7 +11,9 @@ slow, or the loss NaN, at a given step.
 - `spike:step=4:factor=20` — the loss of step 4 is 20 times larger (a loss spike).
 
 A test hook, not a setting: kill, stall and nan act only on the first attempt of a torchrun group (a
-restarted group runs clean), so a test can check that training survives the fault.
+restarted group runs clean), so a test can check that training survives the fault. The trainer
+installs the hooks once, when a fault is set (`enabled()`), by wrapping its step, its loss and its
+batch builder (`Injector`): without a fault the loop runs none of this.
 """
 
 from __future__ import annotations
@@ -28,8 +30,44 @@ _VAR = "SCALETRAIN_FAULT"
 
 
 def enabled() -> bool:
-    """Whether any fault is set (read once by the trainer's loop, which then skips the hooks)."""
+    """Whether any fault is set (read once by the trainer, which then installs the hooks)."""
     return bool(os.environ.get(_VAR, "").strip())
+
+
+class Injector:
+    """The hooks of one run, installed once by the trainer when a fault is set: around its step
+    (kill, stall, straggler; and the loss factor of the step about to run), its loss (NaN, spike)
+    and its batch builder (slow data). `next_step()` is the number of the step about to run."""
+
+    def __init__(self, rank: int, next_step):
+        self.rank, self.next_step = rank, next_step
+        self.factor: float | None = None  # the running step's loss factor, the same for every micro-batch
+
+    def step(self, step_fn):
+        def step(*args, **kwargs):
+            step_number = self.next_step()
+            maybe_inject(step_number, self.rank)
+            self.factor = loss_factor(step_number)
+            return step_fn(*args, **kwargs)
+
+        return step
+
+    def loss(self, loss_fn):
+        def loss(logits, y):
+            value = loss_fn(logits, y)
+            return value if self.factor is None else value * self.factor
+
+        return loss
+
+    @staticmethod
+    def batches(produce):
+        def slow(*args, **kwargs):
+            delay = data_delay()
+            if delay:
+                time.sleep(delay)
+            return produce(*args, **kwargs)
+
+        return slow
 
 
 def _faults() -> tuple[tuple[str, dict[str, float]], ...]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -65,3 +65,34 @@ class Meter:
         self.data_seconds = self.busy_seconds = 0.0
         self.excluded, self.start = 0.0, now
         return result
+
+
+class ForwardClock:
+    """A train step's `phase` that measures a rank's busy time: what it spends before its first
+    forward pass (batches, host work) plus its forward passes. That tells a straggler from its
+    peers: the backward waits in collectives, so every rank's backward lasts as long as the
+    slowest one's. `start(began)` right before the step (began: when the step's work began)."""
+
+    def __init__(self):
+        self.seconds = 0.0
+        self._began = 0.0
+        self._pending: float | None = None  # since when, until the step's first forward
+
+    def start(self, began: float) -> None:
+        now = time.perf_counter()
+        self.seconds, self._pending = now - began, now
+
+    def __call__(self, name: str):
+        return self if name == "forward" else _NOTHING
+
+    def __enter__(self):
+        self._began = time.perf_counter()
+        if self._pending is not None:
+            self.seconds += self._began - self._pending
+            self._pending = None
+
+    def __exit__(self, *exc):
+        self.seconds += time.perf_counter() - self._began
+
+
+_NOTHING = nullcontext()

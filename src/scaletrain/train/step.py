@@ -1,19 +1,48 @@
-"""One optimizer step, written out: forward, loss, backward (x grad_accum), clip, step."""
+"""One optimizer step, written out, for every layout and every caller (the trainer, `profile`,
+`verify` through the trainer):
+
+    loss = forward_backward(micro-batches)          # gradients accumulated over the micro-batches
+    norm = layout.grad_norm(params)                  # the global norm, whatever shards the gradients
+    verdict = guard(loss, norm)                      # drop a NaN/Inf or spiking step's update
+    layout.clip(params, grad_clip, norm); optimizer.step(); optimizer.zero_grad()
+
+`forward_backward` is the layout's: the plain loop below (`plain_forward_backward`), or a
+pipeline schedule (scaletrain.parallel.pipeline). `phase(name)` brackets the forward, backward
+and optimizer parts: a shared no-op in training, a profiler range in `scaletrain profile`.
+"""
 
 from __future__ import annotations
 
-import time
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 
 import torch
 from torch import nn
 
+from scaletrain.parallel.layout import Layout, autocast_context  # noqa: F401  (autocast_context: its users import it here)
 
-def autocast_context(device: torch.device, precision: str) -> AbstractContextManager:
-    if precision == "fp32":
-        return nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
+_NO_PHASE = nullcontext()
+
+
+def no_phase(name: str) -> AbstractContextManager:
+    return _NO_PHASE
+
+
+def micro_batches(position: int, batch: int, accum: int, dp_world: int, dp_rank: int,
+                  samples: int | None = None) -> list[tuple[int, int]]:
+    """(global position, size) of this rank's micro-batches for the step starting at `position`.
+
+    The step reads the global batch position .. position + batch x accum x dp; micro-batch k of
+    data-parallel rank r is the slice at k x (batch x dp) + r x batch. So the samples of a step,
+    and their order, are the same for any number of ranks (the same global batch split
+    differently), every rank gets equal work, and resuming needs only `position`. `samples`: the
+    step covers exactly this many instead (full-batch gd: the training set), in as many
+    micro-batches as it takes; the last ones may be short or empty."""
+    stride = batch * dp_world
+    if samples is None:
+        return [(position + k * stride + dp_rank * batch, batch) for k in range(accum)]
+    return [(position + k * stride + dp_rank * batch, max(0, min(batch, samples - k * stride - dp_rank * batch)))
+            for k in range(-(-samples // stride))]
 
 
 def to_device(x, device: torch.device):
@@ -87,84 +116,72 @@ class NonfiniteCheck:
         return self._found
 
 
-def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, micro_batches, loss_fn, *,
-               device: torch.device, autocast: AbstractContextManager, grad_clip: float,
-               scaler: torch.amp.GradScaler | None = None, want_norm: bool = True,
-               layout=None, before_zero_grad=None,
-               weights: list[float] | None = None,
-               skip_if=None, timings: dict | None = None,
-               params: list[nn.Parameter] | None = None,
-               nonfinite_check=nonfinite_gradients) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Run one step over `micro_batches` [(x, y), ...]; return (mean loss, grad norm) as tensors.
+def plain_forward_backward(module: nn.Module, loss_fn, *, device: torch.device, autocast: AbstractContextManager,
+                           grad_sync=None, scaler: torch.amp.GradScaler | None = None,
+                           phase: Callable[[str], AbstractContextManager] = no_phase) -> Callable:
+    """The forward_backward of every layout but pipelining: for each micro-batch (x, y), the loss
+    under autocast and its backward; the gradient sync (`grad_sync(last)`, the layout's) only on
+    the last one. Returns forward_backward(micro_batches, weights=None) -> the step's loss, where
+    `weights` are each micro-batch's factor in it (default 1/len(micro_batches))."""
+    sync = grad_sync or (lambda last: _NO_PHASE)
 
-    Nothing here calls `.item()`: the caller reads the tensors only on logging steps, so the host
-    never waits on the device in the hot path. With clipping off the norm is only computed when
-    `want_norm` (a logging step) or when `skip_if` needs it (an Inf gradient can come with a finite
-    loss): on a small model it is a fifth of the step.
+    def forward_backward(batches, weights: list[float] | None = None) -> torch.Tensor:
+        accum = len(batches)
+        total = None
+        for i, (x, y) in enumerate(batches):
+            x, y = to_device(x, device), y.to(device, non_blocking=True)
+            with sync(i == accum - 1):
+                with phase("forward"), autocast:
+                    loss = loss_fn(forward(module, x), y)
+                    if weights is not None:
+                        loss = loss * weights[i]
+                    elif accum > 1:
+                        loss = loss / accum
+                with phase("backward"):
+                    (scaler.scale(loss) if scaler else loss).backward()
+            total = loss.detach() if total is None else total + loss.detach()
+        return total
 
-    `layout` (scaletrain.parallel.layout.Layout) makes the step data-parallel aware: gradients are
-    synchronized only after the last micro-batch, and the norm is the true global one across
-    shards. `before_zero_grad` is called after the optimizer step, while gradients still exist.
-    `weights`: each micro-batch's factor in the step's loss (default 1/len(micro_batches)).
-    `skip_if(loss, grad_norm, nonfinite) -> bool`: checked before the update; True drops it (the
-    guard). When no norm is wanted otherwise, the guard gets `nonfinite` (see `nonfinite_gradients`)
-    instead of a norm: it only needs to know whether a gradient is NaN/Inf.
-    `timings["forward"]` accumulates the forward passes' seconds: the part of a data-parallel step
-    no collective waits in, so it tells a slow rank from its peers.
-    `params`: the model's trainable parameters, listed once by the caller (walking the module tree
-    every step costs more than a small model's optimizer step).
-    `nonfinite_check`: how the guard's flag is computed (a `NonfiniteCheck` kept for the run is
-    cheaper than the plain function).
-    """
-    accum = len(micro_batches)
-    total = None
-    for i, (x, y) in enumerate(micro_batches):
-        x, y = to_device(x, device), y.to(device, non_blocking=True)
-        sync = layout.grad_sync(i == accum - 1) if layout is not None else nullcontext()
-        with sync:
-            began = time.perf_counter() if timings is not None else 0.0
-            with autocast:
-                loss = loss_fn(forward(model, x), y)
-                if weights is not None:
-                    loss = loss * weights[i]
-                elif accum > 1:
-                    loss = loss / accum
-            if timings is not None:
-                timings["forward"] = timings.get("forward", 0.0) + time.perf_counter() - began
-            (scaler.scale(loss) if scaler else loss).backward()
-        total = loss.detach() if total is None else total + loss.detach()
-    if scaler:
-        scaler.unscale_(optimizer)
-    params = [p for p in (model.parameters() if params is None else params) if p.grad is not None]
-    grad_norm = nonfinite = None
-    if skip_if is not None and not (grad_clip > 0 or want_norm):
-        # The guard's cheaper question, asked of the loss too: one flag for the host to read.
-        nonfinite = nonfinite_check([p.grad for p in params] + [total])
-    if grad_clip > 0 or want_norm or (skip_if is not None and nonfinite is None):
-        if layout is not None:
-            from scaletrain.parallel.layout import global_grad_norm
+    return forward_backward
 
-            grad_norm = global_grad_norm(params, layout.extras.get("pp_group"))
-        else:
-            grad_norm = nn.utils.get_total_norm([p.grad for p in params])
-    if skip_if is not None and skip_if(total, grad_norm, nonfinite):
-        optimizer.zero_grad(set_to_none=True)
-        if scaler:
+
+def train_step(forward_backward: Callable, batches, optimizer: torch.optim.Optimizer, layout: Layout, *,
+               params: list[nn.Parameter], grad_clip: float, want_norm: bool = True,
+               weights: list[float] | None = None, guard=None, scaler: torch.amp.GradScaler | None = None,
+               nonfinite_check=nonfinite_gradients, before_zero_grad=None,
+               phase: Callable[[str], AbstractContextManager] = no_phase):
+    """One optimizer step over `batches` [(x, y), ...]; returns (loss, grad norm or None, the
+    guard's reason for dropping the update or None). Loss and norm stay tensors: nothing here calls
+    `.item()`, so the host never waits on the device unless the guard asks.
+
+    `params`: the parameters this rank trains, listed once by the caller (walking the module tree
+    every step costs more than a small model's optimizer step). With clipping off the norm is only
+    computed when `want_norm` (a logging step) or when the guard needs it: on a small model it is a
+    fifth of the step. `guard(loss, norm, nonfinite) -> reason | None` judges the step before the
+    update; when no norm is wanted otherwise it gets `nonfinite` (see `nonfinite_gradients`, of the
+    gradients and the loss) instead. `before_zero_grad` runs after the update, while the gradients
+    still exist."""
+    loss = forward_backward(batches, weights)
+    with phase("optimizer"):
+        if scaler is not None:
+            scaler.unscale_(optimizer)
+        params = [p for p in params if p.grad is not None]
+        norm = nonfinite = None
+        if guard is not None and not (grad_clip > 0 or want_norm):
+            nonfinite = nonfinite_check([p.grad for p in params] + [loss])  # one flag for the host
+        if grad_clip > 0 or want_norm or (guard is not None and nonfinite is None):
+            norm = layout.grad_norm(params)
+        reason = guard(loss, norm, nonfinite) if guard is not None else None
+        if reason is None:
+            if grad_clip > 0:
+                layout.clip(params, grad_clip, norm)
+            if scaler is not None:
+                scaler.step(optimizer)
+            else:
+                optimizer.step()
+            if before_zero_grad is not None:
+                before_zero_grad()
+        if scaler is not None:
             scaler.update()
-        return total, grad_norm
-    if grad_clip > 0:
-        if layout is not None:
-            from scaletrain.parallel.layout import clip_grads
-
-            clip_grads(params, grad_clip, grad_norm)
-        else:
-            nn.utils.clip_grads_with_norm_(params, grad_clip, grad_norm)
-    if scaler:
-        scaler.step(optimizer)
-        scaler.update()
-    else:
-        optimizer.step()
-    if before_zero_grad is not None:
-        before_zero_grad()
-    optimizer.zero_grad(set_to_none=True)
-    return total, grad_norm
+        optimizer.zero_grad(set_to_none=True)
+    return loss, norm, reason

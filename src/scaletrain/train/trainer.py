@@ -23,14 +23,16 @@ from scaletrain.optim.schedules import apply_lr, effective_lr, lr_multiplier
 from scaletrain.train import checkpoint as ckpt
 from scaletrain.atomic import write_bytes_atomic, write_json_atomic, write_text_atomic
 from scaletrain.train.guard import Guard
-from scaletrain.train.loop_state import LoopState, Meter, Rollback
+from scaletrain.train.loop_state import ForwardClock, LoopState, Meter, Rollback
 from scaletrain.train.report import plot_losses, read_metrics, write_report
 from scaletrain.data.prefetch import Prefetcher
+from scaletrain.models.family import ModelFamily
 from scaletrain.parallel import faults
+from scaletrain.parallel.dims import ParallelDims
 from scaletrain.parallel.dist import DistInfo, shutdown
 from scaletrain.parallel.layout import Layout, build_layout, wrap_optimizer
 from scaletrain.train import ranks, resume
-from scaletrain.train.step import NonfiniteCheck, autocast_context, train_step
+from scaletrain.train.step import NonfiniteCheck, micro_batches, no_phase, plain_forward_backward, train_step
 from scaletrain.train.telemetry import Telemetry
 
 # Batches that build faster than this (median, seconds) are built in the loop itself: a background
@@ -46,8 +48,10 @@ def resolve_device(cfg: Config) -> torch.device:
 class Trainer:
     def __init__(self, cfg: Config, model: nn.Module, task, *, run_dir: Path,
                  model_spec: dict | None = None, sampler=None, extra_summary: dict | None = None,
-                 dist_info: DistInfo | None = None, model_factory=None, run_files: dict[str, bytes] | None = None):
+                 dist_info: DistInfo | None = None, model_factory=None, run_files: dict[str, bytes] | None = None,
+                 family: ModelFamily | None = None):
         self.cfg, self.model, self.task = cfg, model, task
+        self.family = family  # the model's family (its parallel plan); None: a user's module
         self.dist_info = dist_info or DistInfo(device=resolve_device(cfg))
         self.model_factory = model_factory  # a fresh plain model, for consolidating sharded weights
         self.run_dir = Path(run_dir)
@@ -57,9 +61,6 @@ class Trainer:
         # {name: bytes} copied into the run folder once the start is checked (the tokenizer).
         self.run_files = run_files or {}
         self.device = self.dist_info.device
-        # FSDP casts parameters itself (MixedPrecisionPolicy); autocast covers the other layouts.
-        fsdp_casts = cfg.parallel.strategy in ("fsdp", "fsdp+tp")
-        self.autocast = autocast_context(self.device, "fp32" if fsdp_casts else cfg.train.precision)
         self.scaler = torch.amp.GradScaler("cuda") if cfg.train.precision == "fp16" else None
         self.state = LoopState()
         # A loop-edge callback after every optimizer step: step_hook(trainer, step, loss) (verify).
@@ -78,35 +79,15 @@ class Trainer:
 
     # ---- set-up -------------------------------------------------------------------------------
     def _build_optimizer(self, layout: Layout) -> torch.optim.Optimizer:
-        o = self.cfg.optim
-        trained = layout.extras.get("stage_module", layout.model)  # pp: this rank's stage only
-        groups = param_groups(trained, o.weight_decay, o.lr_multipliers)
-
-        # optim.lr_scaling adapts the lr tuned at optim.reference_batch to this run's global batch.
-        lr = effective_lr(o, self.global_batch(layout))
-
-        def factory(groups):
-            return build_optimizer(o.name, groups, lr=lr, weight_decay=o.weight_decay,
-                                   betas=tuple(o.betas), eps=o.eps, momentum=o.momentum, fused=o.fused,
-                                   options=getattr(o, o.name, None))  # the optim.<name> section
-
-        return wrap_optimizer(layout, groups, factory)
+        return layout_optimizer(layout, self.cfg.optim, self.global_batch(layout))
 
     def _micro_batches(self, position: int, layout: Layout) -> list[tuple[int, int]]:
-        """(global position, size) of this rank's micro-batches for the step starting at `position`.
-
-        The step reads the global batch position .. position + batch x accum x dp; micro-batch k of
-        data-parallel rank r is the slice at k x (batch x dp) + r x batch. So the samples of a step,
-        and their order, are the same for any number of ranks (the same global batch split
-        differently), every rank gets equal work, and resuming needs only `position`.
-        `optim.name=gd` reads the whole training set per step in micro-batches of train.batch_size.
-        """
-        b, dp, r = self.cfg.train.batch_size, layout.dp_world, layout.dp_rank
-        if self.cfg.optim.name == "gd":
-            n = self.task.num_train_samples
-            chunks = -(-n // (b * dp))
-            return [(position + k * b * dp + r * b, max(0, min(b, n - k * b * dp - r * b))) for k in range(chunks)]
-        return [(position + k * b * dp + r * b, b) for k in range(self.cfg.train.grad_accum)]
+        """(global position, size) of this rank's micro-batches for the step starting at `position`
+        (step.micro_batches); `optim.name=gd` reads the whole training set per step in micro-batches
+        of train.batch_size."""
+        t = self.cfg.train
+        samples = self.task.num_train_samples if self.cfg.optim.name == "gd" else None
+        return micro_batches(position, t.batch_size, t.grad_accum, layout.dp_world, layout.dp_rank, samples)
 
     def global_batch(self, layout: Layout) -> int:
         if self.cfg.optim.name == "gd":  # true full-batch gradient descent: one step per epoch
@@ -152,14 +133,21 @@ class Trainer:
         wall_start = time.perf_counter()
         if t.threads:
             torch.set_num_threads(t.threads)
-        if self.model_factory is None and cfg.parallel.strategy in ("fsdp", "tp", "fsdp+tp") and main:
+        dims = ParallelDims.from_config(cfg.parallel, self.dist_info.world)
+        if self.model_factory is None and dims.sharded_params and not dims.pp_enabled and main:
             # Rank 0 rebuilds the plain module at export from a meta-device skeleton taken before
             # sharding (no storage: a full copy of the weights kept through training would cost
             # rank 0 what fsdp saves; ranks.load_full_state re-ties tied weights).
             skeleton = ranks.meta_skeleton(self.model)
             self.model_factory = lambda: skeleton
-        layout = build_layout(self.model, cfg.parallel, self.dist_info, precision=t.precision,
-                              compile=t.compile)
+        # The loss every layout's step computes (pipelining's schedule is built with it); a test's
+        # planted NaN or spike is wrapped around it here, once (parallel/faults.py).
+        self.loss_fn = self.task.loss
+        self._faults = faults.Injector(self.dist_info.rank, lambda: self.state.step + 1) if faults.enabled() else None
+        if self._faults is not None:
+            self.loss_fn = self._faults.loss(self.loss_fn)
+        layout = build_layout(self.model, self.family, cfg.parallel, self.dist_info, precision=t.precision,
+                              compile=t.compile, loss_fn=self.loss_fn, dims=dims)
         self.layout = layout
         optimizer = self._build_optimizer(layout)
         watchdog = ranks.Watchdog(cfg.parallel.timeout_seconds) if layout.distributed else None
@@ -179,7 +167,7 @@ class Trainer:
         if resume_from is not None:
             tel.message(f"resumed from {resume_from} at step {st.step}")
         if layout.distributed:
-            tel.message(f"{self.dist_info.world} ranks, parallel.strategy={layout.strategy}, "
+            tel.message(f"{self.dist_info.world} ranks, parallel.strategy={layout.dims.strategy}, "
                         f"global batch {self.global_batch(layout)} samples")
         self._warn_slow_bf16(tel)
         self._state_bytes: int | None = None
@@ -205,10 +193,9 @@ class Trainer:
         resume_from, damaged = ranks.on_main(resume.find_checkpoint, t.resume, self.run_dir, self.model_spec)
         if resume_from is None:  # resume=auto on a run that has no checkpoint yet: a fresh start
             return None, damaged
-        trained = layout.extras.get("stage_module", layout.model)  # pp: this rank's stage
         configured = [g.get("base_lr") for g in optimizer.param_groups]
-        saved = ckpt.load_checkpoint(resume_from, trained, optimizer, verified=True,
-                                     model_spec=self.model_spec, whole_model=trained is layout.model)
+        saved = ckpt.load_checkpoint(resume_from, layout.trained, optimizer, verified=True,  # pp: this rank's stage
+                                     model_spec=self.model_spec, whole_model=layout.trained is layout.model)
         for group, base_lr in zip(optimizer.param_groups, configured):
             if base_lr is not None:  # the config's lr wins over the checkpoint's (a resume may change it)
                 group["base_lr"] = base_lr
@@ -242,77 +229,74 @@ class Trainer:
                          unit=self.task.unit, tensorboard=cfg.log.tensorboard, progress=cfg.log.progress)
 
     def _loop(self, layout: Layout, optimizer, tel: Telemetry, wall_start: float) -> str:
-        t = self.cfg.train
-        params = [p for p in layout.module.parameters() if p.requires_grad]
-        make_step = layout.extras.get("make_step")  # pipelining runs its own schedule
-        step_fn = make_step(self.task.loss, t.grad_clip) if make_step else None
+        step = self._train_step(layout, optimizer)
         meter = Meter()
         while True:
             st = self.state  # a new object after a rollback
             start_step, start_position, per_step = st.step, st.position, self.global_batch(layout)
 
             def produce(step: int, start_step=start_step, start_position=start_position, per_step=per_step):
-                delay = faults.data_delay()
-                if delay:
-                    time.sleep(delay)
                 return self._step_batches(start_position + (step - start_step) * per_step, layout)
 
+            if self._faults is not None:
+                produce = self._faults.batches(produce)
             # The batches of the next steps are read in a background thread while this one trains;
             # they are a pure function of the step, so prefetching never changes which batch comes.
             prefetch = Prefetcher(produce, depth=2, inline_below=PREFETCH_INLINE_BELOW)
             try:
-                return self._steps(layout, optimizer, tel, wall_start, meter, prefetch, step_fn, params)
+                return self._steps(layout, optimizer, tel, wall_start, meter, prefetch, step)
             except Rollback:
                 continue  # the state is the checkpoint's now: read batches from its position
             finally:
                 prefetch.close()
 
-    def _steps(self, layout, optimizer, tel, wall_start, meter, prefetch, step_fn, params) -> str:
-        cfg, t, st = self.cfg, self.cfg.train, self.state
-        guard = self.cfg.guard
-        checking = guard.action != "off" and step_fn is None  # pipelining: loss only on the last stage
-        timings = {} if layout.distributed else None
-        per_step = self.global_batch(layout)
-        fault_hooks = faults.enabled()  # a test hook: off, it costs nothing per step
-        verdict: list[str | None] = []  # the guard's reason for this step, when it drops the update
+    def _train_step(self, layout: Layout, optimizer):
+        """The run's step(batches, weights, want_norm, before_zero_grad) -> (loss, norm, reason):
+        `train_step` with everything that is decided once per run bound to it (the layout's
+        forward_backward, the trained parameters, the guard, the straggler clock)."""
+        t = self.cfg.train
+        params = [p for p in layout.trained.parameters() if p.requires_grad]
+        # Distributed: the forward passes are timed (a rank's busy time, see _rank_times).
+        self._clock = ForwardClock() if layout.distributed else None
+        forward_backward = layout.forward_backward or plain_forward_backward(
+            layout.module, self.loss_fn, device=self.device, autocast=layout.autocast,
+            grad_sync=layout.grad_sync, scaler=self.scaler, phase=self._clock or no_phase)
+        guard = self._guard.verdict if self.cfg.guard.action != "off" else None
         nonfinite_check = NonfiniteCheck()
 
-        def skip_if(loss, norm, nonfinite):
-            verdict.append(self._guard.verdict(loss, norm, nonfinite))
-            return verdict[-1] is not None
+        def step(batches, weights, want_norm: bool, before_zero_grad):
+            return train_step(forward_backward, batches, optimizer, layout, params=params, grad_clip=t.grad_clip,
+                              want_norm=want_norm, weights=weights, guard=guard, scaler=self.scaler,
+                              nonfinite_check=nonfinite_check, before_zero_grad=before_zero_grad)
+
+        if self._faults is not None:  # a test's kill, stall, straggler or bad loss, at the step they name
+            step = self._faults.step(step)
+        self._params = params
+        return step
+
+    def _steps(self, layout, optimizer, tel, wall_start, meter, prefetch, step) -> str:
+        cfg, t, st = self.cfg, self.cfg.train, self.state
+        checking = cfg.guard.action != "off"
+        clock = self._clock
+        per_step = self.global_batch(layout)
 
         while st.step < t.max_steps:
             step_began = time.perf_counter()
-            if fault_hooks:
-                faults.maybe_inject(st.step + 1, self.dist_info.rank)
             apply_lr(optimizer, self._lr_multiplier(st.step) * st.lr_scale)
             waited = time.perf_counter()
             batches, weights = prefetch.get(st.step)
             meter.data_seconds += time.perf_counter() - waited
             st.position += per_step
             log_step = (st.step + 1) % cfg.log.every == 0 or st.step + 1 == t.max_steps
-            measure = self._state_bytes is None
-            measure_hook = (lambda: self._measure_state(params, optimizer)) if measure else None
-            factor = faults.loss_factor(st.step + 1) if fault_hooks else None
-            loss_fn = self.task.loss if factor is None else _scaled_loss(self.task.loss, factor)
-            verdict.clear()
-
-            if timings is not None:  # this rank's own time: until the step, and its forward passes
-                timings["forward"] = time.perf_counter() - step_began
-            if step_fn is not None:
-                loss, grad_norm = step_fn(batches, optimizer, want_norm=log_step, before_zero_grad=measure_hook)
-            else:
-                loss, grad_norm = train_step(
-                    layout.module, optimizer, batches, loss_fn, device=self.device,
-                    autocast=self.autocast, grad_clip=t.grad_clip, scaler=self.scaler,
-                    want_norm=log_step, layout=layout, before_zero_grad=measure_hook, weights=weights,
-                    skip_if=skip_if if checking else None, timings=timings, params=params,
-                    nonfinite_check=nonfinite_check)
-            if timings is not None:
-                meter.busy_seconds += timings["forward"]
-            bad = bool(verdict and verdict[0])
+            measure_hook = self._measure_hook(optimizer) if self._state_bytes is None else None
+            if clock is not None:  # this rank's own time: until its first forward, and its forwards
+                clock.start(step_began)
+            loss, grad_norm, reason = step(batches, weights, log_step, measure_hook)
+            if clock is not None:
+                meter.busy_seconds += clock.seconds
+            bad = reason is not None
             if bad:  # the guard dropped this step's update
-                stop = self._handle_bad_step(verdict[0], optimizer, tel)
+                stop = self._handle_bad_step(reason, optimizer, tel)
                 if stop:
                     return stop
             elif checking:
@@ -383,7 +367,7 @@ class Trainer:
 
     def _rollback(self, path: Path, optimizer, tel: Telemetry, reason: str) -> None:
         st = self.state
-        trained = self.layout.extras.get("stage_module", self.layout.model)
+        trained = self.layout.trained
         saved = ckpt.load_checkpoint(path, trained, optimizer, model_spec=self.model_spec,
                                      whole_model=trained is self.layout.model)
         saved.pop("step", None)
@@ -412,10 +396,14 @@ class Trainer:
                         f"step by rank {[round(b, 3) for b in busy]}, more than "
                         f"parallel.straggler_factor={self.cfg.parallel.straggler_factor:g} x the others' median")
 
-    def _measure_state(self, params, optimizer) -> None:
-        """Called once, after the first optimizer step and before gradients are dropped: the
+    def _measure_hook(self, optimizer):
+        """Run once, after the first optimizer step and before gradients are dropped: the
         parameters, gradients and optimizer state this rank holds, from the tensors themselves."""
-        self._state_bytes = ranks.model_state_bytes(params, ranks.grad_bytes(params), optimizer)
+        def measure() -> None:
+            params = self._params
+            self._state_bytes = ranks.model_state_bytes(params, ranks.grad_bytes(params), optimizer)
+
+        return measure
 
     def _warn_slow_bf16(self, tel: Telemetry) -> None:
         """CPUs without native bf16 (AVX2-only, no AVX512-BF16/AMX) run bf16 matmuls ~50x slower."""
@@ -432,12 +420,12 @@ class Trainer:
         """Evaluate; on the final call return the metrics, otherwise whether to stop early."""
         st = self.state
         t = self.cfg.train
-        model = self._eval_model()
+        model = self.layout.full_model()
         model.eval()
         # Every rank evaluates the same batches: under FSDP/TP the forward is a collective.
         metrics = self.task.evaluate(model, batches=batches,
                                      batch_size=t.eval_batch_size or t.batch_size,
-                                     device=self.device, autocast=self.autocast)
+                                     device=self.device, autocast=self.layout.autocast)
         model.train()
         tel.log_eval(st.step, metrics)
         if final:
@@ -454,27 +442,18 @@ class Trainer:
             return True
         return False
 
-    def _eval_model(self) -> nn.Module:
-        """The whole model, usable for a forward: pipelining first copies every stage's current
-        weights to every rank (each rank then holds the full, plain model)."""
-        consolidate = self.layout.extras.get("consolidate")
-        if consolidate is not None:
-            consolidate()
-        return self.model
-
     def _save(self, optimizer: torch.optim.Optimizer) -> None:
         state = {k: v for k, v in vars(self.state).items() if k != "step"}
         state["model"] = self.model_spec  # a resume with another architecture is refused by name
         data_state = getattr(self.task, "data_state", None)
         if data_state is not None:  # the loader's position, seed and data fingerprint
             state["data"] = data_state(self.state.position)
-        trained = self.layout.extras.get("stage_module", self.layout.model)
-        ckpt.save_checkpoint(self.run_dir / "checkpoints", self.state.step, trained, optimizer,
+        ckpt.save_checkpoint(self.run_dir / "checkpoints", self.state.step, self.layout.trained, optimizer,
                              state, self.cfg.checkpoint.keep_last)
 
     def _finish(self, final: dict, stopped_by: str, wall_start: float, optimizer) -> dict:
         cfg, st, unit = self.cfg, self.state, self.task.unit
-        model = self._eval_model()
+        model = self.layout.full_model()
         sample, sample_error = None, None
         if self.sampler:  # every rank: FSDP/TP forward is collective
             try:
@@ -482,7 +461,8 @@ class Trainer:
             except Exception as exc:  # noqa: BLE001 - the report's sample must not cost the run its weights
                 sample_error = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0]}"
         ranks.export_full_model(model, self.model_factory or self._no_factory,
-                                self.run_dir / "model.safetensors", self.layout.strategy, spec=self.model_spec)
+                                self.run_dir / "model.safetensors", self.layout.full_model_sharded,
+                                spec=self.model_spec)
         state_bytes = ranks.gather_objects(self._state_bytes)
         # Every rank's own peak (after the export, which gathers the whole model on rank 0): a
         # memory budget holds per process, and rank 0 is not always the largest.
@@ -511,7 +491,7 @@ class Trainer:
             "matmul_peak_flops": peak,
             "parameters": sum(p.numel() for p in self.model.parameters()),
             "world_size": world,
-            "parallel_strategy": self.layout.strategy,
+            "parallel_strategy": self.layout.dims.strategy,
             "global_batch_size": self.global_batch(self.layout),
             "model_state_bytes_per_rank": state_bytes,
             "peak_memory_bytes": peaks[0],
@@ -543,21 +523,28 @@ class Trainer:
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         """The whole model's weights as plain CPU tensors on every rank (a collective when sharded)."""
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-        model = self._eval_model()
-        if self.layout.strategy in ("fsdp", "tp", "fsdp+tp"):
-            full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
-            return {k: v.detach().cpu() for k, v in full.items()}
-        return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        return self.layout.full_state_dict()
 
     def _no_factory(self) -> nn.Module:
         raise RuntimeError("a sharded model needs Trainer(model_factory=...) to be exported")
 
 
-def _scaled_loss(loss_fn, factor: float):
-    """Fault injection (`SCALETRAIN_FAULT=nan:step=N` / `spike:step=N`): a NaN or spiked loss."""
-    return lambda logits, y: loss_fn(logits, y) * factor
+def layout_optimizer(layout: Layout, o, global_batch: int) -> torch.optim.Optimizer:
+    """The optimizer `o` (the optim section) over what this rank trains (pp: its stage), wrapped
+    as the layout needs (ZeRO-1)."""
+    if layout.pipeline is not None:  # grouped as the whole model groups them (a tied head is the embedding)
+        groups = param_groups(layout.pipeline.whole, o.weight_decay, o.lr_multipliers, trained=layout.trained)
+    else:
+        groups = param_groups(layout.model, o.weight_decay, o.lr_multipliers)
+    # optim.lr_scaling adapts the lr tuned at optim.reference_batch to this run's global batch.
+    lr = effective_lr(o, global_batch)
+
+    def factory(groups):
+        return build_optimizer(o.name, groups, lr=lr, weight_decay=o.weight_decay,
+                               betas=tuple(o.betas), eps=o.eps, momentum=o.momentum, fused=o.fused,
+                               options=getattr(o, o.name, None))  # the optim.<name> section
+
+    return wrap_optimizer(layout, groups, factory)
 
 
 def _config_file_text(cfg: Config) -> str:
