@@ -9,7 +9,8 @@ from scaletrain.errors import UserError
 
 
 def param_groups(
-    model: nn.Module, weight_decay: float, lr_multipliers: dict[str, float] | None = None
+    model: nn.Module, weight_decay: float, lr_multipliers: dict[str, float] | None = None,
+    trained: nn.Module | None = None,
 ) -> list[dict]:
     """Groups for build_optimizer. Each has `params`, `name`, `weight_decay`, `lr_mult`,
     `param_names` (the canonical name of each parameter) and `param_roles` (each one's role:
@@ -26,6 +27,11 @@ def param_groups(
     matching pattern (dict order) wins. A pattern's parameters are split by decay into
     groups named `<pattern>` and `<pattern>:no_decay` (names stay unique for logging).
     A tied weight matches under any of its names (e.g. "lm_head.*" hits tok_emb.weight).
+
+    `trained`: the part of `model` this rank trains (a pipeline stage, which holds the model's
+    modules under the model's names). The groups are decided on the whole `model` — it knows that a
+    tied head is the embedding, and which matrix is the output — and filled with `trained`'s
+    parameters, found by name, so that every stage groups a parameter as one process would.
     """
     lr_multipliers = dict(lr_multipliers or {})
     for pattern, mult in lr_multipliers.items():
@@ -42,6 +48,10 @@ def param_groups(
         names.setdefault(id(p), []).append(name)
         params[id(p)] = p
 
+    if trained is not None:  # the trained module's own parameter objects (FSDP may have replaced them)
+        own = dict(trained.named_parameters(remove_duplicate=False))
+        held = {pid: next((own[n] for n in names[pid] if n in own), None) for pid in params}
+    canonical: dict[int, int] = {}  # trained's parameter -> the model's
     matched = {pat: False for pat in lr_multipliers}
     buckets: dict[tuple[str, bool], list[nn.Parameter]] = {("", True): [], ("", False): []}
     for pid, p in params.items():
@@ -51,7 +61,11 @@ def param_groups(
             if any(fnmatchcase(n, pat) for n in names[pid]):
                 matched[pat] = True
                 owner = owner or pat  # later patterns still count as matched
-        buckets.setdefault((owner, decay), []).append(p)
+        if trained is None:
+            buckets.setdefault((owner, decay), []).append(p)
+        elif held[pid] is not None:
+            buckets.setdefault((owner, decay), []).append(held[pid])
+            canonical[id(held[pid])] = pid
 
     # The output layer is the last matrix registered, counting tied names: a head tied to the
     # embedding comes last under its own name, so such a model has no separate output matrix.
@@ -70,6 +84,7 @@ def param_groups(
         raise UserError(f"optim.lr_multipliers pattern(s) {unmatched} match no trainable parameter name")
 
     groups = []
+    key = (lambda p: canonical[id(p)]) if trained is not None else id
     for (owner, decay), ps in buckets.items():
         if not ps:
             continue
@@ -79,8 +94,8 @@ def param_groups(
             name = "decay" if decay else "no_decay"
         groups.append({
             "params": ps,
-            "param_names": [names[id(p)][0] for p in ps],
-            "param_roles": [role(id(p)) for p in ps],
+            "param_names": [names[key(p)][0] for p in ps],
+            "param_roles": [role(key(p)) for p in ps],
             "name": name,
             "weight_decay": float(weight_decay) if decay else 0.0,
             "lr_mult": float(lr_multipliers.get(owner, 1.0)),

@@ -16,6 +16,7 @@ a checkpoint written by one layout or world size loads into any other.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -379,9 +380,15 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
     check_model_spec(path, trainer, model_spec)
     rng = _rng_tensors(path)
     state = train_state(model, optimizer, for_load=True)
+    own_groups = copy.deepcopy(state["optim"]["param_groups"])  # DCP loads into the dicts in place
     # The optimizer's param_groups are plain values DCP stores as bytes: those (only) are read,
     # with torch's weights-only unpickler.
     untrusted_dcp.load_dcp(state, path, allow_bytes=True, strict_prefixes=("model.",) if whole_model else ())
+    if not whole_model:
+        # A pipeline stage: the checkpoint holds one rank's param_groups (DCP saves a non-tensor
+        # value once), which name another stage's parameters; this stage keeps its own groups (their
+        # hyperparameters are the config's: the trainer sets lr from base_lr at every step).
+        state["optim"]["param_groups"] = own_groups
     load_train_state(model, optimizer, state)
     trainer.pop("model", None)
     try:
