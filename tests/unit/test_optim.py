@@ -4,8 +4,10 @@ import pytest
 import torch
 
 from scaletrain.errors import UserError
-from scaletrain.models import GPT, MLP, GPTArgs, MLPArgs
-from scaletrain.optim import available, build_optimizer, param_groups, register
+from scaletrain.models.gpt.model import GPT, GPTArgs
+from scaletrain.models.mlp.model import MLP, MLPArgs
+from scaletrain.optim import available, build_optimizer, register
+from scaletrain.optim.param_groups import param_groups
 from scaletrain.optim.registry import OPTIMIZERS
 
 def tiny_gpt(**over) -> GPT:

@@ -11,8 +11,10 @@ import torch
 from scaletrain.config.load import load_config
 from scaletrain.config.schema import OptimConfig
 from scaletrain.errors import UserError
-from scaletrain.models import GPT, MLP, GPTArgs, MLPArgs
-from scaletrain.optim import build_optimizer, effective_lr, param_groups, state_bytes_per_param
+from scaletrain.models.gpt.model import GPT, GPTArgs
+from scaletrain.models.mlp.model import MLP, MLPArgs
+from scaletrain.optim import build_optimizer, effective_lr, state_bytes_per_param
+from scaletrain.optim.param_groups import param_groups
 
 
 @pytest.mark.parametrize("override,key", [

@@ -9,8 +9,9 @@ import copy
 import pytest
 import torch
 
-from scaletrain.models import MLP, MLPArgs
-from scaletrain.optim import build_optimizer, param_groups
+from scaletrain.models.mlp.model import MLP, MLPArgs
+from scaletrain.optim import build_optimizer
+from scaletrain.optim.param_groups import param_groups
 from scaletrain.optim.muon import MuonAdamW
 
 STEPS = 12
@@ -156,7 +157,7 @@ def test_muon_state_dict_round_trip_continues_exactly():
 # ---- adamw8bit: bitsandbytes' 8-bit AdamW tracks torch's AdamW -------------------------------
 
 def test_adamw8bit_tracks_adamw():
-    from scaletrain.config.schema import AdamW8bitOptions
+    from scaletrain.optim.registry import AdamW8bitOptions
 
     ours, opt = _train_ours("adamw8bit", lr=1e-3, wd=0.1, options=AdamW8bitOptions(min_8bit_size=0))
     ref, _ = _train_ours("adamw", lr=1e-3, wd=0.1)

@@ -1,19 +1,27 @@
-"""Optimizers (registry), parameter groups and lr schedules."""
-from scaletrain.optim.param_groups import param_groups
-from scaletrain.optim.registry import OPTIMIZERS, available, build_from_config, build_optimizer, register
-# The large-scale optimizers register themselves on import.
-from scaletrain.optim import adamw8bit, lamb, lars, lion, muon  # noqa: F401  (registration)
-from scaletrain.optim.lamb import Lamb
-from scaletrain.optim.lars import Lars
-from scaletrain.optim.lion import Lion
-from scaletrain.optim.memory import state_bytes, state_bytes_per_param
-from scaletrain.optim.muon import MuonAdamW
-from scaletrain.optim.schedules import (
-    SCHEDULES, apply_lr, constant, cosine, effective_lr, inverse_sqrt, linear, lr_multiplier, scale_lr, wsd,
-)
+"""Optimizers (registry), parameter groups and lr schedules.
 
-__all__ = [
-    "Lamb", "Lars", "Lion", "MuonAdamW", "OPTIMIZERS", "SCHEDULES", "apply_lr", "available",
-    "build_from_config", "build_optimizer", "constant", "cosine", "effective_lr", "inverse_sqrt", "linear",
-    "lr_multiplier", "param_groups", "register", "scale_lr", "state_bytes", "state_bytes_per_param", "wsd",
-]
+The names below load on first use (PEP 562): the registry and the config sections are read
+without torch (the config validates `optim.*` before torch is imported); the rest imports it.
+`param_groups` is imported from its module (`scaletrain.optim.param_groups`), which has its name.
+"""
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "OPTIMIZERS": "registry", "available": "registry", "build_from_config": "registry",
+    "build_optimizer": "registry", "register": "registry",
+    "state_bytes": "memory", "state_bytes_per_param": "memory",
+    "Lamb": "lamb", "Lars": "lars", "Lion": "lion", "MuonAdamW": "muon",
+    "SCHEDULES": "schedules", "apply_lr": "schedules", "constant": "schedules", "cosine": "schedules",
+    "effective_lr": "schedules", "inverse_sqrt": "schedules", "linear": "schedules",
+    "lr_multiplier": "schedules", "scale_lr": "schedules", "wsd": "schedules",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)

@@ -12,11 +12,9 @@ absmax and maps): `get_state_dict(model, opt)` + `dcp.save` store them like any 
 from __future__ import annotations
 
 from scaletrain.errors import UserError
-from scaletrain.optim.registry import register
 
 
-@register("adamw8bit")
-def _adamw8bit(groups, *, lr, weight_decay, betas, eps, options, **_):
+def build(groups, *, lr, weight_decay, betas, eps, options, **_):
     try:
         import bitsandbytes as bnb
     except ImportError as exc:  # a dependency of the package: only a broken install lands here

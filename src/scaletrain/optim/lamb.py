@@ -14,7 +14,6 @@ from __future__ import annotations
 import torch
 
 from scaletrain.optim._common import gather, trust_ratios
-from scaletrain.optim.registry import register
 
 
 class Lamb(torch.optim.Optimizer):
@@ -57,7 +56,6 @@ class Lamb(torch.optim.Optimizer):
         return loss
 
 
-@register("lamb")
-def _lamb(groups, *, lr, weight_decay, betas, eps, options, **_):
+def build(groups, *, lr, weight_decay, betas, eps, options, **_):
     return Lamb(groups, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                 bias_correction=options.bias_correction, max_trust_ratio=options.max_trust_ratio)

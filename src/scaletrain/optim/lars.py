@@ -16,7 +16,6 @@ from __future__ import annotations
 import torch
 
 from scaletrain.optim._common import gather, trust_ratios
-from scaletrain.optim.registry import register
 
 
 class Lars(torch.optim.Optimizer):
@@ -54,8 +53,7 @@ class Lars(torch.optim.Optimizer):
         return loss
 
 
-@register("lars")
-def _lars(groups, *, lr, weight_decay, momentum, options, **_):
+def build(groups, *, lr, weight_decay, momentum, options, **_):
     for g in groups:
         g.setdefault("adapt", options.adapt_no_decay or not str(g.get("name", "")).endswith("no_decay"))
     return Lars(groups, lr=lr, momentum=momentum, weight_decay=weight_decay,

@@ -13,7 +13,6 @@ from __future__ import annotations
 import torch
 
 from scaletrain.optim._common import gather
-from scaletrain.optim.registry import register
 
 
 class Lion(torch.optim.Optimizer):
@@ -44,6 +43,5 @@ class Lion(torch.optim.Optimizer):
         return loss
 
 
-@register("lion")
-def _lion(groups, *, lr, weight_decay, options, **_):
+def build(groups, *, lr, weight_decay, options, **_):
     return Lion(groups, lr=lr, betas=tuple(options.betas), weight_decay=weight_decay)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from scaletrain.optim.registry import _can_fuse, register
+from scaletrain.optim.classic import can_fuse
 
 _KIND = "optimizer"
 
@@ -83,10 +83,9 @@ def split_groups(groups: list[dict], roles: list[list[str]] | None, adamw_lr_rat
     return muon_groups, adamw_groups
 
 
-@register("muon")
-def _muon(groups, *, lr, weight_decay, betas, eps, fused, options, roles, **_):
+def build(groups, *, lr, weight_decay, betas, eps, fused, options, roles, **_):
     muon_groups, adamw_groups = split_groups(groups, roles, options.adamw_lr_ratio)
-    use_fused = _can_fuse(adamw_groups) if fused is None else fused
+    use_fused = can_fuse(adamw_groups) if fused is None else fused
     return MuonAdamW(
         muon_groups, adamw_groups,
         muon_kwargs=dict(lr=lr, weight_decay=weight_decay, momentum=options.momentum,
