@@ -77,13 +77,13 @@ def worker(overrides: dict) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from scaletrain.models import build_model
+    from scaletrain.models import build_model, get_family
     from scaletrain.optim.param_groups import param_groups
     from scaletrain.optim.registry import build_optimizer
-    from scaletrain.parallel.dist import init_distributed, shutdown
+    from scaletrain.parallel.config import ParallelConfig
+    from scaletrain.parallel.dist import DistInfo, init_distributed, shutdown
     from scaletrain.parallel.layout import build_layout, wrap_optimizer
-    from scaletrain.train.step import train_step
-    from contextlib import nullcontext
+    from scaletrain.train.step import plain_forward_backward, train_step
 
     cfg = config(overrides)
     torch.set_num_threads(cfg.train.threads)
@@ -107,7 +107,9 @@ def worker(overrides: dict) -> dict:
     tiny = build({"vocab_size": 64, "seq_len": 8, "n_layer": 1, "n_head": 2, "d_model": 16, "rope": True})
     opt = torch.optim.AdamW(tiny.parameters(), fused=True)
     x = torch.randint(0, 64, (2, 8))
-    train_step(tiny, opt, [(x, x)], loss_fn, device=torch.device("cpu"), autocast=nullcontext(), grad_clip=1.0)
+    tiny_layout = build_layout(tiny, get_family("gpt"), ParallelConfig(), DistInfo(), precision="fp32", compile=False)
+    fb = plain_forward_backward(tiny, loss_fn, device=torch.device("cpu"), autocast=tiny_layout.autocast)
+    train_step(fb, [(x, x)], opt, tiny_layout, params=list(tiny.parameters()), grad_clip=1.0)
     del tiny, opt, x
     gc.collect()
     baseline = hwm_bytes()
@@ -116,8 +118,12 @@ def worker(overrides: dict) -> dict:
     args = {**m.model_dump(exclude={"name"}), "vocab_size": cfg.data.vocab_size, "seq_len": cfg.data.seq_len}
     torch.manual_seed(0)
     model = build(args)
-    layout = build_layout(model, cfg.parallel, info, precision="fp32", compile=False)
+    layout = build_layout(model, get_family("gpt"), cfg.parallel, info, precision="fp32", compile=False,
+                          loss_fn=loss_fn)
     optimizer = optimizer_for(layout)
+    forward_backward = layout.forward_backward or plain_forward_backward(
+        layout.module, loss_fn, device=info.device, autocast=layout.autocast, grad_sync=layout.grad_sync)
+    params = [p for p in layout.trained.parameters() if p.requires_grad]
     B, T, V = cfg.train.batch_size, cfg.data.seq_len, cfg.data.vocab_size
     gen = torch.Generator().manual_seed(info.rank)
     times = []
@@ -127,8 +133,7 @@ def worker(overrides: dict) -> dict:
             tokens = torch.randint(0, V, (B, T + 1), generator=gen)
             batches.append((tokens[:, :-1], tokens[:, 1:]))
         t0 = time.perf_counter()
-        train_step(layout.module, optimizer, batches, loss_fn, device=info.device, autocast=nullcontext(),
-                   grad_clip=cfg.train.grad_clip, layout=layout if layout.distributed else None)
+        train_step(forward_backward, batches, optimizer, layout, params=params, grad_clip=cfg.train.grad_clip)
         times.append(time.perf_counter() - t0)
     peak = hwm_bytes() - baseline
     result = {"rank": info.rank, "measured_bytes": peak, "baseline_bytes": baseline,
@@ -150,16 +155,16 @@ def predicted(overrides: dict) -> dict:
     from scaletrain.diagnose.devices import this_cpu
 
     cfg = config(overrides)
-    s = plan.model_shape(cfg)
+    s = plan.model_spec(cfg)
     p = cfg.parallel
     world = p.nproc
-    strategy = p.strategy if not (p.strategy == "fsdp" and not p.reshard_after_forward) else "fsdp-zero2"
+    dims = p.dims(world)
     t = cfg.train
-    mem = plan.memory(s, cfg.optim.name, strategy, world, t.batch_size, t.grad_accum, "fp32",
-                      p.activation_checkpointing, False, "cpu")
+    mem = plan.memory(s, cfg.optim.name, dims, t.batch_size, t.grad_accum, "fp32",
+                      p.activation_checkpointing, False, "cpu", p.reshard_after_forward)
     device = this_cpu(threads=t.threads * world)  # the ranks together use this many threads
-    comp, comm, _ = plan.step_time(s, device, strategy, world, t.batch_size, t.grad_accum, "fp32",
-                                   p.activation_checkpointing, False)
+    comp, comm, _ = plan.step_time(s, device, dims, t.batch_size, t.grad_accum, "fp32",
+                                   p.activation_checkpointing, False, p.reshard_after_forward)
     return {"memory": mem, "step_seconds": comp + comm, "parameters": s.params}
 
 
