@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Literal, Protocol
 if TYPE_CHECKING:  # annotations only: this contract is read without importing torch
     from torch import nn
 
-TPStyle = Literal["colwise", "rowwise", "colwise_rep", "rowwise_seq", "sequence"]
+TPStyle = Literal["colwise", "rowwise"]  # what scaletrain.parallel.parallelize.apply_tp applies
 Task = Literal["language_modeling", "classification"]
 
 
@@ -47,10 +47,6 @@ class DataShape:
 
 def _no_tied_parameter(model: nn.Module) -> None:
     return None
-
-
-def _first_stage(name: str) -> Literal["first", "last"]:
-    return "first"
 
 
 @dataclass(frozen=True)
@@ -69,10 +65,9 @@ class ParallelPlan:
     # the previous stage's output, and returns the next stage's input or the logits. None: no pp.
     pipeline_stage: Callable[[nn.Module, range, bool, bool], nn.Module] | None = None
     # The parameter shared by the embedding and the head (its gradient is summed across the first
-    # and last pipeline stages), or None.
+    # and last pipeline stages), or None. (Which stage trains a parameter the core finds by building
+    # every stage: the stages hold the model's own modules.)
     tied_parameter: Callable[[nn.Module], nn.Parameter | None] = _no_tied_parameter
-    # Which pipeline stage trains a parameter that is not in a block: "first" or "last".
-    outside_block_owner: Callable[[str], Literal["first", "last"]] = _first_stage
 
 
 class ModelSpec(Protocol):

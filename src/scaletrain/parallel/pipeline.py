@@ -84,7 +84,8 @@ def build_pipeline(model: nn.Module, plan: ParallelPlan | None, dims: ParallelDi
     # (shape, dtype) of every parameter, read before FSDP turns the stage's into shards
     shapes = {name: (p.shape, p.dtype) for name, p in model.named_parameters()}
     skeleton = meta_skeleton(model) if dims.fsdp else None  # FSDP shards the shared modules in place
-    stage_module = plan.pipeline_stage(model, stage_layers(len(blocks), stages, index), first, last)
+    layers = stage_layers(len(blocks), stages, index)
+    stage_module = plan.pipeline_stage(model, layers, first, last)
 
     tied = plan.tied_parameter(model)
     tied_name = _name_in(stage_module, tied) if tied is not None and (first or last) else None
@@ -94,7 +95,7 @@ def build_pipeline(model: nn.Module, plan: ParallelPlan | None, dims: ParallelDi
     autocast = autocast_context(info.device, stage_precision)
     runs = stage_module if stage_precision == "fp32" else AutocastStage(stage_module, autocast)
     if dims.fsdp:
-        apply_fsdp(runs, stage_module.blocks.values(), mesh["dp"], precision=precision,
+        apply_fsdp(runs, [blocks[i] for i in layers], mesh["dp"], precision=precision,
                    reshard_after_forward=cfg.reshard_after_forward, cpu_offload=cfg.cpu_offload)
     replicas = mesh["dp"].get_group() if dims.ddp else None
     params = [p for p in stage_module.parameters() if p.requires_grad]

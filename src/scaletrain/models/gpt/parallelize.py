@@ -5,8 +5,6 @@ names the GPT's sub-modules; `scaletrain.parallel` applies the plan without know
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 from torch import nn
 
@@ -81,16 +79,10 @@ def tied_parameter(model: GPT) -> nn.Parameter | None:
     return model.lm_head.weight if model.lm_head.weight is model.tok_emb.weight else None
 
 
-def outside_block_owner(name: str) -> Literal["first", "last"]:
-    """Embeddings live on the first stage, the final norm and the head on the last."""
-    return "last" if name.startswith(("norm_f.", "lm_head.")) else "first"
-
-
 PLAN = ParallelPlan(
     blocks=blocks,
     tp_plan=TP_PLAN,
     check_tp=check_tp,
     pipeline_stage=GPTStage,
     tied_parameter=tied_parameter,
-    outside_block_owner=outside_block_owner,
 )
