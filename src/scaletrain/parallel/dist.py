@@ -2,7 +2,12 @@
 
 Ranks are started by `torchrun` (standalone, or one agent per node with c10d rendezvous), which
 passes RANK / WORLD_SIZE / LOCAL_RANK in the environment: that is torchrun's protocol, not a
-settings side channel. The backend follows the device: gloo on CPU, nccl on CUDA.
+settings side channel.
+
+The backend follows the device: gloo on CPU; on CUDA `cpu:gloo,cuda:nccl`, one group that serves
+CUDA tensors through NCCL and CPU tensors through gloo (NCCL alone refuses a CPU tensor, and DCP's
+async save needs a CPU backend). Still, every collective the trainer issues itself runs on the
+layout's device: its tensors are made on `collective_device()`, the one place that says where.
 """
 
 from __future__ import annotations
@@ -41,20 +46,43 @@ def restart_count() -> int:
     return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
 
 
+# CUDA tensors through NCCL, CPU tensors through gloo, in one process group.
+CUDA_BACKEND = "cpu:gloo,cuda:nccl"
+
+_collective_device: torch.device | None = None  # set by init_distributed: this rank's device
+
+
+def collective_device() -> torch.device:
+    """The device of every tensor this process hands to a collective itself (a guard flag, a
+    gathered timing): the layout's device, `DistInfo.device` (the same object). Call sites make
+    their tensors here instead of on the default device, which is the CPU even on a GPU rank.
+    Outside `init_distributed` (a group made by hand): CUDA's current device under NCCL, else CPU."""
+    if _collective_device is not None:
+        return _collective_device
+    if dist.is_initialized() and "nccl" in str(dist.get_backend()):
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def init_distributed(device_type: str, timeout_seconds: float) -> DistInfo:
     """Join the process group torchrun set up (no-op outside torchrun)."""
+    global _collective_device
     if not launched_by_torchrun():
-        return DistInfo(device=torch.device(device_type))
+        _collective_device = torch.device(device_type)
+        return DistInfo(device=_collective_device)
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device_type == "cuda":
+        # Before the group: NCCL, object collectives and barriers use the current device, and
+        # without this every rank would open a context on GPU 0.
         torch.cuda.set_device(local_rank)
         device = torch.device("cuda", local_rank)
     else:
         device = torch.device("cpu")
     if not dist.is_initialized():
-        backend = "nccl" if device.type == "cuda" else "gloo"
+        backend = CUDA_BACKEND if device.type == "cuda" else "gloo"
         dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_seconds))
+    _collective_device = device
     return DistInfo(rank=rank, world=world, local_rank=local_rank, device=device)
 
 
