@@ -50,18 +50,21 @@ def restart_count() -> int:
 CUDA_BACKEND = "cpu:gloo,cuda:nccl"
 
 _collective_device: torch.device | None = None  # set by init_distributed: this rank's device
+_DEVICES: dict[tuple[str, int | None], torch.device] = {}  # one object per device (see collective_device)
 
 
 def collective_device() -> torch.device:
     """The device of every tensor this process hands to a collective itself (a guard flag, a
     gathered timing): the layout's device, `DistInfo.device` (the same object). Call sites make
     their tensors here instead of on the default device, which is the CPU even on a GPU rank.
-    Outside `init_distributed` (a group made by hand): CUDA's current device under NCCL, else CPU."""
+    Outside `init_distributed` (a group made by hand): CUDA's current device under NCCL, else CPU.
+    The same object on every call, so a check can tell a device asked for here from one typed in."""
     if _collective_device is not None:
         return _collective_device
+    key = ("cpu", None)
     if dist.is_initialized() and "nccl" in str(dist.get_backend()):
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
+        key = ("cuda", torch.cuda.current_device())
+    return _DEVICES.setdefault(key, torch.device(*key))
 
 
 def init_distributed(device_type: str, timeout_seconds: float) -> DistInfo:
