@@ -51,6 +51,7 @@ CUDA_BACKEND = "cpu:gloo,cuda:nccl"
 
 _collective_device: torch.device | None = None  # set by init_distributed: this rank's device
 _DEVICES: dict[tuple[str, int | None], torch.device] = {}  # one object per device (see collective_device)
+_timeout: datetime.timedelta | None = None  # parallel.timeout_seconds of the group init_distributed made
 
 
 def collective_device() -> torch.device:
@@ -69,7 +70,7 @@ def collective_device() -> torch.device:
 
 def init_distributed(device_type: str, timeout_seconds: float) -> DistInfo:
     """Join the process group torchrun set up (no-op outside torchrun)."""
-    global _collective_device
+    global _collective_device, _timeout
     if not launched_by_torchrun():
         _collective_device = torch.device(device_type)
         return DistInfo(device=_collective_device)
@@ -82,11 +83,19 @@ def init_distributed(device_type: str, timeout_seconds: float) -> DistInfo:
         device = torch.device("cuda", local_rank)
     else:
         device = torch.device("cpu")
+    _timeout = datetime.timedelta(seconds=timeout_seconds)
     if not dist.is_initialized():
         backend = CUDA_BACKEND if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_seconds))
+        dist.init_process_group(backend=backend, timeout=_timeout)
     _collective_device = device
     return DistInfo(rank=rank, world=world, local_rank=local_rank, device=device)
+
+
+def new_cpu_group():
+    """A gloo group of every rank, for work beside training's collectives (a background thread's:
+    collectives of two threads on one group could pair up differently on different ranks), with
+    the training group's timeout. Every rank must create it, at the same point."""
+    return dist.new_group(backend="gloo", timeout=_timeout)
 
 
 def shutdown(*objects_to_drop) -> None:
