@@ -71,8 +71,10 @@ def _fsync_dir(path: Path) -> None:
 def rng_state() -> tuple[dict, dict]:
     """(tensors, json-able) RNG state of torch, CUDA, NumPy's global generator and `random`."""
     tensors = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        tensors["cuda"] = torch.stack(torch.cuda.get_rng_state_all())
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        # This process's device only: get_rng_state_all() would open a context on every GPU of the
+        # node, from every rank (hundreds of MiB each, taken from the other ranks' GPUs).
+        tensors["cuda"] = torch.cuda.get_rng_state()
     name, keys, pos, has_gauss, cached = np.random.get_state()
     version, internal, gauss = random.getstate()
     plain = {
@@ -84,8 +86,11 @@ def rng_state() -> tuple[dict, dict]:
 
 def set_rng_state(tensors: dict, plain: dict) -> None:
     torch.set_rng_state(tensors["torch"])
-    if "cuda" in tensors and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(list(tensors["cuda"]))
+    if "cuda" in tensors and torch.cuda.is_available() and torch.cuda.is_initialized():  # a CUDA run
+        state = tensors["cuda"]
+        if state.dim() == 2:  # written by get_rng_state_all(): one row per GPU; this one's
+            state = state[min(torch.cuda.current_device(), len(state) - 1)]
+        torch.cuda.set_rng_state(state)
     name, keys, pos, has_gauss, cached = plain["numpy"]
     np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
     version, internal, gauss = plain["python"]
