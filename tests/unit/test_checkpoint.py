@@ -180,3 +180,25 @@ def test_a_dropped_async_save_leaves_the_previous_checkpoint_newest_and_intact(t
     assert not (tmp_path / ".tmp-step_00000002" / "checksums.json").exists()
     found, skipped = ckpt.resolve_resume(str(tmp_path), tmp_path)
     assert found == first and skipped == []
+
+
+def test_a_failed_async_write_is_reported_at_the_next_save_and_loses_nothing(tmp_path, monkeypatch):
+    from torch.distributed.checkpoint import state_dict_saver
+
+    from scaletrain.errors import RunFailure
+
+    model, opt = _model_and_optimizer()
+    first = ckpt.save_checkpoint(tmp_path, 1, model, opt, {"position": 1}, keep_last=1)
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device", str(tmp_path))
+
+    monkeypatch.setattr(state_dict_saver, "save", full_disk)  # what the write thread calls
+    ckpt.save_checkpoint(tmp_path, 2, model, opt, {"position": 2}, keep_last=1, async_save=True)
+    monkeypatch.undo()
+    with pytest.raises(RunFailure, match="checkpoint step 2 could not be written.*No space left on device.*"
+                                         "step_00000001 is intact"):
+        ckpt.save_checkpoint(tmp_path, 3, model, opt, {"position": 3}, keep_last=1, async_save=True)
+    assert ckpt.list_checkpoints(tmp_path) == [first] and ckpt.verify_checkpoint(first) == []
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # the partial folder is gone
+    assert ckpt.finish_pending_save() is None
