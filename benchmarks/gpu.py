@@ -1,119 +1,196 @@
-"""GPU throughput and MFU of a GPT-2-small-sized model (124M parameters) on one GPU.
+"""GPU throughput and MFU of `scaletrain train` itself, on one GPU.
 
-bf16 autocast, torch.compile, fused AdamW, SDPA attention — the setup a practitioner would use.
-It times `--steps` optimizer steps after a warm-up (compilation excluded), and reports tokens/s and
-MFU against the GPU's dense bf16 peak (a table of known devices; `--peak-tflops` overrides).
-Writes its figures to `docs/results/performance.json` (`gpu_mfu`, `gpu_tokens_per_second`, `gpu`)
-and its section of docs/performance.md when `--write` is given. Needs CUDA; on a machine without one it says so and exits 2.
+Each case is the real CLI in a subprocess — `python -m scaletrain train PRESET <overrides>` — in bf16
+autocast with `train.compile=true` (fused AdamW and SDPA are the trainer's defaults on CUDA). The
+figures come from the run folder: tokens/s is the median of the logged windows after the first
+(which holds the compilation), the FLOPs per token and the measured matmul peak are summary.json's.
+MFU is reported against both peaks:
 
-    python benchmarks/gpu.py --steps 30 --write
+- the GPU's datasheet dense bf16 peak (`scaletrain.diagnose.devices`: H100/H200 989 TFLOP/s, A100
+  312), the convention of torchtitan and nanoGPT, `gpu_mfu`;
+- the bf16 matmul peak measured on this GPU by the trainer (`scaletrain.diagnose.hardware`, what
+  summary.json's `mfu` uses), `gpu_mfu_measured_peak`.
+
+Cases: `gpt2-small` (the `gpt` preset at GPT-2 small's shape: 12 layers, d_model 768, context 1,024,
+vocabulary 50,304, learned positions) and `llama` (the `llama` preset as shipped). `--write` puts
+the table in docs/performance.md (its GPU section) and `gpu_*` keys in docs/results/performance.json.
+Without a CUDA GPU it says so and exits 2.
+
+    python benchmarks/gpu.py --write                      # both cases
+    python benchmarks/gpu.py --case gpt2-small --steps 60 --batch 32
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from scaletrain.models.gpt import GPT, GPTArgs  # noqa: E402
-from scaletrain.optim.registry import build_optimizer  # noqa: E402
-from scaletrain.optim.param_groups import param_groups  # noqa: E402
+from scaletrain.diagnose.devices import KNOWN_DEVICES  # noqa: E402
 
-# Dense bf16 tensor-core peaks (FLOP/s, no sparsity) from the vendors' data sheets.
-PEAKS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12}
+CASES = {
+    "gpt2-small": ("gpt", ["model.n_layer=12", "model.n_head=12", "model.d_model=768", "model.rope=false",
+                           "model.dropout=0", "data.vocab_size=50304", "data.seq_len=1024"]),
+    "llama": ("llama", []),
+}
+# Every case: bf16 + compile on the GPU, nothing but training timed (no evaluation, sample or
+# checkpoint until the end), one log window per `--log-every` steps.
+COMMON = ["train.device=cuda", "train.precision=bf16", "train.compile=true", "log.progress=false",
+          "log.tensorboard=false", "log.sample_tokens=0", "train.eval_every=0", "train.final_eval_batches=1",
+          "train.checkpoint_every=0", "train.grad_accum=1", "train.max_minutes=30"]
 
 
-def peak_for(name: str) -> float | None:
-    for key, value in PEAKS.items():
-        if key in name:
-            return value
-    return None
+_LOCAL = ("train.run_dir=", "data.cache_dir=")  # this machine's paths: not part of the command shown
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=30)
-    ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--seq-len", type=int, default=1024)
-    ap.add_argument("--no-compile", action="store_true")
-    ap.add_argument("--peak-tflops", type=float, default=None)
-    ap.add_argument("--write", action="store_true")
-    a = ap.parse_args()
-    if not torch.cuda.is_available():
-        print("error: benchmarks/gpu.py needs a CUDA GPU", file=sys.stderr)
-        return 2
-    torch.backends.cuda.matmul.allow_tf32 = True
-    device = torch.device("cuda")
-    name = torch.cuda.get_device_name()
-    peak = a.peak_tflops * 1e12 if a.peak_tflops else peak_for(name)
-    torch.manual_seed(0)
-    args = GPTArgs(vocab_size=50304, seq_len=a.seq_len, n_layer=12, n_head=12, d_model=768)
-    model = GPT(args).to(device)
-    optimizer = build_optimizer("adamw", param_groups(model, 0.1, {}), lr=6e-4, weight_decay=0.1, fused=True)
-    step_model = torch.compile(model) if not a.no_compile else model
-    x = torch.randint(0, args.vocab_size, (a.batch, a.seq_len), device=device)
-    y = torch.randint(0, args.vocab_size, (a.batch, a.seq_len), device=device)
+def datasheet_peak(gpu_name: str) -> tuple[str | None, float | None]:
+    """(table key, dense bf16 FLOP/s) of a known GPU, from its name ("NVIDIA H200" -> h200)."""
+    lowered = gpu_name.lower()
+    for key, device in KNOWN_DEVICES.items():
+        if key in lowered:
+            return key, device.peak_flops["bf16"]
+    return None, None
 
-    def step() -> torch.Tensor:
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = F.cross_entropy(step_model(x).flatten(0, 1).float(), y.flatten())
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return loss
 
-    for _ in range(5):  # compile and warm up
-        step()
-    torch.cuda.synchronize()
+def run_case(name: str, steps: int, batch: int | None, log_every: int, work: Path, cache_dir: str | None,
+             extra: list[str], timeout: float) -> dict:
+    """`scaletrain train` for one case; its figures, or {"error": ...} when the run failed."""
+    preset, overrides = CASES[name]
+    run_dir = work / name
+    args = [*overrides, *COMMON, f"train.max_steps={steps}", f"log.every={log_every}",
+            f"schedule.warmup_steps={min(10, steps // 4)}", f"train.run_dir={run_dir}", *extra]
+    if batch:
+        args.append(f"train.batch_size={batch}")
+    if cache_dir:
+        args.append(f"data.cache_dir={cache_dir}")
+    command = [sys.executable, "-m", "scaletrain", "train", preset, *args]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))}
     began = time.perf_counter()
-    for _ in range(a.steps):
-        loss = step()
-    torch.cuda.synchronize()
-    seconds = time.perf_counter() - began
-    tokens_per_second = a.steps * a.batch * a.seq_len / seconds
-    flops = model.flops_per_token() * tokens_per_second
-    result = {"gpu": name, "gpu_tokens_per_second": tokens_per_second, "gpu_flops_per_second": flops,
-              "gpu_mfu": flops / peak if peak else None, "gpu_peak_flops": peak,
-              "gpu_parameters": model.num_params(), "gpu_batch": [a.batch, a.seq_len],
-              "gpu_compile": not a.no_compile, "gpu_final_loss": float(loss),
-              "gpu_peak_memory_bytes": torch.cuda.max_memory_allocated(), "torch": torch.__version__,
-              "date": time.strftime("%Y-%m-%d")}
-    print(json.dumps(result, indent=1))
+    try:
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, cwd=work)
+    except subprocess.TimeoutExpired:
+        return {"case": name, "preset": preset, "error": f"timed out after {timeout:.0f} s"}
+    if proc.returncode != 0:
+        lines = [line for line in proc.stderr.strip().splitlines() if line.strip()] or ["(no output)"]
+        return {"case": name, "preset": preset, "error": f"exit {proc.returncode}: {lines[-1][:300]}"}
+    summary, config = json.loads((run_dir / "summary.json").read_text()), _config(run_dir)
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    windows = [r["tokens_per_second"] for r in records if r.get("split") == "train" and "tokens_per_second" in r]
+    steady = windows[1:] or windows  # the first window holds torch.compile's compilation
+    return {
+        "case": name, "preset": preset, "overrides": args,
+        "command": " ".join(["scaletrain", "train", preset, *(x for x in args if not x.startswith(_LOCAL))]),
+        "tokens_per_second": statistics.median(steady), "tokens_per_second_whole_run": summary["tokens_per_second"],
+        "flops_per_token": summary["flops_per_token"], "parameters": summary["parameters"],
+        "measured_peak_flops": summary["matmul_peak_flops"], "peak_memory_bytes": summary["peak_memory_bytes"],
+        "batch": [summary["global_batch_size"], config["data"].get("seq_len")], "steps": summary["steps"],
+        "train_loss": summary["train_loss"], "precision": config["train"]["precision"],
+        "wall_seconds": time.perf_counter() - began, "windows": windows,
+    }
+
+
+def _config(run_dir: Path) -> dict:
+    import yaml
+
+    return yaml.safe_load((run_dir / "config.yaml").read_text())
+
+
+def with_mfu(r: dict, datasheet: float | None) -> dict:
+    if "error" in r:
+        return r
+    flops = r["flops_per_token"] * r["tokens_per_second"]
+    r["model_flops_per_second"] = flops
+    r["mfu_datasheet"] = flops / datasheet if datasheet else None
+    r["mfu_measured_peak"] = flops / r["measured_peak_flops"]
+    return r
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--case", action="append", choices=sorted(CASES), help="default: every case")
+    ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument("--batch", type=int, default=16, help="train.batch_size (sequences per step)")
+    ap.add_argument("--log-every", type=int, default=10)
+    ap.add_argument("--peak-tflops", type=float, help="datasheet dense bf16 peak of a GPU not in the table")
+    ap.add_argument("--cache-dir", help="data.cache_dir (default: the preset's)")
+    ap.add_argument("--work", help="folder for the run folders (default: a temporary one)")
+    ap.add_argument("--timeout", type=float, default=900.0, help="seconds per case")
+    ap.add_argument("--json", help="also write the results to this file")
+    ap.add_argument("--write", action="store_true", help="update docs/performance.md and docs/results/performance.json")
+    ap.add_argument("overrides", nargs="*", help="more section.key=value overrides for every case")
+    a = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("error: benchmarks/gpu.py needs a CUDA GPU, and none is present here "
+              "(torch.cuda.is_available() is False); nothing was measured", file=sys.stderr)
+        return 2
+    gpu = torch.cuda.get_device_name()
+    key, datasheet = datasheet_peak(gpu)
+    if a.peak_tflops:
+        key, datasheet = "--peak-tflops", a.peak_tflops * 1e12
+    work = Path(a.work) if a.work else Path(tempfile.mkdtemp(prefix="scaletrain-gpu-"))
+    work.mkdir(parents=True, exist_ok=True)
+    results = [with_mfu(run_case(name, a.steps, a.batch, a.log_every, work, a.cache_dir, a.overrides, a.timeout),
+                        datasheet) for name in (a.case or list(CASES))]
+    report = {"gpu": gpu, "gpu_datasheet": key, "gpu_peak_flops": datasheet, "gpu_cases": results,
+              "torch": torch.__version__, "cuda": torch.version.cuda, "date": time.strftime("%Y-%m-%d")}
+    main_case = next((r for r in results if r["case"] == "gpt2-small" and "error" not in r), None)
+    if main_case is not None:  # the issue's headline figure (docs/performance.md's summary)
+        report.update(gpu_mfu=main_case["mfu_datasheet"], gpu_mfu_measured_peak=main_case["mfu_measured_peak"],
+                      gpu_tokens_per_second=main_case["tokens_per_second"])
+    print(json.dumps(report, indent=1))
+    if a.json:
+        Path(a.json).write_text(json.dumps(report, indent=1))
     if a.write:
         from docs_out import merge_results
 
-        merge_results(ROOT / "docs" / "results" / "performance.json", result)
-        write_gpu_section(result, a)
-    return 0
+        merge_results(ROOT / "docs" / "results" / "performance.json",
+                      {k: v for k, v in report.items() if k.startswith("gpu") or k == "cuda"})
+        write_gpu_section(report, a)
+    return 0 if all("error" not in r for r in results) else 1
 
 
 START, END = "<!-- gpu:start -->", "<!-- gpu:end -->"
 
 
+def _pct(x: float | None) -> str:
+    return f"{x:.3f}" if x is not None else "–"
+
+
 def write_gpu_section(r: dict, a: argparse.Namespace) -> None:
     from docs_out import write_section
 
-    mfu = f"**{r['gpu_mfu']:.3f}**" if r["gpu_mfu"] is not None else "– (unknown peak: pass --peak-tflops)"
-    lines = [START, "## GPU: GPT-2 small on one GPU", "",
-             f"Measured {r['date']} by `python benchmarks/gpu.py --steps {a.steps} --write` on one "
-             f"{r['gpu']}, torch {r['torch']}: {r['gpu_parameters'] / 1e6:.0f} M parameters, batch "
-             f"{r['gpu_batch'][0]} × {r['gpu_batch'][1]} tokens, bf16 autocast, "
-             f"{'torch.compile' if r['gpu_compile'] else 'eager'}, fused AdamW, SDPA, {a.steps} timed steps "
-             "after 5 warm-up steps (compilation excluded).", "",
-             "| tokens/s | model FLOP/s | dense bf16 peak | MFU | peak memory |", "|---:|---:|---:|---:|---:|",
-             f"| {r['gpu_tokens_per_second']:,.0f} | {r['gpu_flops_per_second'] / 1e12:.0f} T | "
-             + (f"{r['gpu_peak_flops'] / 1e12:.0f} T" if r["gpu_peak_flops"] else "–")
-             + f" | {mfu} | {r['gpu_peak_memory_bytes'] / 2**30:.1f} GiB |", "",
-             "Target (issue 9): MFU ≥ 0.45 on an H100/H200-class GPU.", END]
+    peak = f"{r['gpu_peak_flops'] / 1e12:.0f} TFLOP/s ({r['gpu_datasheet']})" if r["gpu_peak_flops"] else \
+        "unknown (pass --peak-tflops)"
+    lines = [START, "## GPU: `scaletrain train` on one GPU", "",
+             f"Measured {r['date']} by `python benchmarks/gpu.py --steps {a.steps} --batch {a.batch} --write` on one "
+             f"{r['gpu']}, torch {r['torch']} (CUDA {r['cuda']}): each case is the real `scaletrain train` in a "
+             "subprocess, bf16 autocast, `train.compile=true`, fused AdamW, SDPA. Tokens/s is the median of the "
+             f"logged windows of {a.log_every} steps after the first (which holds the compilation). MFU = FLOPs "
+             f"per token × tokens/s over the datasheet dense bf16 peak, {peak} (the convention of "
+             "torchtitan and nanoGPT), and over the bf16 matmul peak measured on this GPU (summary.json's `mfu`).",
+             "", "| case | parameters | batch × context | tokens/s | MFU (datasheet) | MFU (measured peak) | "
+             "measured peak | peak memory |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for c in r["gpu_cases"]:
+        if "error" in c:
+            lines.append(f"| {c['case']} (`{c['preset']}`) | – | – | – | – | – | – | failed: {c['error']} |")
+            continue
+        lines.append(f"| {c['case']} (`{c['preset']}`) | {c['parameters'] / 1e6:.0f} M | {c['batch'][0]} × "
+                     f"{c['batch'][1]} | {c['tokens_per_second']:,.0f} | **{_pct(c['mfu_datasheet'])}** | "
+                     f"{_pct(c['mfu_measured_peak'])} | {c['measured_peak_flops'] / 1e12:.0f} TFLOP/s | "
+                     f"{c['peak_memory_bytes'] / 2**30:.1f} GiB |")
+    lines += ["", "Commands: " + "; ".join(f"`{c['command']}`" for c in r["gpu_cases"] if "command" in c), "",
+              "Target (issue 9): MFU ≥ 0.45 on an H100/H200-class GPU, against the datasheet peak.", END]
     write_section(ROOT / "docs" / "performance.md", START, END, "\n".join(lines))
 
 

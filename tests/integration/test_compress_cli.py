@@ -111,3 +111,12 @@ def test_an_occupied_output_folder_is_refused(mlp_run, tmp_path):
     line = one_error_line(*run_main("compress", mlp_run, "--method", "prune", "--out", tmp_path / "busy")[::2])
     assert "busy" in line
     assert (tmp_path / "busy" / "x").read_text() == "keep me"
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a GPU")
+def test_device_cuda_without_a_gpu_is_refused_before_anything_is_written(mlp_run, tmp_path):
+    out = tmp_path / "out"
+    line = one_error_line(*run_main("compress", mlp_run, "--method", "distill", "--device", "cuda",
+                                    "--out", out, *QUICK)[::2])
+    assert "--device cuda" in line
+    assert not out.exists()

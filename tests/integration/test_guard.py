@@ -62,11 +62,13 @@ def test_rollback_reloads_the_last_checkpoint_with_a_lower_lr(tmp_path, monkeypa
     assert lrs[8] == pytest.approx(lrs[4] * 0.25)
 
 
-def test_rollback_continues_exactly_from_the_checkpoint(tmp_path, monkeypatch, cache_dir):
+@pytest.mark.parametrize("saving", [[], ["checkpoint.async_save=true"]], ids=["sync", "async"])
+def test_rollback_continues_exactly_from_the_checkpoint(tmp_path, monkeypatch, cache_dir, saving):
     """A transient NaN, rolled back with the lr unchanged, ends where a clean run ends: the
-    checkpoint's weights, optimizer state, data position and RNG all came back."""
+    checkpoint's weights, optimizer state, data position and RNG all came back. With async saves
+    the step-4 checkpoint is still being written when step 5 fails: it is put in place first."""
     code, out, run = _run(tmp_path, monkeypatch, cache_dir, "rolled", "nan:step=5", "guard.action=rollback",
-                          "train.checkpoint_every=2", "guard.lr_factor=1.0")
+                          "train.checkpoint_every=2", "guard.lr_factor=1.0", *saving)
     assert code == 0 and "rolled back to step_00000004" in out, out
     code, out, clean = _run(tmp_path, monkeypatch, cache_dir, "clean", "", "train.checkpoint_every=2")
     assert code == 0, out

@@ -56,3 +56,17 @@ def test_the_audit_sees_a_lost_or_repeated_step(cache_dir):
     assert audit_samples(task, [(0, 0), (5, 5 * b)], STEPS, b) == (0, 0)
     assert audit_samples(task, [(0, 0), (5, 4 * b)], STEPS, b) == (b, b)  # re-reads batch 5, never reads 12
     assert audit_samples(task, [(0, 0), (5, 6 * b)], STEPS, b) == (b, b)
+
+
+def test_killed_during_an_async_save_resumes_bit_exact(tmp_path, cache_dir, reference):
+    """checkpoint.async_save: killed while a checkpoint is still hidden (written in the background,
+    not yet sealed), the previous one is in place and intact, and the resumed run ends where the
+    uninterrupted (synchronous) run ends."""
+    run_dir = tmp_path / "run"
+    kill = Kill("checkpoint", 0.0, step=6)
+    trial = killed_run(run_dir, cache_dir, [*SINGLE, "checkpoint.async_save=true"], [kill], tmp_path, env=SLOW)
+    assert trial.problems == [], trial.problems
+    assert trial.kills[0]["killed"] and trial.kills[0]["during_checkpoint"]
+    assert trial.kills[0]["after"] and trial.kills[0]["after"][-1] == "step_00000005"
+    assert trial.segments[-1][0] == 5 and "resumed from" in trial.output
+    assert weights_differ(reference, run_dir) == []

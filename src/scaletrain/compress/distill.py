@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from scaletrain.train.step import forward
+from scaletrain.train.step import forward, to_device
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, *,
@@ -30,10 +30,12 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: 
 
 class DistillationTask:
     """The base task with the teacher's logits packed into the targets: y' = [teacher logits, label]
-    along the last axis (labels are class / token ids < 2²⁴, exact in fp32)."""
+    along the last axis (labels are class / token ids < 2²⁴, exact in fp32). The teacher runs on
+    `device`, the student's: its logits are made where the loss needs them."""
 
-    def __init__(self, base, teacher: nn.Module, *, temperature: float = 2.0, alpha: float = 0.5):
-        self.base, self.teacher = base, teacher.eval()
+    def __init__(self, base, teacher: nn.Module, *, temperature: float = 2.0, alpha: float = 0.5,
+                 device: torch.device = torch.device("cpu")):
+        self.base, self.teacher, self.device = base, teacher.eval(), device
         self.temperature, self.alpha = temperature, alpha
         self.unit = base.unit
 
@@ -44,8 +46,8 @@ class DistillationTask:
     def train_batch(self, position: int, batch_size: int):
         x, y = self.base.train_batch(position, batch_size)
         with torch.no_grad():  # the trainer prefetches in a thread: no_grad is per thread, set it here
-            logits = forward(self.teacher, x).float()
-        return x, torch.cat([logits, y.to(logits.dtype).unsqueeze(-1)], dim=-1)
+            logits = forward(self.teacher, to_device(x, self.device)).float()
+        return x, torch.cat([logits, y.to(logits.device, logits.dtype).unsqueeze(-1)], dim=-1)
 
     def units(self, x) -> int:
         return self.base.units(x)

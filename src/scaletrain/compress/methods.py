@@ -54,12 +54,13 @@ def _finish_plain(model: nn.Module, spec: dict, out: Path, opts, name: str, extr
 
 
 def _finetune(model, src, task, cfg, opts, out: Path, spec: dict, hook=None) -> dict:
-    from scaletrain.compress.finetune import train
+    from scaletrain.compress.finetune import train, training_device
 
     if not opts.finetune_steps:
         return {}
     lr = opts.finetune_lr if opts.finetune_lr is not None else 0.3 * cfg.optim.lr
-    s = train(model, cfg, task, opts.finetune_steps, out / "finetune", spec, lr=lr)
+    s = train(model, cfg, task, opts.finetune_steps, out / "finetune", spec, lr=lr,
+              device=training_device(cfg, opts.device))
     return {"finetune_steps": opts.finetune_steps, "finetune_lr": lr, "finetune_train_loss": s.get("train_loss")}
 
 
@@ -133,25 +134,32 @@ def lowrank(method, src, task, cfg, opts, out) -> Result:
 
 
 def distill(method, src, task, cfg, opts, out) -> Result:
+    import copy
+
     from scaletrain.compress.distill import DistillationTask, default_student, student_spec
-    from scaletrain.compress.finetune import train
+    from scaletrain.compress.finetune import train, training_device
 
     spec = student_spec(src.spec, opts.student or default_student(src.spec))
     steps = opts.distill_steps or cfg.train.max_steps
+    device = training_device(cfg, opts.device)
+    # The teacher answers on the student's device; the source model itself stays on the CPU, where
+    # it is evaluated and timed.
+    teacher = src.model if device.type == "cpu" else copy.deepcopy(src.model).to(device)
 
     def fresh() -> nn.Module:
         torch.manual_seed(cfg.train.seed)  # the same initial student for both runs
         return build_from_spec(spec, out / "model_config.json")
 
     student = fresh()
-    kd = DistillationTask(task, src.model, temperature=opts.temperature, alpha=opts.alpha)
-    s = train(student, cfg, kd, steps, out / "distill", spec)
+    kd = DistillationTask(task, teacher, temperature=opts.temperature, alpha=opts.alpha, device=device)
+    s = train(student, cfg, kd, steps, out / "distill", spec, device=device)
+    del kd, teacher
     extra = {"steps": steps, "train_loss": s.get("train_loss")}
     result = _finish_plain(student, spec, out, opts, "distilled", extra)
     result.summary["student"] = spec["args"]
     if opts.baseline:
         scratch = fresh()
-        s2 = train(scratch, cfg, task, steps, out / "scratch", spec)
+        s2 = train(scratch, cfg, task, steps, out / "scratch", spec, device=device)
         result.rows.append(Row("scratch", scratch, _params(scratch), result.rows[0].size_bytes,
                                {"steps": steps, "train_loss": s2.get("train_loss")}))
         result.notes["baseline"] = ("`scratch`: the same student, same initial weights, data and steps, "

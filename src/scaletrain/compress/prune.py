@@ -48,8 +48,11 @@ class KeepPruned:
 
     def _hook(self, name: str):
         def apply(module, args):
+            mask = self.masks[name]
+            if mask.device != module.weight.device:  # the model went to the fine-tuning device and back
+                mask = self.masks[name] = mask.to(module.weight.device)
             with torch.no_grad():
-                module.weight.mul_(self.masks[name])
+                module.weight.mul_(mask)
         return apply
 
     def close(self) -> None:

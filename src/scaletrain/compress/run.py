@@ -38,6 +38,7 @@ class Options:
     threads: int = 1                # one fixed thread count for every latency measurement
     onnx: bool = True               # export the result to ONNX and check it under ONNX Runtime
     checkpoint: str | None = None   # read the weights from this DCP checkpoint / run folder
+    device: str | None = None       # where fine-tuning and distillation train; None: the run's (finetune.training_device)
 
     def check(self, method: str) -> None:
         if method not in METHODS:
@@ -57,6 +58,8 @@ class Options:
             raise UserError(f"--distill-steps must be >= 1, got {self.distill_steps}")
         if not 0.0 <= self.alpha <= 1.0 or self.temperature <= 0:
             raise UserError("--alpha must be in [0, 1] and --temperature > 0")
+        if self.device not in (None, "cpu", "cuda"):
+            raise UserError(f"--device: expected cpu or cuda, got {self.device!r}")
         if self.finetune_steps and method in ("int8-dynamic", "int8-weight", "onnx-int8"):
             raise UserError(f"--finetune-steps: not available for {method} (quantization-aware "
                             "fine-tuning is not built); use it with prune, prune-structured or lowrank")
@@ -80,6 +83,8 @@ def _source_bytes(src) -> int:
 
 
 def _evaluate(task, model: nn.Module, cfg, batches: int) -> dict:
+    # On the CPU for every model: the int8 runtimes (torchao, ONNX Runtime) run there, and the
+    # rows stay comparable with each other and with the latency figures.
     batch_size = cfg.train.eval_batch_size or cfg.train.batch_size
     return task.evaluate(model, batches=batches, batch_size=batch_size, device=torch.device("cpu"),
                          autocast=nullcontext())
@@ -101,6 +106,10 @@ def _check_method_inputs(method: str, src, opts: Options) -> None:
     """What a method reads besides the run, checked before anything is written."""
     if opts.student and method != "distill":
         raise UserError(f"--student: only --method distill trains a student (this is {method})")
+    if method == "distill" or opts.finetune_steps:
+        from scaletrain.compress.finetune import training_device
+
+        training_device(src.cfg, opts.device)  # --device cuda without one is refused here
     if method == "distill":
         from scaletrain.compress.distill import default_student, student_spec
         from scaletrain.models import model_from_config_json

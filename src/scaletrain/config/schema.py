@@ -184,6 +184,10 @@ class GuardConfig(Section):
 
 class CheckpointConfig(Section):
     keep_last: PositiveInt = 2
+    # Write checkpoints in a background thread while training goes on (DCP async_save): the state is
+    # copied to CPU memory at the step (one more copy of the model and optimizer state there), and
+    # the checkpoint appears in checkpoints/ once written, at the next save or the end of the run.
+    async_save: bool = False
 
 
 class LogConfig(Section):

@@ -39,6 +39,12 @@ def _param_names(model: nn.Module) -> dict[nn.Parameter, str]:
     return names
 
 
+# Keys of scaletrain's parameter groups that build_optimizer keeps out of the optimizer's own groups.
+# ZeRO-1's wrapper keeps the groups it was given whole: without these its state has a plain
+# optimizer's keys, so a single process's checkpoint loads into ZeRO-1 (and the reverse).
+_GROUP_ONLY_KEYS = ("params", "param_names", "param_roles")
+
+
 def _zero_state(model: nn.Module, optimizer, init: bool) -> dict:
     from torch.distributed.checkpoint.state_dict import _init_optim_state
 
@@ -49,7 +55,7 @@ def _zero_state(model: nn.Module, optimizer, init: bool) -> dict:
     state = {names[p]: dict(s) for p, s in local.state.items()}
     groups = []
     for group in optimizer.param_groups:
-        entry = {k: v for k, v in group.items() if k != "params"}
+        entry = {k: v for k, v in group.items() if k not in _GROUP_ONLY_KEYS}
         entry["params"] = [names[p] for p in group["params"]]
         groups.append(entry)
     return {"state": state, "param_groups": groups}

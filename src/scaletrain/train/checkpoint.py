@@ -12,6 +12,12 @@ A checkpoint is built in a hidden temporary folder and renamed into place, so a 
 `step_*` is always complete; older ones are deleted only after the new one is in place. Under
 torch.distributed every rank writes its own shard of the DCP folder (see `parallel/state.py`), and
 a checkpoint written by one layout or world size loads into any other.
+
+With `checkpoint.async_save` the model and optimizer are copied to CPU memory at the step (DCP's
+`async_save`, thread mode) and written while training goes on; the checksums, the rename into place
+and the pruning of old checkpoints wait until the write has completed: `finish_pending_save()`,
+called by the next save and at the end of the run. Until then the folder stays hidden, so a crash
+during the write leaves the previous checkpoint in place and intact.
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ import random
 import re
 import shutil
 import warnings
+from concurrent.futures import Future
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -64,8 +72,10 @@ def _fsync_dir(path: Path) -> None:
 def rng_state() -> tuple[dict, dict]:
     """(tensors, json-able) RNG state of torch, CUDA, NumPy's global generator and `random`."""
     tensors = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        tensors["cuda"] = torch.stack(torch.cuda.get_rng_state_all())
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        # This process's device only: get_rng_state_all() would open a context on every GPU of the
+        # node, from every rank (hundreds of MiB each, taken from the other ranks' GPUs).
+        tensors["cuda"] = torch.cuda.get_rng_state()
     name, keys, pos, has_gauss, cached = np.random.get_state()
     version, internal, gauss = random.getstate()
     plain = {
@@ -77,8 +87,11 @@ def rng_state() -> tuple[dict, dict]:
 
 def set_rng_state(tensors: dict, plain: dict) -> None:
     torch.set_rng_state(tensors["torch"])
-    if "cuda" in tensors and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(list(tensors["cuda"]))
+    if "cuda" in tensors and torch.cuda.is_available() and torch.cuda.is_initialized():  # a CUDA run
+        state = tensors["cuda"]
+        if state.dim() == 2:  # written by get_rng_state_all(): one row per GPU; this one's
+            state = state[min(torch.cuda.current_device(), len(state) - 1)]
+        torch.cuda.set_rng_state(state)
     name, keys, pos, has_gauss, cached = plain["numpy"]
     np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
     version, internal, gauss = plain["python"]
@@ -97,30 +110,126 @@ def _rank() -> int:
     return dist.get_rank() if dist.is_initialized() else 0
 
 
+@dataclass
+class _PendingSave:
+    """An async save whose DCP write may still run; sealed and put in place by finish_pending_save."""
+
+    future: Future
+    root: Path
+    tmp: Path
+    final: Path
+    step: int
+    keep_last: int
+
+
+_pending: _PendingSave | None = None  # this process's async save in flight (one at a time)
+_async_group: tuple | None = None  # (the default group, the gloo group async writes coordinate on)
+
+
 def save_checkpoint(root: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
-                    trainer_state: dict, keep_last: int) -> Path:
+                    trainer_state: dict, keep_last: int, *, async_save: bool = False) -> Path:
     """Save on every rank (a collective under torch.distributed): each rank writes its own shard,
     rank 0 the trainer state, the checksums and the final rename. Rank 0's own steps run through
     `ranks.main_only`, so a failure there (a full disk) reaches every rank at once instead of
-    leaving them waiting in the next collective."""
+    leaving them waiting in the next collective.
+
+    `async_save`: return once the state is copied to CPU memory; the files are written in a
+    background thread, and the checkpoint is sealed and put in place (the path returned) by
+    `finish_pending_save()`. A previous async save is finished first."""
     from scaletrain.train.ranks import main_only
 
+    finish_pending_save()
     main = _rank() == 0
     final = root / f"step_{step:08d}"
     tmp = root / f".tmp-step_{step:08d}"  # one name every rank agrees on
     try:
         main_only(_fresh_folder, root, tmp)  # every rank waits for it (a barrier)
         state = train_state(model, optimizer)
-        with warnings.catch_warnings():  # "no process group: saving in a single process" is expected
-            warnings.simplefilter("ignore", UserWarning)
-            dcp.save(state, checkpoint_id=str(tmp))
+        if async_save:
+            future = _start_async_write(state, tmp)
+        else:
+            with warnings.catch_warnings():  # "no process group: saving in a single process" is expected
+                warnings.simplefilter("ignore", UserWarning)
+                dcp.save(state, checkpoint_id=str(tmp))
         del state
-        main_only(_write_main_files, tmp, trainer_state, step)
+        # The RNG and loop state of this step, written now (an async write ends steps later);
+        # sealed now unless DCP's shards are still being written.
+        main_only(_write_state_files, tmp, trainer_state, step, seal=not async_save)
     except (OSError, RuntimeError, CheckpointException) as exc:  # a full disk, a read-only folder
         raise _write_failure(root, tmp, step, exc, main) from None
+    if async_save:
+        global _pending
+        _pending = _PendingSave(future, root, tmp, final, step, keep_last)
+        return final
     # Nobody goes on (or resumes) before the checkpoint is in place: main_only waits for it.
     main_only(_put_in_place, root, tmp, final, step, keep_last)
     return final
+
+
+def _start_async_write(state: dict, tmp: Path) -> Future:
+    """dcp.async_save in thread mode: the state is staged (copied to CPU memory) before it returns,
+    so the training that goes on cannot change what is written. Its ranks coordinate on a gloo group
+    of their own, beside the training's collectives."""
+    global _async_group
+    group = None
+    if dist.is_initialized():
+        default = dist.distributed_c10d._get_default_group()
+        if _async_group is None or _async_group[0] is not default:
+            from scaletrain.parallel.dist import new_cpu_group
+
+            _async_group = (default, new_cpu_group())
+        group = _async_group[1]
+    else:  # the write thread's "no process group: saving in a single process" is expected
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
+    return dcp.async_save(state, checkpoint_id=str(tmp), process_group=group)
+
+
+def finish_pending_save() -> Path | None:
+    """Wait for the async save in flight (every rank calls this), then seal it and put it in place,
+    pruning old checkpoints; its path, or None when there was none. A failed write raises the same
+    RunFailure as a synchronous one, on every rank, and leaves the previous checkpoints as they were."""
+    global _pending
+    from scaletrain.train.ranks import gather_objects, main_only
+
+    pending, _pending = _pending, None
+    if pending is None:
+        return None
+    main = _rank() == 0
+    try:
+        pending.future.result()
+        problem = None
+    except (OSError, RuntimeError, CheckpointException) as exc:
+        problem = exc
+    # Every rank hears of any rank's failure before rank 0 seals (else the others would wait for it).
+    failed = [p for p in gather_objects(None if problem is None else _one_line(problem)) if p is not None]
+    try:
+        if problem is not None:
+            raise problem
+        if failed:
+            raise RuntimeError(failed[0])
+        main_only(_seal, pending.tmp)
+    except (OSError, RuntimeError, CheckpointException) as exc:
+        raise _write_failure(pending.root, pending.tmp, pending.step, exc, main) from None
+    main_only(_put_in_place, pending.root, pending.tmp, pending.final, pending.step, pending.keep_last)
+    return pending.final
+
+
+def drop_pending_save() -> None:
+    """After a failure: wait for the async write in flight to end (the process group must outlive
+    its thread) and leave its folder hidden and unsealed, so the previous checkpoint stays the
+    newest, as after a crash during the write."""
+    global _pending
+    pending, _pending = _pending, None
+    if pending is not None:
+        try:
+            pending.future.result()
+        except Exception:  # noqa: BLE001 - the run is failing already; this write is abandoned
+            pass
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    return lines[-1] if lines else type(exc).__name__
 
 
 def _fresh_folder(root: Path, tmp: Path) -> None:
@@ -129,13 +238,20 @@ def _fresh_folder(root: Path, tmp: Path) -> None:
     tmp.mkdir()
 
 
-def _write_main_files(tmp: Path, trainer_state: dict, step: int) -> None:
+def _write_state_files(tmp: Path, trainer_state: dict, step: int, seal: bool) -> None:
     from safetensors.torch import save_file
 
     tensors, plain = rng_state()
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / "rng.safetensors"))
     os.chmod(tmp / "rng.safetensors", FILE_MODE)  # safetensors creates 0600; follow the umask
     (tmp / "trainer.json").write_text(json.dumps({**trainer_state, "step": step, "rng": plain}))
+    if seal:
+        _seal(tmp)
+
+
+def _seal(tmp: Path) -> None:
+    """Checksums of every file (DCP's shards included: call it once they are all written), then
+    everything flushed to disk."""
     sums = {p.name: _hash_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
     (tmp / "checksums.json").write_text(json.dumps(sums, indent=1))
     for p in tmp.iterdir():

@@ -14,6 +14,7 @@ import torch
 import torch.distributed as dist
 
 from scaletrain.config.schema import GuardConfig
+from scaletrain.parallel.dist import collective_device
 
 
 class Guard:
@@ -49,7 +50,7 @@ class Guard:
                   and value > self.cfg.spike_factor * self.recent_mean):
                 reason = f"loss spiked to {value:.4g} (recent mean {self.recent_mean:.4g})"
         if self.distributed:
-            flag = torch.tensor([1.0 if reason else 0.0])
+            flag = torch.tensor([1.0 if reason else 0.0], device=collective_device())  # NCCL: on the GPU
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
             if flag.item() and reason is None:
                 reason = "another rank's loss or gradient was bad"

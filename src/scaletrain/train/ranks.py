@@ -13,6 +13,7 @@ import torch.distributed as dist
 from torch import nn
 
 from scaletrain.errors import RunFailure, UserError
+from scaletrain.parallel.dist import collective_device
 from scaletrain.parallel.state import load_full_state, meta_skeleton  # noqa: F401  (the export uses them)
 
 
@@ -73,7 +74,7 @@ def gather_floats(value: float) -> list[float]:
     """`value` of every rank, in rank order (one small all-gather)."""
     if not dist.is_initialized():
         return [value]
-    t = torch.tensor([value], dtype=torch.float64)
+    t = torch.tensor([value], dtype=torch.float64, device=collective_device())
     out = [torch.zeros_like(t) for _ in range(world())]
     dist.all_gather(out, t)
     return [float(x) for x in out]

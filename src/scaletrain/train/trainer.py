@@ -124,6 +124,7 @@ class Trainer:
         try:
             return self._fit()
         finally:
+            ckpt.drop_pending_save()  # after a failure only: a finished run has put its last one in place
             if self.dist_info.world > 1:
                 shutdown()
 
@@ -177,6 +178,7 @@ class Trainer:
                 stopped_by = self._loop(layout, optimizer, tel, wall_start)
                 final = self._evaluate(tel, t.final_eval_batches, final=True)
                 self._save(optimizer)
+                ckpt.finish_pending_save()  # checkpoint.async_save: the last one is in place at the end
         except RuntimeError as exc:  # a collective that timed out, or a peer that died
             if watchdog is None:
                 raise
@@ -356,6 +358,7 @@ class Trainer:
             tel.message(f"error: step {st.step + 1}: {reason}; stopping ({why})")
             return "non_finite_loss"
         if g.action == "rollback":
+            ckpt.finish_pending_save()  # an async save in flight is the newest to roll back to
             found = ranks.on_main(lambda: (ckpt.list_checkpoints(self.run_dir / "checkpoints") or [None])[-1])
             if found is not None:
                 self._rollback(found, optimizer, tel, reason)
@@ -449,7 +452,7 @@ class Trainer:
         if data_state is not None:  # the loader's position, seed and data fingerprint
             state["data"] = data_state(self.state.position)
         ckpt.save_checkpoint(self.run_dir / "checkpoints", self.state.step, self.layout.trained, optimizer,
-                             state, self.cfg.checkpoint.keep_last)
+                             state, self.cfg.checkpoint.keep_last, async_save=self.cfg.checkpoint.async_save)
 
     def _finish(self, final: dict, stopped_by: str, wall_start: float, optimizer) -> dict:
         cfg, st, unit = self.cfg, self.state, self.task.unit
