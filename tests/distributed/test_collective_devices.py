@@ -42,15 +42,9 @@ SEEN = {
 }
 
 
-# pp: layout.global_grad_norm sums the stages' squared norms in a tensor made on the gradients' device
-# (layout.py:152), not on collective_device(): right on one device, but not asked where the rule says.
-PP_FINDING = pytest.mark.xfail(strict=True, reason="layout.global_grad_norm builds its pp all-reduce "
-                               "tensor without collective_device()")
-
-
 @pytest.mark.dist
 @pytest.mark.slow
-@pytest.mark.parametrize("strategy", [pytest.param(s, marks=PP_FINDING) if s == "pp" else s for s in SEEN])
+@pytest.mark.parametrize("strategy", SEEN)
 def test_every_collective_runs_on_the_layout_device(tmp_path, cache_dir, strategy):
     out = tmp_path / "probe"
     env = {**os.environ, **_SUBPROCESS_ENV, "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}

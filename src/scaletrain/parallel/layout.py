@@ -19,7 +19,7 @@ from torch.distributed.device_mesh import DeviceMesh
 from scaletrain.models.family import ModelFamily
 from scaletrain.parallel.config import ParallelConfig
 from scaletrain.parallel.dims import ParallelDims
-from scaletrain.parallel.dist import DistInfo
+from scaletrain.parallel.dist import DistInfo, collective_device
 from scaletrain.parallel.parallelize import parallelize
 
 
@@ -193,10 +193,9 @@ def global_grad_norm(params: list[nn.Parameter], pp_group=None) -> torch.Tensor:
     for g in grads:
         if isinstance(g, DTensor):
             by_layout.setdefault((g.device_mesh, g.placements), []).append(g)
-    if grads:
-        device = grads[0].device if not isinstance(grads[0], DTensor) else grads[0].to_local().device
-    else:  # a stage whose parameters took no gradient still joins the pipeline's sum
-        device = next((p.device for p in params), torch.device("cpu"))
+    # The sum is a collective's tensor under pipelining: it lives on the layout's device (a stage
+    # whose parameters took no gradient still joins the pipeline's sum).
+    device = collective_device()
     total_sq = torch.zeros((), device=device, dtype=torch.float32)
     if plain:
         total_sq += nn.utils.get_total_norm(plain).float() ** 2
