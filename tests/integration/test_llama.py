@@ -25,6 +25,12 @@ def test_tiny_llama_learns(tmp_path, fast, run_main):
     assert isinstance(summary["sample"], str) and summary["sample"].startswith("def ")  # generate ran
     spec = json.loads((run / "model_config.json").read_text())
     assert spec["name"] == "llama" and spec["args"]["n_kv_head"] == 2 and spec["args"]["d_ff"] == 192
+    # The finished run serves eval and generate like a GPT run.
+    code, text, err = run_main("eval", run, "--batches", "2")
+    assert code == 0, err
+    assert json.loads(text)["val_loss"] < math.log(vocab) - 1.0
+    outs = [run_main("generate", run, "--tokens", "12", "--seed", "3") for _ in range(2)]
+    assert outs[0][0] == 0 and outs[0][1].startswith("def ") and outs[0][1] == outs[1][1], outs[0][2]
 
 
 def test_plan_answers_for_the_8b_on_gpus_and_one_cpu(run_main):
