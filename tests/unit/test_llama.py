@@ -581,3 +581,21 @@ def test_presets_load_and_build(name, layers, params):
         assert spec.params == params
     elif name == "llama":  # the gpt preset's size, within 15 %
         assert 1.7e6 < spec.params < 2.5e6
+
+
+FLOATS = ["ffn_dim_multiplier", "rope_theta", "norm_eps", "dropout"]
+INTS = ["n_layer", "n_head", "n_kv_head", "d_model", "d_ff", "multiple_of"]
+
+
+@pytest.mark.parametrize("key", FLOATS + INTS)
+def test_every_numeric_key_refuses_non_finite_and_huge_values(key):
+    for value in ([".inf", ".nan", "1e400"] if key in FLOATS else [str(2**63), "0"]):
+        with pytest.raises(UserError) as info:
+            load_config("llama-tiny", [f"model.{key}={value}"])
+        assert str(info.value).startswith(f"model.{key}"), (value, str(info.value))
+
+
+def test_rope_scaling_refuses_non_finite_values():
+    scaling = {**LLAMA_31, "factor": ".inf"}
+    with pytest.raises(UserError, match=r"^model\.rope_scaling\.factor: input should be a finite number"):
+        load_config("llama-tiny", ["model.rope_scaling={" + ", ".join(f"{k}: {v}" for k, v in scaling.items()) + "}"])
