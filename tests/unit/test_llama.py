@@ -20,10 +20,12 @@ from scaletrain.config.load import load_config
 from scaletrain.errors import UserError
 from scaletrain.models import model_from_config_json
 from scaletrain.models.family import DataShape, ModelFamily
-from scaletrain.models.llama import FAMILY, Llama, LlamaArgs, LlamaConfig, llama_spec
-from scaletrain.models.llama.model import Attention, FeedForward, RMSNorm, TransformerBlock, llama_ffn_dim
-from scaletrain.models.llama.parallel import TP_PLAN, LlamaStage
+from scaletrain.models.llama.config import LlamaConfig
+from scaletrain.models.llama.family import FAMILY
+from scaletrain.models.llama.model import Attention, FeedForward, Llama, LlamaArgs, RMSNorm, TransformerBlock, llama_ffn_dim
+from scaletrain.models.llama.parallelize import TP_PLAN, LlamaStage
 from scaletrain.models.llama.rope import apply_rope, inv_frequencies, rope_tables
+from scaletrain.models.llama.spec import llama_spec
 
 TINY = dict(vocab_size=61, seq_len=16, n_layer=2, n_head=4, n_kv_head=2, d_model=32, d_ff=48)
 LLAMA_31 = dict(factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_position_embeddings=8192)
@@ -406,6 +408,11 @@ def test_check_tp_names_the_key():
         FAMILY.plan.check_tp(model, 3)
     spec = llama_spec(model)
     assert spec.supports_tp(2) and not spec.supports_tp(4)
+    # QK-norm's weights are shared by all heads: refused under TP (partial gradients per rank).
+    with pytest.raises(UserError, match=r"model\.qk_norm: not supported with tensor parallel"):
+        FAMILY.plan.check_tp(tiny(qk_norm=True), 2)
+    FAMILY.plan.check_tp(tiny(qk_norm=True), 1)
+    assert not llama_spec(tiny(qk_norm=True)).supports_tp(2) and llama_spec(tiny(qk_norm=True)).supports_tp(1)
 
 
 # ---- pipeline stages -----------------------------------------------------------------------------

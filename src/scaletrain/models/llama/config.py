@@ -1,13 +1,12 @@
-"""The `model:` section of a Llama config, and how it plus the data's shape become the module's args."""
+"""The Llama's `model:` section (no torch here: configs are validated before torch is imported)."""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
 from scaletrain.config.schema import MAX_FF, MAX_LAYERS, MAX_SEQ_LEN, MAX_WIDTH, Section
-from scaletrain.models.family import DataShape
 
 Positive = Annotated[float, Field(gt=0.0)]
 
@@ -31,6 +30,8 @@ class RopeScalingConfig(Section):
 
 class LlamaConfig(Section):
     """A Llama 3 decoder (docs/models.md). The vocabulary and context come from `data:`."""
+
+    task: ClassVar[str] = "language_modeling"  # trains on data.kind=text
 
     name: Literal["llama"] = "llama"
     n_layer: Annotated[int, Field(gt=0, le=MAX_LAYERS)] = 4
@@ -60,7 +61,3 @@ class LlamaConfig(Section):
                              "each key/value head serves a whole group of query heads")
         return self
 
-
-def args_from_config(section: LlamaConfig, data: DataShape) -> dict:
-    """The module's args (what model_config.json records): the section plus the data's shape."""
-    return {**section.model_dump(exclude={"name"}), "vocab_size": data.vocab_size, "seq_len": data.seq_len}

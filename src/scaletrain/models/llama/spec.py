@@ -13,7 +13,7 @@ from torch import nn
 
 from scaletrain.models.llama.model import Llama
 
-# The matrices tensor parallel shards (models/llama/parallel.py's plan), per block.
+# The matrices tensor parallel shards (parallelize.py's plan), per block.
 TP_LINEARS = ("attention.wq", "attention.wk", "attention.wv", "attention.wo",
               "feed_forward.w1", "feed_forward.w3", "feed_forward.w2")
 
@@ -40,6 +40,9 @@ class LlamaSpec:
     kind: str = "llama"
 
     def supports_tp(self, tp: int) -> bool:
+        """parallelize.check_tp's rule: whole heads and MLP shares per rank, no QK-norm."""
+        if tp > 1 and self.qk_norm:
+            return False
         return self.n_head % tp == 0 and self.n_kv_head % tp == 0 and self.d_ff % tp == 0
 
     def block_saved_bytes(self, tokens: int, precision: str, tp: int = 1) -> float:

@@ -37,6 +37,12 @@ def check_tp(model: nn.Module, tp: int) -> None:
         if value % tp:
             raise UserError(f"parallel.tp_size: {tp} tensor-parallel ranks must divide model.{key} ({value}): "
                             "each rank holds whole heads and an equal share of the MLP")
+    if a.qk_norm and tp > 1:
+        # q_norm / k_norm weights are shared by all heads: a rank holding half the heads computes
+        # half their gradient, and nothing here sums the halves (torchtitan's Qwen3 makes them
+        # DTensors with SequenceParallel over the head dim). Refused rather than silently diverging.
+        raise UserError(f"model.qk_norm: not supported with tensor parallel (parallel.tp_size {tp}): the "
+                        "per-head norm weights would get only each rank's share of their gradient")
 
 
 class LlamaStage(nn.Module):
