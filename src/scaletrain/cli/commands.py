@@ -30,7 +30,7 @@ def register(sub) -> None:
     p.add_argument("--batches", type=int_in(0, MAX_STEPS), default=0, help="validation batches (0: the whole split)")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("generate", help="sample text from a trained GPT or Llama run",
+    p = sub.add_parser("generate", help="sample text from a trained GPT run",
                        description="Sample a continuation of --prompt from RUN/model.safetensors.")
     p.add_argument("run", help="run folder")
     p.add_argument("--prompt", type=utf8_text, default="def ", help="text to continue (default: 'def ')")
@@ -128,8 +128,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from scaletrain.data.tokenizer import load_tokenizer
 
     cfg, model = load_run(args.run)
-    if cfg.model.name not in ("gpt", "llama"):  # glue (to be replaced by the registry): a language model
-        raise UserError(f"{args.run}: generate needs a language model run, GPT or Llama (this one is {cfg.model.name})")
+    if cfg.model.name != "gpt":
+        raise UserError(f"{args.run}: generate needs a GPT run (this one is {cfg.model.name})")
     if not all(torch.isfinite(p).all() for p in model.parameters()):
         # Sampling would end in torch.multinomial on NaN probabilities (a device assert on CUDA).
         raise UserError(f"{args.run}: the model's weights are not finite (NaN or Inf: the run diverged); "

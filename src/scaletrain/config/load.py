@@ -245,7 +245,7 @@ def parse_value(value: str, what: str) -> Any:
 def _is_field(part: object) -> bool:
     # pydantic adds union members ("literal[False]", "int", "gpt") to the location: not keys.
     return not (isinstance(part, str) and ("[" in part or part.startswith("constrained-")
-                                          or part in ("gpt", "mlp", "llama", "int", "str", "float", "bool")))
+                                          or part in ("gpt", "mlp", "int", "str", "float", "bool")))
 
 
 def _loc(err: dict, prefix: str) -> str:

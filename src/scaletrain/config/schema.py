@@ -203,12 +203,7 @@ class MLPConfig(Section):
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
 
 
-# glue (to be replaced by the registry): the Llama family's section joins the union. Imported here,
-# after Section and the bounds it uses (models/llama/config.py reads them from this module);
-# scaletrain.models imports this module first (see there).
-from scaletrain.models.llama.config import LlamaConfig  # noqa: E402
-
-ModelConfig = Annotated[Union[GPTConfig, MLPConfig, LlamaConfig], Field(discriminator="name")]
+ModelConfig = Annotated[Union[GPTConfig, MLPConfig], Field(discriminator="name")]
 
 
 Beta = Annotated[float, Field(ge=0.0, lt=1.0)]
@@ -455,8 +450,8 @@ class Config(Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> "Config":
-        if self.model.name in ("gpt", "llama") and self.data.kind != "text":
-            raise ValueError(f"model.name={self.model.name} needs data.kind=text")
+        if self.model.name == "gpt" and self.data.kind != "text":
+            raise ValueError("model.name=gpt needs data.kind=text")
         if self.model.name == "mlp" and self.data.kind != "images":
             raise ValueError("model.name=mlp needs data.kind=images")
         sharded = self.parallel.strategy in ("fsdp", "tp", "fsdp+tp")

@@ -134,10 +134,9 @@ UNIFORM_FACTOR = 1.25  # a language model's loss this far above ln(vocabulary) h
 
 
 def _uniform_loss(run: Run) -> float | None:
-    """ln(V) for a language-model run: the loss of a uniform prediction over the vocabulary."""
+    """ln(V) for a GPT run: the loss of a uniform prediction over the vocabulary."""
     vocab = _cfg(run, "data", "vocab_size", None)
-    # glue (to be replaced by the registry): the language-model families
-    if _cfg(run, "model", "name", None) not in ("gpt", "llama") or not _finite(vocab) or vocab < 2:
+    if _cfg(run, "model", "name", None) != "gpt" or not _finite(vocab) or vocab < 2:
         return None
     return math.log(vocab)
 

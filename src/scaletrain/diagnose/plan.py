@@ -66,13 +66,6 @@ def model_shape(cfg: Config) -> Shape:
     from scaletrain.models import build_model
 
     m = cfg.model
-    if m.name == "llama":  # glue (to be replaced by the registry): the family's own spec
-        from scaletrain.models.family import DataShape
-        from scaletrain.models.llama.family import FAMILY
-
-        with torch.device("meta"):
-            model = build_model("llama", FAMILY.args_from_config(m, DataShape(cfg.data.vocab_size, cfg.data.seq_len)))
-        return FAMILY.spec(model)
     if m.name == "gpt":
         args = {**m.model_dump(exclude={"name"}), "vocab_size": cfg.data.vocab_size, "seq_len": cfg.data.seq_len}
     else:  # the digits set has 64 inputs; MNIST (data.path) 784
@@ -123,8 +116,6 @@ def activation_bytes(s: Shape, micro: int, precision: str, ac: bool, tp: int = 1
     d_ff other than 4d changes the 8d). The loss head keeps log-softmax (V) and, in backward, two
     more V-sized gradients live at once.
     """
-    if s.kind == "llama":  # glue (to be replaced by the registry)
-        return s.activation_bytes(micro, precision, ac, tp)
     if s.kind == "mlp":
         w = s.widths
         saved = micro * 4 * (w[0] + sum(2 * h for h in w[1:-1]) + 2 * w[-1])
@@ -211,7 +202,7 @@ def step_time(s: Shape, device: Device, strategy: str, world: int, micro: int, a
     elif strategy == "fsdp-zero2":
         comm = ring * P * (pbytes + 4)
     elif strategy == "tp":
-        per_allreduce = 2 * ring * micro * s.units_per_sample * (s.hidden if s.kind == "llama" else s.d_model) * pbytes
+        per_allreduce = 2 * ring * micro * s.units_per_sample * s.d_model * pbytes
         comm = (4 + (2 if ac else 0)) * s.n_layer * per_allreduce * accum
     seconds = comm / device.link_bytes_per_s if world > 1 else 0.0
     if offload and device.kind != "cpu":
@@ -248,7 +239,7 @@ def strategies(s: Shape, world: int) -> list[str]:
     if world == 1:
         return ["single"]
     out = ["ddp", "zero1", "fsdp", "fsdp-zero2"]
-    if s.kind == "llama" and s.supports_tp(world) or s.kind == "gpt" and s.n_head % world == 0 and s.d_ff % world == 0:
+    if s.kind == "gpt" and s.n_head % world == 0 and s.d_ff % world == 0:
         out.append("tp")
     return out
 
@@ -266,7 +257,7 @@ def candidates(cfg: Config, s: Shape, device: Device, world: int) -> tuple[list[
             continue
         per_rank = global_batch // dp
         micros = sorted({m for m in (per_rank >> k for k in range(12)) if m >= 1 and per_rank % m == 0}, reverse=True)
-        for ac in ([False, True] if s.kind in ("gpt", "llama") else [False]):
+        for ac in ([False, True] if s.kind == "gpt" else [False]):
             for offload in ([False, True] if strategy == "fsdp" and device.kind != "cpu" else [False]):
                 for micro in micros:
                     accum = per_rank // micro

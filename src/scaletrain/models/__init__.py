@@ -3,16 +3,11 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-# glue (to be replaced by the registry): the config schema imports models/llama/config.py, which
-# reads Section from the schema; importing the schema first, before any family module, lets either
-# side be imported first.
-import scaletrain.config.schema  # noqa: F401
 from scaletrain.errors import UserError
 from scaletrain.models.gpt import GPT, GPTArgs
-from scaletrain.models.llama.model import Llama
 from scaletrain.models.mlp import MLP, MLPArgs
 
-MODELS: dict[str, type[nn.Module]] = {"gpt": GPT, "mlp": MLP, "llama": Llama}
+MODELS: dict[str, type[nn.Module]] = {"gpt": GPT, "mlp": MLP}
 
 __all__ = ["GPT", "GPTArgs", "MLP", "MLPArgs", "MODELS", "build_model", "model_from_config_json"]
 
