@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from scaletrain.errors import UserError
 from scaletrain.models.gpt.config import GPTConfig
+from scaletrain.models.llama.config import LlamaConfig
 from scaletrain.models.mlp.config import MLPConfig
 
 if TYPE_CHECKING:
@@ -31,6 +32,7 @@ class Registered:
 # The registry: one line per family.
 FAMILIES: dict[str, Registered] = {
     "gpt": Registered(GPTConfig, "scaletrain.models.gpt.family"),
+    "llama": Registered(LlamaConfig, "scaletrain.models.llama.family"),
     "mlp": Registered(MLPConfig, "scaletrain.models.mlp.family"),
 }
 
