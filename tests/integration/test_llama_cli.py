@@ -41,7 +41,7 @@ def test_plan_answers_for_the_8b_on_gpus_and_one_cpu(run_main):
     assert gpus["best"] is not None and gpus["best"]["fits"]
     # 8 B parameters need their weights, gradients and Adam state sharded over the 8 GPUs.
     assert gpus["best"]["strategy"] in ("fsdp", "fsdp-zero2", "tp")
-    assert {"ddp", "zero1", "fsdp", "fsdp-zero2", "tp"} == {c["strategy"] for c in gpus["candidates"]}
+    assert {"ddp", "zero1", "fsdp", "fsdp-zero2", "tp", "fsdp+tp"} == {c["strategy"] for c in gpus["candidates"]}
     code, text, err = run_main("plan", "llama3.1-8b", "train.threads=1", "--world-size", "1", "--device", "cpu")
     assert code == 0, err
     assert "plan: llama with 8030.26 M parameters" in text
