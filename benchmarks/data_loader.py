@@ -44,7 +44,7 @@ from scaletrain.config.load import load_config
 from scaletrain.data import shards
 from scaletrain.data.loader import PackedLoader, PreadTokens, SampleOrder, TokenWindows, data_fingerprint
 from scaletrain.data.prepare import TextSpec, ensure_prepared
-from scaletrain.diagnose.hardware import machine_info
+from scaletrain.hardware import machine_info
 
 ROOT = Path(__file__).resolve().parents[1]
 START, END = "<!-- data_loader:start -->", "<!-- data_loader:end -->"

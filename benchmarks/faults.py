@@ -36,7 +36,7 @@ import bad_inputs  # noqa: E402
 import harness  # noqa: E402
 from harness import Kill, audit_samples, build_task, final_position, finish, killed_run, start, train_args  # noqa: E402
 from scaletrain.data import shards  # noqa: E402
-from scaletrain.diagnose.hardware import machine_info  # noqa: E402
+from scaletrain.hardware import machine_info  # noqa: E402
 from scaletrain.train import checkpoint as ckpt  # noqa: E402
 
 DDP = ["parallel.strategy=ddp", "parallel.nproc=2"]

@@ -8,7 +8,7 @@ MFU is reported against both peaks:
 
 - the GPU's datasheet dense bf16 peak (`scaletrain.diagnose.devices`: H100/H200 989 TFLOP/s, A100
   312), the convention of torchtitan and nanoGPT, `gpu_mfu`;
-- the bf16 matmul peak measured on this GPU by the trainer (`scaletrain.diagnose.hardware`, what
+- the bf16 matmul peak measured on this GPU by the trainer (`scaletrain.hardware`, what
   summary.json's `mfu` uses), `gpu_mfu_measured_peak`.
 
 Cases: `gpt2-small` (the `gpt` preset at GPT-2 small's shape: 12 layers, d_model 768, context 1,024,

@@ -47,7 +47,7 @@ def main() -> int:
     import torch
 
     from docs_out import merge_results, write_section
-    from scaletrain.diagnose.hardware import machine_info
+    from scaletrain.hardware import machine_info
 
     import argparse
 

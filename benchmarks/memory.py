@@ -140,7 +140,7 @@ def write(rows: dict, model: list[str], steps: int, elapsed: float, date: str | 
     import torch
 
     from docs_out import merge_results, write_section
-    from scaletrain.diagnose.hardware import machine_info
+    from scaletrain.hardware import machine_info
 
     info = machine_info()
     date = date or time.strftime("%Y-%m-%d")

@@ -1,7 +1,7 @@
 """Where the main job's FLOPs go: a profile-backed account of its MFU (issue 9, item 3).
 
 MFU here is the default preset's model FLOP/s (flops_per_token x tokens/s) divided by the fp32
-matmul peak measured on this machine (scaletrain.diagnose.hardware.matmul_peak_flops, large square
+matmul peak measured on this machine (scaletrain.hardware.matmul_peak_flops, large square
 matmuls, torch's default threads), as in the "Main job" section. This script says where the rest goes:
 
 1. The step account: `scaletrain profile`'s machinery (diagnose/profile.py) runs the preset's step
@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     repeats = 3 if q else 15
 
     from scaletrain.config.load import load_config
-    from scaletrain.diagnose.hardware import machine_info, matmul_peak_flops
+    from scaletrain.hardware import machine_info, matmul_peak_flops
     from scaletrain.diagnose.profile import profile
     from scaletrain.models.gpt.model import GPTArgs
 

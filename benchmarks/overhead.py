@@ -42,7 +42,7 @@ import torch
 import scaletrain
 from scaletrain.config.load import load_config
 from scaletrain.config.schema import Config
-from scaletrain.diagnose.hardware import machine_info, matmul_peak_flops
+from scaletrain.hardware import machine_info, matmul_peak_flops
 from scaletrain.models import build_model
 from scaletrain.optim.param_groups import param_groups
 from scaletrain.optim.registry import build_optimizer

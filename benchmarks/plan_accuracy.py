@@ -198,7 +198,7 @@ def write_outputs(rows: list[dict], out_md: Path, out_json: Path) -> None:
     import torch
 
     from scaletrain.atomic import write_json_atomic, write_text_atomic
-    from scaletrain.diagnose.hardware import machine_info
+    from scaletrain.hardware import machine_info
 
     within = sum(r["within_15pct"] for r in rows)
     meta = {"date": datetime.date.today().isoformat(), "machine": machine_info(),

@@ -142,7 +142,7 @@ def write(scaling: dict, memory: dict, bandwidth: float, elapsed: float) -> None
     import torch
 
     from docs_out import merge_results, write_section
-    from scaletrain.diagnose.hardware import machine_info
+    from scaletrain.hardware import machine_info
 
     info = machine_info()
     merge_results(ROOT / "docs" / "results" / "performance.json", {

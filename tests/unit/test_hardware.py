@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
-from scaletrain.diagnose import hardware
-from scaletrain.diagnose.hardware import machine_info, matmul_peak_flops, mfu, peak_memory_bytes
+from scaletrain import hardware
+from scaletrain.hardware import machine_info, matmul_peak_flops, mfu, peak_memory_bytes
 
 
 def test_machine_info():
@@ -58,7 +58,7 @@ def test_mfu_and_memory():
 
 def test_refresh_keeps_the_larger_peak(tmp_path, monkeypatch):
     """A peak measured on a busy machine reads low: re-measuring only ever raises it."""
-    from scaletrain.diagnose import hardware
+    from scaletrain import hardware
 
     cache = tmp_path / "peak.json"
     monkeypatch.setattr(hardware, "_measure_peak", lambda *a, **k: 5.0e10)

@@ -1,4 +1,4 @@
-"""`scaletrain bench optim`: the optimizer benchmark (scaletrain.optim.bench)."""
+"""`scaletrain bench optim`: the optimizer benchmark (scaletrain.diagnose.optim_bench)."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def register(sub) -> None:
 
 
 def cmd_bench_optim(args) -> int:
-    from scaletrain.optim.bench import bench
+    from scaletrain.diagnose.optim_bench import bench
 
     tasks = ["mlp", "gpt-tiny"] if args.task == "both" else [args.task]
     names = [n.strip() for n in args.optimizers.split(",") if n.strip()] if args.optimizers else None

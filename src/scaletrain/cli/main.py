@@ -40,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from scaletrain.cli import logs
+
+    logs.configure()
     try:
         args = build_parser().parse_args(argv)
         code = int(args.func(args) or 0)

@@ -14,20 +14,12 @@ import copy
 import torch
 from torch import nn
 
+from scaletrain.models.lowrank import factorize_skeleton, set_submodule, split_linear  # noqa: F401
+
 
 def rank_for_energy(s: torch.Tensor, energy: float) -> int:
     cumulative = (s.double() ** 2).cumsum(0) / (s.double() ** 2).sum()
     return int((cumulative < energy).sum()) + 1 if energy < 1.0 else s.numel()
-
-
-def _split(linear: nn.Linear, r: int) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(linear.in_features, r, bias=False),
-                         nn.Linear(r, linear.out_features, bias=linear.bias is not None))
-
-
-def _set(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, module)
 
 
 def _candidates(model: nn.Module) -> dict[str, nn.Linear]:
@@ -47,22 +39,12 @@ def factorize(model: nn.Module, energy: float) -> tuple[nn.Module, dict[str, int
         r = rank_for_energy(S, energy)
         if r * (linear.in_features + linear.out_features) >= linear.in_features * linear.out_features:
             continue
-        pair = _split(linear, r)
+        pair = split_linear(linear, r)
         root = S[:r].sqrt()  # split S evenly so both factors have the same scale
         pair[0].weight.copy_((root[:, None] * Vh[:r]).float())
         pair[1].weight.copy_((U[:, :r] * root[None, :]).float())
         if linear.bias is not None:
             pair[1].bias.copy_(linear.bias)
-        _set(out, name, pair)
+        set_submodule(out, name, pair)
         ranks[name] = r
     return out.eval(), ranks
-
-
-def factorize_skeleton(model: nn.Module, ranks: dict[str, int]) -> nn.Module:
-    """Give `model` (in place) the factorized structure recorded in model_config.json."""
-    for name, r in ranks.items():
-        linear = model.get_submodule(name)
-        if not isinstance(linear, nn.Linear):
-            raise ValueError(f"factorized layer {name!r} is not a Linear in this model")
-        _set(model, name, _split(linear, int(r)))
-    return model

@@ -7,7 +7,7 @@ import fcntl
 import json
 import os
 import shutil
-import sys
+import logging
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -253,7 +253,7 @@ def ensure_prepared(spec: TextSpec, cache_dir: str | Path, progress: bool = True
         for stale in cache_dir.glob(f".{d.name}.tmp-*"):
             shutil.rmtree(stale, ignore_errors=True)
         if progress:
-            Console(stderr=True).print(f"preparing {d} ({len(files)} files)")
+            logging.getLogger(__name__).info("preparing %s (%d files)", d, len(files))
         return prepare_text(spec, d, progress=progress)
 
 
@@ -269,12 +269,3 @@ def corpus_stats(dir: str | Path) -> dict[str, Any]:
             "bytes_per_token": entry["bytes"] / entry["tokens"] if entry["tokens"] else 0.0,
         }
     return out
-
-
-if __name__ == "__main__":  # manual timing: python -m scaletrain.data.prepare OUT_DIR [VOCAB]
-    import time
-
-    t0 = time.perf_counter()
-    spec = TextSpec("stdlib", None, "**/*.py", int(sys.argv[2]) if len(sys.argv) > 2 else 8192, 0.05, None)
-    out = prepare_text(spec, sys.argv[1])
-    print(json.dumps(corpus_stats(out), indent=2), f"\n{time.perf_counter() - t0:.1f} s")

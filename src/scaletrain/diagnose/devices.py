@@ -2,7 +2,7 @@
 
 GPU figures are the vendors' datasheet numbers (dense, no sparsity) for the SXM parts; they were
 not measured by this project (no GPU was available). `cpu` is this machine: its matmul peak is
-measured (scaletrain.diagnose.hardware, cached), its memory read from the OS. A plan reaches a
+measured (scaletrain.hardware, cached), its memory read from the OS. A plan reaches a
 fraction of a peak only; `efficiency` is the model-FLOPs utilization the plan assumes.
 """
 
@@ -45,7 +45,7 @@ def this_cpu(threads: int | None = None) -> Device:
     """This machine as a device: measured fp32/bf16 matmul peaks and its memory."""
     import torch
 
-    from scaletrain.diagnose import hardware
+    from scaletrain import hardware
     from scaletrain.diagnose.doctor import host_memory_bytes
 
     before = torch.get_num_threads()

@@ -148,7 +148,7 @@ def _verify(cfg: Config, source: str | None, overrides: list[str], steps: int, r
     world = cfg.parallel.nproc * cfg.parallel.nnodes
     if world > 1:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
-               str(cfg.parallel.nproc), "-m", "scaletrain.diagnose.verify", str(run_dir),
+               str(cfg.parallel.nproc), "-m", "scaletrain.cli.verify_worker", str(run_dir),
                *([source] if source else []), *layout_args]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
@@ -161,23 +161,3 @@ def _verify(cfg: Config, source: str | None, overrides: list[str], steps: int, r
     ref_args = [*base, *reference_overrides(cfg), f"train.run_dir={root / 'reference-run'}"]
     record_run(source, ref_args, ref_dir)
     return compare(run_dir, ref_dir, steps), tolerance(cfg)
-
-
-def main(argv: list[str]) -> int:
-    """Worker entry under torchrun: `python -m scaletrain.diagnose.verify OUT [CONFIG] overrides...`."""
-    from scaletrain.cli.commands import split_items
-
-    from scaletrain.errors import RunFailure
-
-    out = Path(argv[0])
-    source, overrides = split_items(argv[1:])
-    try:
-        record_run(source, overrides, out)
-    except (UserError, RunFailure) as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1:]))

@@ -60,7 +60,7 @@ def model_from_config_json(d: dict) -> nn.Module:
         raise UserError('model config must be a mapping with keys "name" and "args"')
     model = build_model(d["name"], d["args"])
     if d.get("factorized"):  # low-rank layers written by `scaletrain compress --method lowrank`
-        from scaletrain.compress.lowrank import factorize_skeleton
+        from scaletrain.models.lowrank import factorize_skeleton
 
         try:
             factorize_skeleton(model, d["factorized"])

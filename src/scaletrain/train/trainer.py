@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import shutil
 import time
@@ -16,7 +17,7 @@ from torch import nn
 
 from scaletrain.config.load import to_yaml
 from scaletrain.config.schema import Config
-from scaletrain.diagnose import hardware
+from scaletrain import hardware
 from scaletrain.optim.param_groups import param_groups
 from scaletrain.optim.registry import build_optimizer
 from scaletrain.optim.schedules import apply_lr, effective_lr, lr_multiplier
@@ -34,6 +35,8 @@ from scaletrain.parallel.layout import Layout, build_layout, wrap_optimizer
 from scaletrain.train import ranks, resume
 from scaletrain.train.step import NonfiniteCheck, micro_batches, no_phase, plain_forward_backward, train_step
 from scaletrain.train.telemetry import Telemetry
+
+log = logging.getLogger(__name__)
 
 # Batches that build faster than this (median, seconds) are built in the loop itself: a background
 # thread would cost more than it hides (see scaletrain.data.prefetch; measured on the MLP preset,
@@ -518,10 +521,7 @@ class Trainer:
             try:
                 write()
             except Exception as exc:  # noqa: BLE001
-                import sys
-
-                print(f"warning: could not write {self.run_dir / name} ({type(exc).__name__}: {exc})",
-                      file=sys.stderr)
+                log.warning("warning: could not write %s (%s: %s)", self.run_dir / name, type(exc).__name__, exc)
         return summary
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:

@@ -77,7 +77,7 @@ def _run(preset: str, name: str, lr: float, steps: int, run_dir: Path, cache_dir
 
 def bench(tasks: list[str], steps: int | None, out: Path, names: list[str] | None = None,
           cache_dir: str | None = None, log=print) -> dict:
-    from scaletrain.diagnose.hardware import machine_info
+    from scaletrain.hardware import machine_info
     from scaletrain.optim.registry import available
 
     names = names or available()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import math
 import os
 import platform
@@ -168,7 +169,7 @@ def matmul_peak_flops(
     try:
         write_json_atomic(path, cache)
     except OSError as e:  # read-only home etc.: the number is still valid for this run
-        print(f"warning: could not write matmul peak cache {path}: {e}", file=sys.stderr)
+        logging.getLogger(__name__).warning("warning: could not write matmul peak cache %s: %s", path, e)
     return peak
 
 

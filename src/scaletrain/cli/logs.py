@@ -1,0 +1,32 @@
+"""The command line's handler for the library's `scaletrain` logger: messages to stderr as plain
+lines. The library only logs (it never prints); a Python-API user configures `logging` as usual."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at the time (tests and callers may redirect it)."""
+
+    def __init__(self):
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):  # StreamHandler assigns it; the current sys.stderr always wins
+        pass
+
+
+def configure(level: int = logging.INFO) -> None:
+    logger = logging.getLogger("scaletrain")
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(level)
+    logger.propagate = False  # one line per message, whatever the root logger does
