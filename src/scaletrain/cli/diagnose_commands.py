@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 from scaletrain.errors import UserError
@@ -35,7 +36,7 @@ def register(sub) -> None:
         "doctor", help="find what went wrong in a run, with evidence and remedies",
         description="Read RUN_DIR's metrics.jsonl, summary.json and config.yaml and report findings "
         "(overfitting, divergence, nan, grad_explosion, lr_too_high, lr_too_low, data_bound, low_mfu, "
-        "straggler, memory_pressure), each with its evidence (steps, numbers) and a remedy. Exit 0 "
+        "straggler, memory_pressure, damaged_log), each with its evidence (steps, numbers) and a remedy. Exit 0 "
         "whatever it finds (docs/diagnostics.md).",
         epilog="example: scaletrain doctor runs/gpt-20261130-101500 --json")
     p.add_argument("run", help="run folder")
@@ -68,8 +69,8 @@ def _device_names() -> list[str]:
 def cmd_doctor(args: argparse.Namespace) -> int:
     from scaletrain.diagnose.doctor import diagnose, format_text, load_run
 
-    if args.device_memory is not None and args.device_memory <= 0:
-        raise UserError(f"--device-memory must be > 0 GB, got {args.device_memory}")
+    if args.device_memory is not None and not (0 < args.device_memory < math.inf):
+        raise UserError(f"--device-memory must be a number of GB > 0, got {args.device_memory}")
     run = load_run(args.run)
     limit = int(args.device_memory * 1e9) if args.device_memory else None
     findings = diagnose(run, device_memory_bytes=limit)
