@@ -159,6 +159,7 @@ def test_open_checks_checksums_dtype_and_tokenizer(tmp_path: Path) -> None:
     (lambda m: m.update(vocab_size=True), "'vocab_size' must be int"),
     (lambda m: m.update(eot_id=300), "eot_id 300 is outside the vocabulary"),
     (lambda m: m["splits"]["val"]["files"].append(7), "files[1] is not a mapping"),
+    (lambda m: m["splits"]["train"].update(tokens=m["splits"]["train"]["tokens"] + 1), "tokens total"),
 ])
 def test_a_planted_manifest_is_refused_before_any_file_is_opened(tmp_path: Path, change, expected) -> None:
     """The attacker re-signs the manifest (its self-checksum proves consistency, not trust)."""
