@@ -225,6 +225,7 @@ import json  # noqa: E402
 import yaml  # noqa: E402
 
 import hostile_cases as hc  # noqa: E402
+import planted  # noqa: E402
 
 # Any YAML/JSON value: what a careless edit or a hostile file puts where a setting belongs.
 ANY = st.recursive(st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.text(max_size=8) |
@@ -315,7 +316,7 @@ def manifest(draw) -> hc.Case:
         remove = False
     command = draw(st.sampled_from(["verify", "inspect", "mixture"]))
 
-    def plant(site: hc.Site) -> None:
+    def plant(site: planted.Site) -> None:
         from scaletrain.data import shards
 
         m = json.loads((site.data / "manifest.json").read_text())
@@ -376,7 +377,7 @@ def jsonl_or_parquet(draw) -> hc.Case:
                  "bools": {"text": [True] * rows}, "lists": {"text": [[1, 2]] * rows},
                  "other field": {"body": ["some words"] * rows},
                  "empty": {"text": pa.array([], type=pa.string())}}.get(column)
-        body = hc._parquet(table) if table is not None else draw(st.binary(min_size=0, max_size=64))
+        body = hc.parquet_bytes(table) if table is not None else draw(st.binary(min_size=0, max_size=64))
         name = "in.parquet"
     return hc.Case(f"prepare: {kind} without text #{_digest(body)}", "fuzz: prepare input",
                    ("prepare", "{dir}/" + name, *hc.PREP_OUT), name, ((name, body),))
@@ -405,27 +406,27 @@ def checkpoint_mutation(draw) -> hc.Case:
                 del doc[key]
             else:
                 doc[key] = value
-        planter, what = hc._state_change(change), f"trainer.json {key} {'removed' if remove else f'= {value!r}'[:30]}"
+        planter, what = planted.state_change(change), f"trainer.json {key} {'removed' if remove else f'= {value!r}'[:30]}"
         expected = "trainer.json"
     elif target == "checksums.json":
         how = draw(st.sampled_from(["not a mapping", "value not a string", "outside", "entry missing"]))
         if how == "not a mapping":
             doc = draw(st.lists(ANY, max_size=3) | st.text(max_size=5) | st.integers())
-            planter = hc._raw("checksums.json", json.dumps(doc))
+            planter = planted.raw_file("checksums.json", json.dumps(doc))
             how += f" {json.dumps(doc)[:30]}"
         elif how == "value not a string":
             value = draw(st.integers() | CONTAINERS | st.none() | st.booleans())
             name = draw(st.sampled_from(["rng.pt", "trainer.json", ".metadata", "__0_0.distcp"]))
-            planter = hc._state_change(lambda d: d.update({name: value}), "checksums.json")
+            planter = planted.state_change(lambda d: d.update({name: value}), "checksums.json")
             how += f" ({name} = {value!r:.20})"
         elif how == "outside":
             name = draw(st.sampled_from(["../../config.yaml", "/etc/hostname", "../step_00000002/rng.pt",
                                          "sub/../../x", "/dev/null"]))
-            planter = lambda site, name=name: hc.rehash(site, {name: "0" * 32})  # noqa: E731
+            planter = lambda site, name=name: planted.rehash(site, {name: "0" * 32})  # noqa: E731
             how += f" ({name})"
         else:
             name = draw(st.sampled_from(["rng.pt", "trainer.json", ".metadata", "__0_0.distcp"]))
-            planter = hc._state_change(lambda d: d.pop(name) and None, "checksums.json")
+            planter = planted.state_change(lambda d: d.pop(name) and None, "checksums.json")
             how += f" ({name})"
         what, expected = f"checksums.json {how}", "checksums.json"
     else:
@@ -453,7 +454,7 @@ def checkpoint_mutation(draw) -> hc.Case:
                 field_name = "offset" if how == "storage offset" else "length"
                 meta.storage_data[key] = dataclasses.replace(info, **{field_name: getattr(info, field_name) + amount})
             (site.ckpt / ".metadata").write_bytes(pickle.dumps(meta))
-            hc.rehash(site)
+            planted.rehash(site)
         what, expected = f".metadata {how} +{amount}", "step_00000002"
     by = draw(st.sampled_from(["auto", "path"]))
     argv = train("train.run_dir={run}", "train.resume=auto") if by == "auto" else \

@@ -1,15 +1,12 @@
-"""Hostile and careless inputs for every command, enumerated (issue 14), plus planted folders that
-attack every loader: the data of tests/reliability/test_hostile.py and benchmarks/faults.py.
+"""Hostile and careless inputs for every command, enumerated (issue 14): the data of
+tests/reliability/test_hostile.py and benchmarks/faults.py.
 
-A `Case` is an argv for `scaletrain`, the text its one `error:` line must contain (the key, file
-or value at fault), the files to write first and the planters to apply: functions that turn a copy
-of a trained run (`{run}`) or of a prepared-data folder (`{data}`) into what an attacker or an
-accident leaves. Everything a case touches lives under one scratch folder (`{dir}`), which must be
-byte-identical afterwards (contents and mtimes, folders included), with nothing added.
-
-Planted payloads are real: unpickling one creates `{marker}` (a file, or for the DCP-class payload
-a folder). The attacker controls the whole folder, so checksums.json and the manifest's own
-checksum are rewritten to match: checksums prove integrity, not trust.
+A `Case` is an argv for `scaletrain`, the text its one `error:` line must contain (the key, file or
+value at fault), the files to write first and the planters to apply (tests/reliability/planted.py:
+functions that turn a copy of a trained run `{run}` or of a prepared-data folder `{data}` into what
+an attacker or an accident leaves). Everything a case touches lives under one scratch folder
+(`{dir}`), which must be byte-identical afterwards (contents and mtimes, folders included), with
+nothing added; a planted payload's marker `{marker}` must never appear.
 
 `UNTRUSTED` crosses every loader that reads a run, checkpoint or prepared folder with every payload
 that applies to what it reads; `CASES` is the rest, grouped by `kind`.
@@ -17,374 +14,27 @@ that applies to what it reads; `CASES` is the rest, grouped by `kind`.
 
 from __future__ import annotations
 
-import dataclasses
 import io
-import json
 import os
-import pickle
 import resource
 import shutil
-import struct
 import subprocess
 import sys
 import time
 import traceback
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-STEP = "step_00000002"  # the trained run's only checkpoint
+from planted import (COMPRESS, LOADERS, PAYLOADS, STEP, Site, alias_bomb, billion_laughs, bitflip_checkpoint,
+                     edit_model_config, edit_run_config, ids_beyond_vocabulary, junk_file, manifest_changed,
+                     not_a_run, offsets_out_of_range, other_model_checkpoint, raw_file, state_change, swap_tokenizer)
+
 # Settings of every train case and of the shared trained run (so a resume meets the same config):
 # one thread, fp32, no evaluation, sample or TensorBoard until the end, a constant lr.
 TRAIN_DEFAULTS = ("train.threads=1", "log.progress=false", "log.sample_tokens=0", "log.tensorboard=false",
                   "train.eval_every=0", "train.final_eval_batches=1", "train.precision=fp32",
                   "schedule.name=constant", "schedule.warmup_steps=0", "train.max_steps=3")
-# Flags that keep a wrongly accepted compress short (and offline).
-COMPRESS = ("--method", "int8-dynamic", "--eval-batches", "1", "--latency-rounds", "1", "--no-onnx")
-
-
-# ---- the payloads --------------------------------------------------------------------------------
-
-class Payload:
-    """Unpickling this calls open(marker, "w"): code from the file runs."""
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
-
-    def __deepcopy__(self, memo):  # dcp.save copies the state dict; keep the payload unrun
-        return self
-
-
-class DCPClassPayload:
-    """A pickle that builds a class of torch.distributed.checkpoint that is not checkpoint metadata:
-    `_ReplicationStager(storage_dir=marker)` creates the folder `marker` in its constructor (the
-    same screen let `_AsyncCheckpointProcess` start a process that connects anywhere)."""
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        from torch.distributed.checkpoint.staging import _ReplicationStager
-
-        return (_ReplicationStager, (None, None, None, self.marker))
-
-
-@dataclass
-class Site:
-    """Where a case runs: the scratch root and the paths planters and argv refer to."""
-
-    root: Path
-
-    @property
-    def run(self) -> Path:
-        return self.root / "run"
-
-    @property
-    def ckpt(self) -> Path:
-        return self.run / "checkpoints" / STEP
-
-    @property
-    def data(self) -> Path:
-        return self.root / "data"
-
-    @property
-    def marker(self) -> Path:
-        return self.root / "pwned"
-
-    @property
-    def outside(self) -> Path:
-        return self.root / "outside"
-
-
-def _hash(path: Path) -> str:
-    from scaletrain.train.checkpoint import _hash_file
-
-    return _hash_file(path)
-
-
-def rehash(site: Site, extra: dict | None = None) -> None:
-    """What an attacker does after planting: checksums.json matches every file again."""
-    folder = site.ckpt
-    sums = {p.name: _hash(p) for p in sorted(folder.iterdir()) if p.is_file() and p.name != "checksums.json"}
-    sums.update(extra or {})
-    (folder / "checksums.json").write_text(json.dumps(sums, indent=1))
-
-
-def _trusted_state(folder: Path) -> dict:
-    """The checkpoint's full state as plain objects (our own fixture: read with DCP's defaults)."""
-    from torch.distributed.checkpoint.state_dict_loader import _load_state_dict_from_keys
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return _load_state_dict_from_keys(checkpoint_id=str(folder))
-
-
-def _resave(site: Site, state: dict) -> None:
-    import torch.distributed.checkpoint as dcp
-
-    for p in list(site.ckpt.iterdir()):
-        if p.name == ".metadata" or p.suffix == ".distcp":
-            p.unlink()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        dcp.save(state, checkpoint_id=str(site.ckpt))
-    rehash(site)
-
-
-def metadata_pickle(site: Site) -> None:
-    """(i) DCP's .metadata is a pickle whose __reduce__ runs open()."""
-    (site.ckpt / ".metadata").write_bytes(pickle.dumps(Payload(site.marker)))
-    rehash(site)
-
-
-def bytes_for_tensor(site: Site) -> None:
-    """(ii) a bytes entry where a model tensor belongs: DCP's default planner would torch.load it
-    with weights_only=False."""
-    state = _trusted_state(site.ckpt)
-    state["model"]["lm_head.weight"] = Payload(site.marker)
-    _resave(site, state)
-
-
-def bytes_in_param_groups(site: Site) -> None:
-    """(iii) a payload inside a legitimate bytes entry (the optimizer's param_groups)."""
-    state = _trusted_state(site.ckpt)
-    state["optim"]["param_groups"][0]["lr"] = Payload(site.marker)
-    _resave(site, state)
-
-
-def rng_pickle(site: Site) -> None:
-    """(iv) rng.pt holds a pickled object instead of tensors."""
-    import torch
-
-    torch.save({"torch": Payload(site.marker)}, site.ckpt / "rng.pt")
-    rehash(site)
-
-
-def metadata_dcp_class(site: Site) -> None:
-    """(v) .metadata builds a torch.distributed.checkpoint class that is not a metadata dataclass."""
-    (site.ckpt / ".metadata").write_bytes(pickle.dumps(DCPClassPayload(site.marker)))
-    rehash(site)
-
-
-def _moved_storage(site: Site, target: str, copy_to: Path) -> None:
-    """Every storage entry of .metadata points at `target`; the data file is moved to `copy_to`, so
-    a loader that follows the path loads the weights (silently) from outside the folder."""
-    from torch.distributed.checkpoint.metadata import Metadata  # noqa: F401 - our own fixture
-
-    meta = pickle.loads((site.ckpt / ".metadata").read_bytes())
-    meta.storage_data = {k: dataclasses.replace(v, relative_path=target) for k, v in meta.storage_data.items()}
-    (site.ckpt / ".metadata").write_bytes(pickle.dumps(meta))
-    copy_to.parent.mkdir(parents=True, exist_ok=True)
-    for p in site.ckpt.glob("*.distcp"):
-        os.replace(p, copy_to)
-    rehash(site)
-
-
-def metadata_path_parent(site: Site) -> None:
-    """(vi) .metadata's storage path is ../stolen.distcp (beside the checkpoint folder)."""
-    _moved_storage(site, "../stolen.distcp", site.ckpt.parent / "stolen.distcp")
-
-
-def metadata_path_absolute(site: Site) -> None:
-    """(vi) .metadata's storage path is an absolute path outside the run."""
-    target = site.outside / "stolen.distcp"
-    _moved_storage(site, str(target), target)
-
-
-def checksums_path_parent(site: Site) -> None:
-    """(vi) checksums.json names ../stolen.txt (with its right hash): a check that follows it reads
-    outside the folder (an oracle for any file's content)."""
-    stolen = site.ckpt.parent / "stolen.txt"
-    stolen.write_text("secret\n")
-    rehash(site, {"../stolen.txt": _hash(stolen)})
-
-
-def checksums_path_absolute(site: Site) -> None:
-    """(vi) checksums.json names /etc/passwd (with its right hash)."""
-    rehash(site, {"/etc/passwd": _hash(Path("/etc/passwd"))})
-
-
-def deep_json(name: str) -> Callable[[Site], None]:
-    """A JSON file of the folder nested 100,000 levels deep (json.loads would hit RecursionError)."""
-
-    def plant(site: Site) -> None:
-        folder = {"trainer.json": site.ckpt, "checksums.json": site.ckpt, "model_config.json": site.run,
-                  "summary.json": site.run, "manifest.json": site.data}[name]
-        (folder / name).write_text("[" * 100_000 + "]" * 100_000)
-        if folder == site.ckpt and name != "checksums.json":
-            rehash(site)
-
-    plant.__name__ = f"deep_{name.replace('.', '_')}"
-    return plant
-
-
-def _rewrite_safetensors(site: Site, change: Callable[[bytes, bytes], bytes]) -> None:
-    path = site.run / "model.safetensors"
-    raw = path.read_bytes()
-    (n,) = struct.unpack("<Q", raw[:8])
-    path.write_bytes(change(raw[8:8 + n], raw[8 + n:]))
-
-
-def _with_header(header: dict, data: bytes) -> bytes:
-    text = json.dumps(header).encode()
-    return struct.pack("<Q", len(text)) + text + data
-
-
-def safetensors_huge_header(site: Site) -> None:
-    """(vii) the declared header length is 2**63 - 1."""
-    _rewrite_safetensors(site, lambda h, d: struct.pack("<Q", 2**63 - 1) + h + d)
-
-
-def safetensors_header_past_end(site: Site) -> None:
-    """(vii) the declared header length runs past the end of the file."""
-    _rewrite_safetensors(site, lambda h, d: struct.pack("<Q", len(h) + len(d) + 4096) + h + d)
-
-
-def safetensors_offsets_past_end(site: Site) -> None:
-    """(vii) a tensor's data_offsets point far past the end of the file."""
-    def change(h, d):
-        header = json.loads(h)
-        name = next(k for k in header if k != "__metadata__")
-        header[name]["data_offsets"] = [0, 10**12]
-        return _with_header(header, d)
-    _rewrite_safetensors(site, change)
-
-
-def safetensors_offsets_reversed(site: Site) -> None:
-    """(vii) a tensor's data_offsets end before they begin."""
-    def change(h, d):
-        header = json.loads(h)
-        name = next(k for k in header if k != "__metadata__")
-        begin, end = header[name]["data_offsets"]
-        header[name]["data_offsets"] = [end, begin]
-        return _with_header(header, d)
-    _rewrite_safetensors(site, change)
-
-
-def safetensors_deep_header(site: Site) -> None:
-    """(vii) the header is JSON nested 100,000 levels deep."""
-    _rewrite_safetensors(site, lambda h, d: _with_header_bytes(b"[" * 100_000 + b"]" * 100_000, d))
-
-
-def _with_header_bytes(text: bytes, data: bytes) -> bytes:
-    return struct.pack("<Q", len(text)) + text + data
-
-
-def yaml_bomb_config(site: Site) -> None:
-    """A billion-laughs alias bomb in the run's config.yaml (where optim.lr belongs)."""
-    (site.run / "config.yaml").write_text(billion_laughs("optim", "lr", (site.run / "config.yaml").read_bytes()))
-
-
-def _manifest_changed(site: Site, change: Callable[[dict], None]) -> None:
-    from scaletrain.data import shards
-
-    manifest = json.loads((site.data / "manifest.json").read_text())
-    change(manifest)
-    shards.write_manifest(site.data, manifest)  # re-signed: the self-checksum matches again
-
-
-def manifest_path_parent(site: Site) -> None:
-    """(vi) the manifest names ../stolen.bin: the shard moved out, beside the folder."""
-    os.replace(site.data / "train_00000.bin", site.root / "stolen.bin")
-    _manifest_changed(site, lambda m: m["splits"]["train"]["files"][0].update(bin="../stolen.bin"))
-
-
-def manifest_path_absolute(site: Site) -> None:
-    """(vi) the manifest names an absolute path outside the folder."""
-    site.outside.mkdir(exist_ok=True)
-    os.replace(site.data / "train_00000.idx", site.outside / "stolen.idx")
-    _manifest_changed(site, lambda m: m["splits"]["train"]["files"][0].update(idx=str(site.outside / "stolen.idx")))
-
-
-def manifest_etc_passwd(site: Site) -> None:
-    """(vi) the manifest names /etc/passwd as a shard."""
-    _manifest_changed(site, lambda m: m["splits"]["val"]["files"][0].update(bin="/etc/passwd"))
-
-
-def shard_symlink_out(site: Site) -> None:
-    """(vi) a shard of the folder is a symlink to a file outside it."""
-    site.outside.mkdir(exist_ok=True)
-    os.replace(site.data / "train_00000.bin", site.outside / "train_00000.bin")
-    (site.data / "train_00000.bin").symlink_to(site.outside / "train_00000.bin")
-
-
-def drop_safetensors(site: Site) -> None:
-    """A run stopped before its export: compress falls back to the last checkpoint."""
-    (site.run / "model.safetensors").unlink()
-
-
-# ---- the loaders -------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Loader:
-    name: str
-    argv: tuple[str, ...]
-    needs: str  # "run" or "data"
-    reads: frozenset  # what it reads: "checkpoint", "optimizer", "trainer", "safetensors", "model_config", "config", "summary", "manifest"
-    setup: tuple = ()  # planters applied before the payload
-
-
-LOADERS = [
-    Loader("train resume by path", ("train", "gpt-tiny", "train.run_dir={dir}/new-run", "train.resume={ckpt}"), "run",
-           frozenset({"checkpoint", "optimizer", "trainer"})),
-    Loader("train resume=auto", ("train", "gpt-tiny", "train.run_dir={run}", "train.resume=auto"), "run",
-           frozenset({"checkpoint", "optimizer", "trainer"})),
-    Loader("compress (no model.safetensors)", ("compress", "{run}", "--out", "{dir}/c", *COMPRESS), "run",
-           frozenset({"checkpoint", "model_config", "config"}), (drop_safetensors,)),
-    Loader("compress --checkpoint", ("compress", "{run}", "--checkpoint", "{ckpt}", "--out", "{dir}/c", *COMPRESS), "run",
-           frozenset({"checkpoint", "model_config", "config"})),
-    Loader("compress", ("compress", "{run}", "--out", "{dir}/c", *COMPRESS), "run",
-           frozenset({"safetensors", "model_config", "config"})),
-    Loader("eval", ("eval", "{run}", "--batches", "1"), "run", frozenset({"safetensors", "model_config", "config"})),
-    Loader("generate", ("generate", "{run}", "--tokens", "1"), "run", frozenset({"safetensors", "model_config", "config"})),
-    Loader("doctor", ("doctor", "{run}"), "run", frozenset({"summary", "config"})),
-    Loader("data verify", ("data", "verify", "{data}"), "data", frozenset({"manifest"})),
-    Loader("data inspect", ("data", "inspect", "{data}"), "data", frozenset({"manifest"})),
-    Loader("train data.mixture", ("train", "gpt-tiny", "data.path=", "data.mixture=[{path: '{data}'}]",
-                                  "train.run_dir={dir}/new-run"), "data", frozenset({"manifest"})),
-    Loader("prepare --merge", ("prepare", "--merge", "{data}", "--out", "{dir}/merged"), "data", frozenset({"manifest"})),
-]
-
-
-@dataclass(frozen=True)
-class Plant:
-    name: str
-    planter: Callable[[Site], None]
-    reads: str  # the loader must read this for the payload to apply
-    expected: str | tuple[str, ...]  # in the error line: the file, entry or path at fault (any one)
-    subprocess: bool = False  # may expand without bound in a broken loader: run it fenced
-
-
-PAYLOADS = [
-    Plant("(i) pickle payload in .metadata", metadata_pickle, "checkpoint", ".metadata"),
-    Plant("(ii) bytes entry where a model tensor belongs", bytes_for_tensor, "checkpoint", "lm_head.weight"),
-    Plant("(iii) payload inside the optimizer's param_groups", bytes_in_param_groups, "optimizer", "param_groups"),
-    Plant("(iv) pickle payload in rng.pt", rng_pickle, "checkpoint", "rng.pt"),
-    Plant("(v) .metadata builds a non-metadata DCP class", metadata_dcp_class, "checkpoint", ".metadata"),
-    Plant("(vi) .metadata storage path ../stolen.distcp", metadata_path_parent, "checkpoint", "stolen.distcp"),
-    Plant("(vi) .metadata storage path absolute", metadata_path_absolute, "checkpoint", "stolen.distcp"),
-    Plant("(vi) checksums.json names ../stolen.txt", checksums_path_parent, "checkpoint", "stolen.txt"),
-    Plant("(vi) checksums.json names /etc/passwd", checksums_path_absolute, "checkpoint", "/etc/passwd"),
-    Plant("checksums.json nested 100,000 deep", deep_json("checksums.json"), "checkpoint", "checksums.json"),
-    Plant("trainer.json nested 100,000 deep", deep_json("trainer.json"), "trainer", "trainer.json"),
-    Plant("(vii) safetensors header length 2**63-1", safetensors_huge_header, "safetensors", "model.safetensors"),
-    Plant("(vii) safetensors header past the end", safetensors_header_past_end, "safetensors", "model.safetensors"),
-    Plant("(vii) safetensors offsets past the end", safetensors_offsets_past_end, "safetensors", "model.safetensors"),
-    Plant("(vii) safetensors offsets reversed", safetensors_offsets_reversed, "safetensors", "model.safetensors"),
-    Plant("(vii) safetensors header nested 100,000 deep", safetensors_deep_header, "safetensors", "model.safetensors"),
-    Plant("model_config.json nested 100,000 deep", deep_json("model_config.json"), "model_config", "model_config.json"),
-    Plant("summary.json nested 100,000 deep", deep_json("summary.json"), "summary", "summary.json"),
-    Plant("config.yaml alias bomb", yaml_bomb_config, "config", ("config.yaml", "optim.lr"), subprocess=True),
-    Plant("(vi) manifest names ../stolen.bin", manifest_path_parent, "manifest", "stolen.bin"),
-    Plant("(vi) manifest names an absolute path", manifest_path_absolute, "manifest", "stolen.idx"),
-    Plant("(vi) manifest names /etc/passwd", manifest_etc_passwd, "manifest", "/etc/passwd"),
-    Plant("(vi) shard is a symlink leading out", shard_symlink_out, "manifest", "train_00000.bin"),
-    Plant("manifest.json nested 100,000 deep", deep_json("manifest.json"), "manifest", "manifest.json"),
-]
 
 
 # ---- cases ---------------------------------------------------------------------------------------
@@ -415,142 +65,17 @@ def untrusted_cases() -> list[Case]:
     return out
 
 
-def _laughs_flow(levels: int = 9) -> str:
-    """One flow-style YAML value that expands to 9**levels items through aliases (a few hundred
-    bytes): each level is a list of nine aliases of the one before, all inside the value itself."""
-    parts = ["&a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
-    for i in range(1, levels):
-        parts.append(f"&a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]")
-    return "[" + ", ".join(parts) + "]"
-
-
-def billion_laughs(section: str, key: str, base: bytes | None = None) -> str:
-    """A config file whose `section.key` is the alias bomb (in a copy of `base`, else alone)."""
-    import yaml
-
-    raw = yaml.safe_load(base) if base else {}
-    raw.setdefault(section, {})[key] = "BOMB"
-    return yaml.safe_dump(raw, sort_keys=False).replace("BOMB", _laughs_flow())
-
-
 DEEP_YAML = ("[" * 20_000 + "]" * 20_000)
 JUNK = bytes(range(256)) * 4
 
 
-def _parquet(rows: dict) -> bytes:
+def parquet_bytes(rows: dict) -> bytes:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     sink = io.BytesIO()
     pq.write_table(pa.table(rows), sink)
     return sink.getvalue()
-
-
-def _tokenizer_of_vocab(size: int) -> bytes:
-    from scaletrain.data.tokenizer import train_tokenizer
-
-    text = " ".join(f"w{i}x{i * 7}" for i in range(4000))
-    return train_tokenizer([text], size).to_str().encode()
-
-
-def _state_change(change: Callable[[dict], None], name: str = "trainer.json") -> Callable[[Site], None]:
-    def plant(site: Site) -> None:
-        path = site.ckpt / name
-        doc = json.loads(path.read_text())
-        new = change(doc)  # a new document, or None when `change` edited `doc` in place
-        path.write_text(json.dumps(doc if new is None else new))
-        if name != "checksums.json":
-            rehash(site)
-    plant.__name__ = f"tamper_{name}"
-    return plant
-
-
-def _raw(name: str, text: str) -> Callable[[Site], None]:
-    """Replace a checkpoint file with `text` and make the checksums match."""
-    def plant(site: Site) -> None:
-        (site.ckpt / name).write_text(text)
-        if name != "checksums.json":
-            rehash(site)
-    plant.__name__ = f"raw_{name}"
-    return plant
-
-
-def _bitflip_checkpoint(site: Site) -> None:
-    path = site.ckpt / "__0_0.distcp"
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    path.write_bytes(bytes(data))
-
-
-def _other_model_checkpoint(site: Site) -> None:
-    """A complete, intact checkpoint of another model (an MLP) at {dir}/other/checkpoints/step_00000001."""
-    import torch
-
-    from scaletrain.train import checkpoint as ckpt
-
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ckpt.save_checkpoint(site.root / "other" / "checkpoints", 1, model, opt, {"position": 8}, keep_last=5)
-
-
-def _edit_run_config(change: Callable[[dict], None]) -> Callable[[Site], None]:
-    def plant(site: Site) -> None:
-        import yaml
-
-        cfg = yaml.safe_load((site.run / "config.yaml").read_text())
-        change(cfg)
-        (site.run / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-    plant.__name__ = "edit_config_yaml"
-    return plant
-
-
-def _swap_tokenizer(site: Site) -> None:
-    (site.run / "tokenizer.json").write_bytes(_tokenizer_of_vocab(2048))
-
-
-def _junk_file(rel: str, content: bytes) -> Callable[[Site], None]:
-    def plant(site: Site) -> None:
-        (site.root / rel).write_bytes(content)
-    plant.__name__ = f"write_{rel.replace('/', '_')}"
-    return plant
-
-
-def _inspect_offsets(site: Site) -> None:
-    """Document offsets that leave the split (same size, so only their values are wrong)."""
-    import numpy as np
-
-    from scaletrain.data import shards
-
-    idx = site.data / "train_00000.idx"
-    starts = np.fromfile(idx, dtype="<i8")
-    starts[1] = 10**12
-    idx.write_bytes(starts.astype("<i8").tobytes())
-    _manifest_changed(site, lambda m: m["splits"]["train"]["files"][0]["xxh3_128"].update(idx=shards.file_xxh3(idx)))
-
-
-def _inspect_ids(site: Site) -> None:
-    """A shard whose first document holds ids beyond the vocabulary (re-signed)."""
-    import numpy as np
-
-    from scaletrain.data import shards
-
-    path = site.data / "train_00000.bin"
-    ids = np.fromfile(path, dtype="<u2")
-    ids[:8] = 65000
-    path.write_bytes(ids.tobytes())
-    _manifest_changed(site, lambda m: m["splits"]["train"]["files"][0]["xxh3_128"].update(bin=shards.file_xxh3(path)))
-
-
-def _not_a_run(site: Site) -> None:
-    """A folder that holds someone's files, among them names a run also has."""
-    folder = site.root / "notes"
-    (folder / "tensorboard").mkdir(parents=True)
-    (folder / "tensorboard" / "events.out").write_bytes(b"not ours")
-    (folder / "metrics.jsonl").write_text('{"experiment": "someone else\'s"}\n')
-    (folder / "thesis.txt").write_text("chapter 1\n")
 
 
 def tiny_yaml() -> bytes:
@@ -573,9 +98,9 @@ def enumerated() -> list[Case]:
     C = Case
     cases = [
         # -- YAML: bombs, nesting, duplicates, binary (config/load.py) --
-        C("config file: billion-laughs alias bomb", "yaml", ("train", "{dir}/bomb.yaml"), "bomb.yaml",
-          (("bomb.yaml", billion_laughs("train", "max_steps", tiny_yaml()).encode()),), subprocess=True),
-        C("override: billion-laughs alias bomb", "yaml", _t(f"optim.lr={_laughs_flow()}"), "optim.lr", subprocess=True),
+        C("config file: billion-laughs alias bomb", "yaml", ("train", "{dir}/bomb.yaml"), ("bomb.yaml", "model.n_layer"),
+          (("bomb.yaml", billion_laughs("model", "n_layer", tiny_yaml()).encode()),), subprocess=True),
+        C("override: billion-laughs alias bomb", "yaml", _t(f"optim.lr={alias_bomb()}"), "optim.lr", subprocess=True),
         C("config file nested 20,000 deep", "yaml", ("train", "{dir}/deep.yaml"), "deep.yaml",
           (("deep.yaml", f"train: {DEEP_YAML}\n".encode()),)),
         C("override nested 20,000 deep", "yaml", _t(f"optim.lr={DEEP_YAML}"), "optim.lr"),
@@ -589,7 +114,7 @@ def enumerated() -> list[Case]:
         C("prepare --config: binary", "yaml", ("prepare", "{dir}/in", *PREP_OUT, "--config", "{dir}/bin.yaml"), "bin.yaml",
           (("bin.yaml", JUNK), *TEXT)),
         C("prepare --config: alias bomb", "yaml", ("prepare", "{dir}/in", *PREP_OUT, "--config", "{dir}/bomb.yaml"),
-          "bomb.yaml", (("bomb.yaml", billion_laughs("clean", "min_chars").encode()), *TEXT), subprocess=True),
+          ("bomb.yaml", "min_chars"), (("bomb.yaml", billion_laughs("clean", "min_chars").encode()), *TEXT), subprocess=True),
         C("prepare --config: nested 20,000 deep", "yaml", ("prepare", "{dir}/in", *PREP_OUT, "--config", "{dir}/deep.yaml"),
           "deep.yaml", (("deep.yaml", f"clean: {DEEP_YAML}\n".encode()), *TEXT)),
         C("prepare --config: duplicate key", "yaml", ("prepare", "{dir}/in", *PREP_OUT, "--config", "{dir}/dup.yaml"),
@@ -688,9 +213,9 @@ def enumerated() -> list[Case]:
         C("prepare: JSONL of invalid lines", "data", ("prepare", "{dir}/junk.jsonl", *PREP_OUT), "junk.jsonl",
           (("junk.jsonl", b"{not json\n\xff\xfe\n[1, 2\n"),)),
         C("prepare: Parquet whose column is not text", "data", ("prepare", "{dir}/n.parquet", *PREP_OUT), "n.parquet",
-          (("n.parquet", _parquet({"text": [1, 2, 3]})),)),
+          (("n.parquet", parquet_bytes({"text": [1, 2, 3]})),)),
         C("prepare: Parquet without the field", "data", ("prepare", "{dir}/o.parquet", *PREP_OUT), "text",
-          (("o.parquet", _parquet({"other": ["a", "b"]})),)),
+          (("o.parquet", parquet_bytes({"other": ["a", "b"]})),)),
         C("prepare: random bytes as Parquet", "data", ("prepare", "{dir}/junk.parquet", *PREP_OUT), "junk.parquet",
           (("junk.parquet", JUNK),)),
         C("prepare: only empty text files", "data", ("prepare", "{dir}/emptytexts", *PREP_OUT), "emptytexts",
@@ -706,9 +231,9 @@ def enumerated() -> list[Case]:
           (("notprepared/a.txt", b"x"),)),
         # -- resume (write order, resume=auto, architecture) --
         C("resume=auto on a folder that is not a run", "resume", _t("train.run_dir={dir}/notes", "train.resume=auto"),
-          "train.resume", plant=(_not_a_run,)),
+          "train.resume", plant=(not_a_run,)),
         C("resume=auto when every checkpoint is damaged", "resume", _t("train.run_dir={run}", "train.resume=auto"),
-          "train.resume", plant=(_bitflip_checkpoint,), needs=("run",)),
+          "train.resume", plant=(bitflip_checkpoint,), needs=("run",)),
         C("resume with model.rope=true", "resume", _t("train.run_dir={run}", "train.resume=auto", "model.rope=true"),
           "model.rope", needs=("run",)),
         C("resume with model.norm=rmsnorm", "resume", _t("train.run_dir={run}", "train.resume=auto", "model.norm=rmsnorm"),
@@ -716,48 +241,47 @@ def enumerated() -> list[Case]:
         C("resume with model.d_model=128", "resume", _t("train.run_dir={run}", "train.resume=auto", "model.d_model=128"),
           "model.d_model", needs=("run",)),
         C("resume refused for another data: tokenizer untouched", "resume",
-          _t("train.run_dir={run}", "train.resume=auto", "data.vocab_size=384"), "data", needs=("run",)),
+          _t("train.run_dir={run}", "train.resume=auto", "data.vocab_size=384"), "vocab_size", needs=("run",)),
         C("trainer.json: step is a string", "resume", _t("train.run_dir={run}", "train.resume=auto"), "trainer.json",
-          plant=(_state_change(lambda d: d.update(step="2")),), needs=("run",)),
+          plant=(state_change(lambda d: d.update(step="2")),), needs=("run",)),
         C("trainer.json: step is negative", "resume", _t("train.run_dir={run}", "train.resume=auto"), "trainer.json",
-          plant=(_state_change(lambda d: d.update(step=-7)),), needs=("run",)),
+          plant=(state_change(lambda d: d.update(step=-7)),), needs=("run",)),
         C("trainer.json: position is a list", "resume", _t("train.run_dir={run}", "train.resume=auto"), "trainer.json",
-          plant=(_state_change(lambda d: d.update(position=[1])),), needs=("run",)),
+          plant=(state_change(lambda d: d.update(position=[1])),), needs=("run",)),
         C("trainer.json: rng missing", "resume", _t("train.run_dir={run}", "train.resume=auto"), "trainer.json",
-          plant=(_state_change(lambda d: d.pop("rng")),), needs=("run",)),
+          plant=(state_change(lambda d: d.pop("rng")),), needs=("run",)),
         C("trainer.json: a list", "resume", _t("train.run_dir={run}", "train.resume=auto"), "trainer.json",
-          plant=(_raw("trainer.json", "[1, 2]"),), needs=("run",)),
+          plant=(raw_file("trainer.json", "[1, 2]"),), needs=("run",)),
         C("trainer.json: not JSON", "resume", _t("train.run_dir={run}", "train.resume=auto"), "trainer.json",
-          plant=(_raw("trainer.json", "{step: 2"),), needs=("run",)),
+          plant=(raw_file("trainer.json", "{step: 2"),), needs=("run",)),
         C("checksums.json: a list", "resume", _t("train.run_dir={run}", "train.resume=auto"), "checksums.json",
-          plant=(_raw("checksums.json", "[1, 2]"),), needs=("run",)),
+          plant=(raw_file("checksums.json", "[1, 2]"),), needs=("run",)),
         C("checksums.json: values are numbers", "resume", _t("train.run_dir={run}", "train.resume=auto"),
-          "checksums.json", plant=(_state_change(lambda d: {k: 5 for k in d}, "checksums.json"),), needs=("run",)),
+          "checksums.json", plant=(state_change(lambda d: {k: 5 for k in d}, "checksums.json"),), needs=("run",)),
         C("checksums.json by path: not JSON", "resume", _t("train.resume={ckpt}", "train.run_dir={dir}/new-run"),
-          "checksums.json", plant=(_raw("checksums.json", "{"),), needs=("run",)),
+          "checksums.json", plant=(raw_file("checksums.json", "{"),), needs=("run",)),
         # -- eval, generate, compress: run files that do not belong together --
         C("eval: model.safetensors truncated", "run files", ("eval", "{run}", "--batches", "1"), "model.safetensors",
           plant=(lambda s: (s.run / "model.safetensors").write_bytes((s.run / "model.safetensors").read_bytes()[:1000]),),
           needs=("run",)),
         C("generate: model.safetensors random", "run files", ("generate", "{run}", "--tokens", "1"), "model.safetensors",
-          plant=(_junk_file("run/model.safetensors", JUNK),), needs=("run",)),
+          plant=(junk_file("run/model.safetensors", JUNK),), needs=("run",)),
         C("compress: model.safetensors truncated", "run files", ("compress", "{run}", "--out", "{dir}/c", *COMPRESS),
           "model.safetensors", plant=(lambda s: (s.run / "model.safetensors").write_bytes(
               (s.run / "model.safetensors").read_bytes()[:1000]),), needs=("run",)),
         C("eval: model_config.json not JSON", "run files", ("eval", "{run}", "--batches", "1"), "model_config.json",
-          plant=(_junk_file("run/model_config.json", b"{args"),), needs=("run",)),
+          plant=(junk_file("run/model_config.json", b"{args"),), needs=("run",)),
         C("generate: model_config.json args of the wrong type", "run files", ("generate", "{run}", "--tokens", "1"),
-          "model_config.json", plant=(_junk_file("run/model_config.json", b'{"name": "gpt", "args": {"n_layer": "two"}}'),),
-          needs=("run",)),
+          "model_config.json", plant=(edit_model_config(n_layer="two"),), needs=("run",)),
         C("eval: config.yaml of another architecture", "run files", ("eval", "{run}", "--batches", "1"), "model.n_layer",
-          plant=(_edit_run_config(lambda c: c["model"].update(n_layer=3)),), needs=("run",)),
+          plant=(edit_run_config(lambda c: c["model"].update(n_layer=3)),), needs=("run",)),
         C("generate: tokenizer.json of another vocabulary", "run files", ("generate", "{run}", "--tokens", "1"),
-          "tokenizer.json", plant=(_swap_tokenizer,), needs=("run",)),
+          "tokenizer.json", plant=(swap_tokenizer,), needs=("run",)),
         C("generate: tokenizer.json junk", "run files", ("generate", "{run}", "--tokens", "1"), "tokenizer.json",
-          plant=(_junk_file("run/tokenizer.json", b'{"model": [1]}'),), needs=("run",)),
+          plant=(junk_file("run/tokenizer.json", b'{"model": [1]}'),), needs=("run",)),
         C("compress --checkpoint of another model", "run files",
           ("compress", "{run}", "--checkpoint", "{dir}/other/checkpoints/step_00000001", "--out", "{dir}/c", *COMPRESS),
-          "step_00000001", plant=(_other_model_checkpoint,), needs=("run",)),
+          "step_00000001", plant=(other_model_checkpoint,), needs=("run",)),
         C("compress --student with an unknown key", "run files",
           ("compress", "{run}", "--method", "distill", "--student", "nosuchkey=1", "--out", "{dir}/c", *COMPRESS[2:]),
           "nosuchkey", needs=("run",)),
@@ -768,38 +292,38 @@ def enumerated() -> list[Case]:
           "zip", needs=("run",)),
         # -- doctor: a run folder whose files are not what the trainer writes --
         C("doctor: summary.json malformed", "doctor", ("doctor", "{run}"), "summary.json",
-          plant=(_junk_file("run/summary.json", b'{"mfu": 0.3,'),), needs=("run",)),
+          plant=(junk_file("run/summary.json", b'{"mfu": 0.3,'),), needs=("run",)),
         C("doctor: summary.json a list", "doctor", ("doctor", "{run}", "--json"), "summary.json",
-          plant=(_junk_file("run/summary.json", b"[0.3]"),), needs=("run",)),
+          plant=(junk_file("run/summary.json", b"[0.3]"),), needs=("run",)),
         C("doctor: summary.json mfu a string", "doctor", ("doctor", "{run}"), "mfu",
-          plant=(_junk_file("run/summary.json", b'{"mfu": "high"}'),), needs=("run",)),
+          plant=(junk_file("run/summary.json", b'{"mfu": "high"}'),), needs=("run",)),
         C("doctor: summary.json binary", "doctor", ("doctor", "{run}"), "summary.json",
-          plant=(_junk_file("run/summary.json", JUNK),), needs=("run",)),
+          plant=(junk_file("run/summary.json", JUNK),), needs=("run",)),
         C("doctor: config.yaml nested 20,000 deep", "doctor", ("doctor", "{run}"), "config.yaml",
-          plant=(_junk_file("run/config.yaml", f"optim: {DEEP_YAML}\n".encode()),), needs=("run",)),
+          plant=(junk_file("run/config.yaml", f"optim: {DEEP_YAML}\n".encode()),), needs=("run",)),
         C("doctor: config.yaml a list", "doctor", ("doctor", "{run}"), "config.yaml",
-          plant=(_junk_file("run/config.yaml", b"- 1\n- 2\n"),), needs=("run",)),
+          plant=(junk_file("run/config.yaml", b"- 1\n- 2\n"),), needs=("run",)),
         C("doctor: config.yaml binary", "doctor", ("doctor", "{run}"), "config.yaml",
-          plant=(_junk_file("run/config.yaml", JUNK),), needs=("run",)),
+          plant=(junk_file("run/config.yaml", JUNK),), needs=("run",)),
         C("doctor: metrics.jsonl a folder", "doctor", ("doctor", "{dir}/fake"), "metrics.jsonl",
           (("fake/metrics.jsonl/x", b""),)),
         # -- data inspect / verify: junk manifests and folders --
         C("data inspect: junk manifest", "data folders", ("data", "inspect", "{data}"), "manifest.json",
-          plant=(_junk_file("data/manifest.json", b"{\x00junk"),), needs=("data",)),
+          plant=(junk_file("data/manifest.json", b"{\x00junk"),), needs=("data",)),
         C("data inspect: manifest a list", "data folders", ("data", "inspect", "{data}"), "manifest.json",
-          plant=(_junk_file("data/manifest.json", b"[]"),), needs=("data",)),
+          plant=(junk_file("data/manifest.json", b"[]"),), needs=("data",)),
         C("data inspect: manifest of wrong types", "data folders", ("data", "inspect", "{data}"), "vocab_size",
-          plant=(lambda s: _manifest_changed(s, lambda m: m.update(vocab_size="512")),), needs=("data",)),
+          plant=(lambda s: manifest_changed(s, lambda m: m.update(vocab_size="512")),), needs=("data",)),
         C("data inspect: stats.json junk", "data folders", ("data", "inspect", "{data}"), "stats.json",
-          plant=(_junk_file("data/stats.json", b"[[["),), needs=("data",)),
+          plant=(junk_file("data/stats.json", b"[[["),), needs=("data",)),
         C("data inspect: tokenizer.json junk", "data folders", ("data", "inspect", "{data}"), "tokenizer.json",
-          plant=(_junk_file("data/tokenizer.json", b"{}"),), needs=("data",)),
+          plant=(junk_file("data/tokenizer.json", b"{}"),), needs=("data",)),
         C("data inspect: document offsets out of range", "data folders", ("data", "inspect", "{data}", "--samples", "2"),
-          "offsets", plant=(_inspect_offsets,), needs=("data",)),
+          "offsets", plant=(offsets_out_of_range,), needs=("data",)),
         C("data inspect: ids beyond the vocabulary", "data folders", ("data", "inspect", "{data}"), "vocabulary",
-          plant=(_inspect_ids,), needs=("data",)),
+          plant=(ids_beyond_vocabulary,), needs=("data",)),
         C("data verify: manifest of wrong types", "data folders", ("data", "verify", "{data}"), "1 problem",
-          plant=(lambda s: _manifest_changed(s, lambda m: m["splits"].update(val=[])),), needs=("data",), listing=True),
+          plant=(lambda s: manifest_changed(s, lambda m: m["splits"].update(val=[])),), needs=("data",), listing=True),
     ]
     return cases
 
@@ -908,7 +432,7 @@ def run_subprocess(argv: list[str], cwd: Path, timeout: float) -> tuple[int, str
     return proc.returncode, proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace")
 
 
-def run_case(case: Case, root: Path, trained: Path, prepared: Path, cache: str, timeout: float = 60) -> Outcome:
+def run_case(case: Case, root: Path, trained: Path, prepared: Path, cache: str, timeout: float = 30) -> Outcome:
     """Materialize the case under the empty folder `root`, run it (from inside `root`, so relative
     defaults land there too) and record what happened."""
     from conftest import run_main

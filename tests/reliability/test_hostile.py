@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 import hostile_cases as hc
+import planted
 from conftest import _SUBPROCESS_ENV
 
 
@@ -54,10 +55,10 @@ def test_the_suite_covers_every_command_and_every_loader():
                         "bench optim", "data verify", "data inspect"}
     assert len({c.name for c in hc.ALL}) == len(hc.ALL)  # distinct
     by_loader = {}
-    for loader in hc.LOADERS:
-        by_loader[loader.name] = [p.name for p in hc.PAYLOADS if p.reads in loader.reads]
+    for loader in planted.LOADERS:
+        by_loader[loader.name] = [p.name for p in planted.PAYLOADS if p.reads in loader.reads]
     assert all(by_loader.values())
-    pickles = {p.name for p in hc.PAYLOADS if p.name.startswith(("(i)", "(ii)", "(iv)", "(v)"))}
+    pickles = {p.name for p in planted.PAYLOADS if p.name.startswith(("(i)", "(ii)", "(iv)", "(v)"))}
     for name in ("train resume by path", "train resume=auto", "compress (no model.safetensors)", "compress --checkpoint"):
         assert pickles <= set(by_loader[name]), name
     assert len(hc.UNTRUSTED) == sum(map(len, by_loader.values())) >= 70
@@ -70,12 +71,12 @@ def test_planted_payloads_run_when_loaded_naively(inputs, tmp_path):
     from torch.distributed.checkpoint.state_dict_loader import _load_state_dict_from_keys
 
     trained, _ = inputs
-    for planter, load in ((hc.metadata_pickle, lambda s: pickle.loads((s.ckpt / ".metadata").read_bytes())),
-                          (hc.metadata_dcp_class, lambda s: pickle.loads((s.ckpt / ".metadata").read_bytes())),
-                          (hc.bytes_for_tensor, lambda s: _load_state_dict_from_keys(checkpoint_id=str(s.ckpt))),
-                          (hc.bytes_in_param_groups, lambda s: _load_state_dict_from_keys(checkpoint_id=str(s.ckpt))),
-                          (hc.rng_pickle, lambda s: torch.load(s.ckpt / "rng.pt", weights_only=False))):
-        site = hc.Site(tmp_path / planter.__name__)
+    for planter, load in ((planted.metadata_pickle, lambda s: pickle.loads((s.ckpt / ".metadata").read_bytes())),
+                          (planted.metadata_dcp_class, lambda s: pickle.loads((s.ckpt / ".metadata").read_bytes())),
+                          (planted.bytes_for_tensor, lambda s: _load_state_dict_from_keys(checkpoint_id=str(s.ckpt))),
+                          (planted.bytes_in_param_groups, lambda s: _load_state_dict_from_keys(checkpoint_id=str(s.ckpt))),
+                          (planted.rng_pickle, lambda s: torch.load(s.ckpt / "rng.pt", weights_only=False))):
+        site = planted.Site(tmp_path / planter.__name__)
         site.root.mkdir()
         shutil.copytree(trained, site.run)
         planter(site)

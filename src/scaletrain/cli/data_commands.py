@@ -170,8 +170,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
     problems = verify(args.dir)
     for problem in problems:
         print(problem)
-    if problems:
-        raise UserError(f"{args.dir}: {len(problems)} problem(s) found")
+    if problems:  # listed above; the error line names the first, so that it says what is wrong alone
+        raise UserError(f"{args.dir}: {len(problems)} problem(s) found, the first: {problems[0]}")
     print(f"ok: every file of {args.dir} matches its checksum")
     return 0
 
