@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 
 import bad_inputs
 from conftest import FAST, run_main
@@ -111,7 +111,9 @@ def check_hostile(case: hc.Case, inputs, cache_dir: str) -> None:
     assert not problems, (case.name, problems, outcome.code, outcome.err[-3000:], outcome.out[-300:])
 
 
-FILES = settings(SETTINGS, max_examples=30)
+# No shrinking: each example is a whole command run (a resume takes ~1 s), and a failing one is
+# already described by its case name; reported as drawn, a failure costs one run, not hundreds.
+FILES = settings(SETTINGS, max_examples=30, phases=[Phase.explicit, Phase.reuse, Phase.generate])
 
 
 @FILES
@@ -126,19 +128,19 @@ def test_planted_or_damaged_manifests(case, inputs, cache_dir):
     check_hostile(case, inputs, cache_dir)
 
 
-@settings(SETTINGS, max_examples=20)
+@settings(FILES, max_examples=20)
 @given(case=bad_inputs.jsonl_or_parquet())
 def test_prepare_inputs_without_text(case, inputs, cache_dir):
     check_hostile(case, inputs, cache_dir)
 
 
-@settings(SETTINGS, max_examples=20)
+@settings(FILES, max_examples=20)
 @given(case=bad_inputs.checkpoint_mutation())
 def test_edited_checkpoints(case, inputs, cache_dir):
     check_hostile(case, inputs, cache_dir)
 
 
-@settings(SETTINGS, max_examples=40)
+@settings(FILES, max_examples=40)
 @given(case=bad_inputs.subcommand_argument())
 def test_every_subcommands_arguments(case, inputs, cache_dir):
     check_hostile(case, inputs, cache_dir)
