@@ -383,8 +383,16 @@ def jsonl_or_parquet(draw) -> hc.Case:
                    ("prepare", "{dir}/" + name, *hc.PREP_OUT), name, ((name, body),))
 
 
+def _checksums_edit(change, name: str):
+    """Edit checksums.json's entry `name` (RNG: the checkpoint's RNG file, whichever it has)."""
+    def plant(site):
+        file = planted.rng_file(site.ckpt) if name == "RNG" else name
+        planted.state_change(lambda d: change(d, file), "checksums.json")(site)
+    return plant
+
+
 TRAINER_KEYS = ("step", "position", "best_val", "best_step", "bad_evals", "units_seen", "train_seconds", "evals",
-                "skipped_steps", "rollbacks", "lr_scale", "data", "rng")
+                "skipped_steps", "rollbacks", "lr_scale", "data", "rng", "model")
 
 
 @st.composite
@@ -396,7 +404,7 @@ def checkpoint_mutation(draw) -> hc.Case:
     target = draw(st.sampled_from(["trainer.json", "checksums.json", ".metadata"]))
     if target == "trainer.json":
         key = draw(st.sampled_from(TRAINER_KEYS))
-        wrong = st.text(max_size=5) if key in ("data", "rng", "evals") else \
+        wrong = st.text(max_size=5) if key in ("data", "rng", "evals", "model") else \
             st.one_of(st.text(max_size=5), CONTAINERS, st.booleans())
         value = draw(wrong)
         remove = draw(st.booleans())
@@ -416,17 +424,17 @@ def checkpoint_mutation(draw) -> hc.Case:
             how += f" {json.dumps(doc)[:30]}"
         elif how == "value not a string":
             value = draw(st.integers() | CONTAINERS | st.none() | st.booleans())
-            name = draw(st.sampled_from(["rng.pt", "trainer.json", ".metadata", "__0_0.distcp"]))
-            planter = planted.state_change(lambda d: d.update({name: value}), "checksums.json")
+            name = draw(st.sampled_from(["RNG", "trainer.json", ".metadata", "__0_0.distcp"]))
+            planter = _checksums_edit(lambda d, file: d.update({file: value}), name)
             how += f" ({name} = {value!r:.20})"
         elif how == "outside":
-            name = draw(st.sampled_from(["../../config.yaml", "/etc/hostname", "../step_00000002/rng.pt",
+            name = draw(st.sampled_from(["../../config.yaml", "/etc/hostname", "../step_00000002/trainer.json",
                                          "sub/../../x", "/dev/null"]))
             planter = lambda site, name=name: planted.rehash(site, {name: "0" * 32})  # noqa: E731
             how += f" ({name})"
         else:
-            name = draw(st.sampled_from(["rng.pt", "trainer.json", ".metadata", "__0_0.distcp"]))
-            planter = planted.state_change(lambda d: d.pop(name) and None, "checksums.json")
+            name = draw(st.sampled_from(["RNG", "trainer.json", ".metadata", "__0_0.distcp"]))
+            planter = _checksums_edit(lambda d, file: d.pop(file) and None, name)
             how += f" ({name})"
         what, expected = f"checksums.json {how}", "checksums.json"
     else:

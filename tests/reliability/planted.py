@@ -137,11 +137,18 @@ def bytes_in_param_groups(site: Site) -> None:
 
 
 def rng_pickle(site: Site) -> None:
-    """(iv) rng.pt holds a pickled object instead of tensors."""
+    """(iv) rng.pt holds a pickled object instead of tensors (newer checkpoints keep the RNG state
+    in rng.safetensors and read an older one's rng.pt: the planted folder has only rng.pt)."""
     import torch
 
+    (site.ckpt / "rng.safetensors").unlink(missing_ok=True)
     torch.save({"torch": Payload(site.marker)}, site.ckpt / "rng.pt")
     rehash(site)
+
+
+def rng_file(folder: Path) -> str:
+    """The checkpoint's RNG file: rng.safetensors, or rng.pt in checkpoints written before it."""
+    return "rng.safetensors" if (folder / "rng.safetensors").exists() else "rng.pt"
 
 
 def metadata_dcp_class(site: Site) -> None:
