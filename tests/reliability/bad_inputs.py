@@ -354,8 +354,8 @@ _NOT_TEXT = st.one_of(st.integers(), st.floats(allow_nan=False), st.booleans(), 
 @st.composite
 def jsonl_or_parquet(draw) -> hc.Case:
     """An input for `prepare` that holds no text to train on: a JSONL whose lines are blank, not
-    JSON, not objects, without the field or with a field that is never a string (or only
-    whitespace); a Parquet file whose column is not text, lacks the field, is empty or is not
+    JSON, not objects, without the field or with a field that is never a (non-empty) string; a
+    Parquet file whose column is not text, lacks the field, is empty or is not
     Parquet at all. 0 documents is bad input, not a finished dataset."""
     kind = draw(st.sampled_from(["jsonl", "parquet"]))
     if kind == "jsonl":
@@ -364,7 +364,7 @@ def jsonl_or_parquet(draw) -> hc.Case:
             st.text(alphabet="{[:,abc", min_size=1, max_size=10).map(str.encode),
             _NOT_TEXT.map(lambda v: json.dumps(v).encode()),
             _NOT_TEXT.map(lambda v: json.dumps({"text": v}).encode()),
-            st.text(alphabet=" \t", max_size=4).map(lambda t: json.dumps({"text": t}).encode()),
+            st.just(json.dumps({"text": ""}).encode()),
             st.text(max_size=10).map(lambda t: json.dumps({"other": t}).encode()))
         body = b"\n".join(draw(st.lists(line, max_size=6)))
         name = "in.jsonl"
@@ -439,7 +439,9 @@ def checkpoint_mutation(draw) -> hc.Case:
             how += f" ({name})"
         what, expected = f"checksums.json {how}", "checksums.json"
     else:
-        how = draw(st.sampled_from(["tensor size", "storage offset", "storage length", "tensor dtype"]))
+        # (A changed dtype is not drawn: the data file records each tensor's own dtype, so the
+        # declared one is never used to read it.)
+        how = draw(st.sampled_from(["tensor size", "storage offset", "storage length"]))
         amount = draw(st.integers(1, 10**9))
 
         def planter(site, how=how, amount=amount):
@@ -450,13 +452,10 @@ def checkpoint_mutation(draw) -> hc.Case:
 
             meta = pickle.loads((site.ckpt / ".metadata").read_bytes())
             name = "model.tok_emb.weight"
-            if how in ("tensor size", "tensor dtype"):
+            if how == "tensor size":
                 md = meta.state_dict_metadata[name]
                 assert isinstance(md, TensorStorageMetadata)
-                if how == "tensor size":
-                    md.size = torch.Size([md.size[0] + amount, *md.size[1:]])
-                else:
-                    md.properties.dtype = torch.float64 if amount % 2 else torch.int8
+                md.size = torch.Size([md.size[0] + amount, *md.size[1:]])
             else:
                 key = next(k for k in meta.storage_data if k.fqn == name)
                 info = meta.storage_data[key]
