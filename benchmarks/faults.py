@@ -4,6 +4,7 @@ are in tests/reliability/; this script runs more trials, counts, and writes
 docs/results/faults.json (raw figures, machine, date, versions) and docs/reliability.md (the table).
 
     .venv/bin/python benchmarks/faults.py [--trials 20] [--fuzz 300] [--seed 8]
+    .venv/bin/python benchmarks/faults.py --only bad_inputs,untrusted   # those figures alone
 
 Every figure is measured in this run; nothing is carried over from an earlier one.
 """
@@ -210,6 +211,7 @@ def bad_input(work: Path, cache: str, examples: int) -> dict:
         lines = proc.stderr.strip().splitlines()
         ok = proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in proc.stderr
         results.append({"kind": "subprocess", "clean": ok, "argv": argv, "line": lines[-1] if lines else ""})
+    results += hostile_inputs(work, cache, examples)
     kinds: dict[str, list[int]] = {}
     for r in results:
         k = kinds.setdefault(r["kind"], [0, 0])
@@ -217,8 +219,55 @@ def bad_input(work: Path, cache: str, examples: int) -> dict:
         k[1] += r["clean"]
     log(f"bad input: {sum(r['clean'] for r in results)}/{len(results)} clean; by kind {kinds}")
     return {"tried": len(results), "clean": sum(r["clean"] for r in results), "by_kind": kinds,
-            "failures": [r for r in results if not r["clean"]][:20],
-            "examples": [r["line"] for r in results if r["clean"]][:12]}
+            "failures": [r for r in results if not r["clean"]][:40],
+            "examples": [r["line"] for r in results if r["clean"]][:12],
+            "cases": [r for r in results if r["kind"] not in ("subprocess",) and "name" in r]}
+
+
+def _hostile_run(case, work: Path, cache: str, number: int) -> dict:
+    """One case of tests/reliability/hostile_cases.py in a fresh folder, as a record."""
+    import hostile_cases as hc
+
+    trained, prepared = hc.shared_inputs(work / "hostile-shared", cache)
+    root = work / "hostile" / f"{number:05d}" / "site"
+    root.mkdir(parents=True)
+    try:
+        outcome = hc.run_case(case, root, trained, prepared, cache)
+    except Exception as exc:  # a planter or the harness itself failed: count it, as not clean
+        return {"name": case.name, "kind": case.kind, "clean": False, "problems": [f"harness: {exc!r}"[:300]],
+                "line": "", "argv": list(case.argv)[:8], "seconds": 0.0}
+    finally:
+        shutil.rmtree(root.parent, ignore_errors=True)
+    problems = outcome.problems(case)
+    lines = outcome.err.strip().splitlines()
+    return {"name": case.name, "kind": case.kind, "clean": not problems, "problems": problems,
+            "line": (lines[-1] if lines else "")[:400], "argv": [a[:120] for a in case.argv][:12],
+            "payload_ran": outcome.marker, "seconds": round(outcome.seconds, 2)}
+
+
+def hostile_inputs(work: Path, cache: str, examples: int) -> list[dict]:
+    """The enumerated hostile cases (every command) and the fuzz of whole files and arguments:
+    config files, manifests, JSONL/Parquet inputs, edited checkpoints, every subcommand's flags
+    (derandomized: the same inputs on every run)."""
+    import hostile_cases as hc
+
+    results = []
+    for case in hc.CASES:
+        results.append(_hostile_run(case, work, cache, len(results)))
+        log(f"hostile {case.name}: {'clean' if results[-1]['clean'] else results[-1]['problems']}")
+    per = max(1, examples // 10)
+    for generator, n in ((bad_inputs.config_file(), per), (bad_inputs.manifest(), per),
+                         (bad_inputs.jsonl_or_parquet(), per), (bad_inputs.checkpoint_mutation(), per),
+                         (bad_inputs.subcommand_argument(), 2 * per)):
+        @settings(max_examples=n, deadline=None, database=None, derandomize=True, suppress_health_check=list(HealthCheck))
+        @given(case=generator)
+        def run(case):
+            results.append(_hostile_run(case, work, cache, len(results)))
+
+        run()
+    fuzzed = [r for r in results if r["kind"].startswith("fuzz")]
+    log(f"hostile: {sum(r['clean'] for r in results)}/{len(results)} clean ({len(fuzzed)} fuzzed)")
+    return results
 
 
 # ---- 5. numerical faults -------------------------------------------------------------------------
@@ -301,7 +350,7 @@ def hangs(work: Path, cache: str) -> list[dict]:
 
 
 # ---- 7. untrusted files --------------------------------------------------------------------------
-def untrusted(work: Path) -> dict:
+def untrusted(work: Path, cache: str) -> dict:
     """The payload tests of tests/reliability/test_untrusted.py, run here and counted."""
     code = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:logging", "-W", "ignore", "-rA",
                            str(ROOT / "tests" / "reliability" / "test_untrusted.py")],
@@ -309,7 +358,29 @@ def untrusted(work: Path) -> dict:
     passed = [line.split("::")[1] for line in code.stdout.splitlines() if line.startswith("PASSED")]
     failed = [line.split("::")[1] for line in code.stdout.splitlines() if line.startswith("FAILED")]
     log(f"untrusted: {len(passed)} passed, {len(failed)} failed")
-    return {"passed": passed, "failed": failed}
+    return {"passed": passed, "failed": failed, "loaders": planted_payloads(work, cache)}
+
+
+def planted_payloads(work: Path, cache: str) -> list[dict]:
+    """Every loader that reads a run, checkpoint or prepared folder against every planted payload
+    that applies to what it reads (tests/reliability/planted.py: LOADERS x PAYLOADS)."""
+    import hostile_cases as hc
+    import planted
+
+    out = []
+    for loader in planted.LOADERS:
+        for payload in planted.PAYLOADS:
+            if payload.reads not in loader.reads:
+                continue
+            case = next(c for c in hc.UNTRUSTED if c.name == f"{loader.name} x {payload.name}")
+            record = _hostile_run(case, work, cache, 100_000 + len(out))
+            out.append({"loader": loader.name, "payload": payload.name, "refused": record["clean"],
+                        "payload_ran": record.get("payload_ran", False), "problems": record["problems"],
+                        "line": record["line"], "seconds": record["seconds"]})
+            log(f"untrusted {loader.name} x {payload.name}: {'refused' if record['clean'] else record['problems']}")
+    log(f"untrusted loaders: {sum(r['refused'] for r in out)}/{len(out)} refused cleanly, "
+        f"{sum(r['payload_ran'] for r in out)} payload(s) ran")
+    return out
 
 
 # ---- 8. disk full / read-only --------------------------------------------------------------------
@@ -343,7 +414,9 @@ def main() -> None:
     parser.add_argument("--fuzz", type=int, default=300)
     parser.add_argument("--corruption-rounds", type=int, default=3)
     parser.add_argument("--seed", type=int, default=8)
-    parser.add_argument("--only", default="", help="comma-separated parts to run (default all)")
+    parser.add_argument("--only", default="", help="comma-separated parts to run (default all): kill, world_size, "
+                        "corruption, bad_inputs, numerics, hangs, untrusted, disk; e.g. --only bad_inputs,untrusted "
+                        "re-runs the bad-input and planted-payload figures alone")
     args = parser.parse_args()
     warnings.simplefilter("ignore")
     torch.set_num_threads(1)
@@ -352,7 +425,8 @@ def main() -> None:
     date = datetime.now(timezone.utc)
     results_path = ROOT / "docs" / "results" / "faults.json"
     results = json.loads(results_path.read_text()) if results_path.is_file() else {}
-    only = set(filter(None, args.only.split(",")))
+    aliases = {"bad_inputs": "bad_input", "kills": "kill", "untrusted_loaders": "untrusted"}
+    only = {aliases.get(x.strip(), x.strip()) for x in args.only.split(",") if x.strip()}
     with tempfile.TemporaryDirectory(prefix="faults-") as tmp:
         work = Path(tmp)
         cache = str(work / "cache")
@@ -364,7 +438,7 @@ def main() -> None:
                  "bad_input": lambda: bad_input(work, cache, args.fuzz),
                  "numerics": lambda: numerics(work, cache),
                  "hangs": lambda: hangs(work, cache),
-                 "untrusted": lambda: untrusted(work),
+                 "untrusted": lambda: untrusted(work, cache),
                  "disk": lambda: disk(work, cache)}
         detail = results.get("detail", {})
         for name, part in parts.items():
@@ -384,6 +458,9 @@ def main() -> None:
         "corruptions_detected": detail.get("corruption", {}).get("detected", 0),
         "bad_inputs_tried": detail.get("bad_input", {}).get("tried", 0),
         "bad_inputs_clean": detail.get("bad_input", {}).get("clean", 0),
+        "untrusted_loaders_tried": len(detail.get("untrusted", {}).get("loaders", [])),
+        "untrusted_loaders_refused": sum(r["refused"] for r in detail.get("untrusted", {}).get("loaders", [])),
+        "untrusted_payloads_ran": sum(r["payload_ran"] for r in detail.get("untrusted", {}).get("loaders", [])),
         "nan_injections": len(numeric),
         "nan_survived": sum(n["caught_at_its_step"] and n["finished"] and n["weights_finite"] for n in numeric),
         "detail": detail,
@@ -399,9 +476,21 @@ def main() -> None:
     results_path.parent.mkdir(parents=True, exist_ok=True)
     from scaletrain.atomic import write_json_atomic, write_text_atomic
 
-    write_json_atomic(results_path, results)
-    write_text_atomic(ROOT / "docs" / "reliability.md", render(results))
+    write_json_atomic(results_path, _printable(results))
+    write_text_atomic(ROOT / "docs" / "reliability.md", render(_printable(results)))
     log(f"wrote {results_path} and docs/reliability.md in {results['seconds']:.0f} s")
+
+
+def _printable(obj):
+    """The results with every string writable as UTF-8 (a case's argv may hold a lone surrogate:
+    the bytes of a prompt that is not UTF-8)."""
+    if isinstance(obj, str):
+        return obj.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(obj, dict):
+        return {_printable(k): _printable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_printable(v) for v in obj]
+    return obj
 
 
 def _yes(flag) -> str:
@@ -456,9 +545,10 @@ def render(r: dict) -> str:
                  f"{_pct(r.get('corruptions_detected', 0), r.get('corruptions_tried', 0))} detected, naming the file; "
                  f"damaged newest checkpoint: resume=auto said so: {_yes(fb.get('said_skipped'))}, resumed from the previous one: "
                  f"{_yes(fb.get('resumed_from_previous'))}, final weights bit-identical: {_yes(fb.get('bit_exact'))} |")
-    lines.append(f"| 4 | fuzzed bad input (hypothesis: configs, command lines, YAML and data files) | "
-                 f"{_pct(r.get('bad_inputs_clean', 0), r.get('bad_inputs_tried', 0))} ended with one `error:` line, exit 2, "
-                 "no traceback, the existing run folder untouched |")
+    lines.append(f"| 4 | bad input on every command: enumerated hostile cases and fuzz (hypothesis: configs, config files, "
+                 f"command lines and every subcommand's flags, YAML, manifests, JSONL/Parquet, edited checkpoints) | "
+                 f"{_pct(r.get('bad_inputs_clean', 0), r.get('bad_inputs_tried', 0))} ended with one `error:` line naming "
+                 "the key, file or value, exit 2, no traceback, every file untouched and nothing created |")
     lines.append(f"| 5 | NaN / Inf loss, Inf gradient, loss spike injected (skip and rollback, 1 and 2 ranks) | "
                  f"{_pct(r.get('nan_survived', 0), r.get('nan_injections', 0))} caught at the injected step and the run "
                  "finished with finite weights |")
@@ -466,7 +556,12 @@ def render(r: dict) -> str:
         lines.append(f"| 6 | rank {h['stalled_rank']} stalls at step {h['step']} (timeout {h['timeout_seconds']} s) | "
                      f"exit {h['exit_code']} after {h['seconds_to_error']} s (start-up included): `{h['error'][:150]}` |")
     lines.append(f"| 7 | planted pickle payloads (DCP `.metadata`, a DCP bytes item, `rng.pt`, a token shard, MNIST IDX files), a config name escaping `runs/` | "
-                 f"{len(unt.get('passed', []))} checks passed, {len(unt.get('failed', []))} failed; the payload never ran |")
+                 f"{len(unt.get('passed', []))} checks passed, {len(unt.get('failed', []))} failed |")
+    if unt.get("loaders"):
+        lines.append(f"| 7 | every loader x every planted payload that applies (pickles, bytes entries, DCP classes, paths "
+                     f"leaving the folder, malformed safetensors, parser bombs) | "
+                     f"{_pct(r.get('untrusted_loaders_refused', 0), r.get('untrusted_loaders_tried', 0))} refused with one "
+                     f"`error:` line, exit 2, the folder byte-identical; a payload ran in {r.get('untrusted_payloads_ran', 0)} |")
     fd, ro = dsk.get("full_disk", {}), dsk.get("read_only", {})
     if fd:
         lines.append(f"| 8 | disk full at the second checkpoint (3 MB tmpfs) | exit {fd['exit_code']}, "
@@ -493,7 +588,20 @@ def render(r: dict) -> str:
     for rerun in r.get("reruns", []):
         lines += ["", f"Partial rerun on {rerun['date'][:16].replace('T', ' ')} UTC (after a fix, or with added cases), replacing only these figures: "
                   f"{', '.join(rerun['parts'])} ({rerun['seconds']:.0f} s)."]
-    lines += ["", DETAILS, ""]
+    if unt.get("loaders"):
+        loaders = list(dict.fromkeys(x["loader"] for x in unt["loaders"]))
+        payloads = list(dict.fromkeys(x["payload"] for x in unt["loaders"]))
+        cell = {(x["loader"], x["payload"]): x for x in unt["loaders"]}
+        lines += ["", "Planted payloads, loader by loader (`refused`: exit 2, one `error:` line naming the file, the folder "
+                  "byte-identical; `RAN`: the payload's code ran; `-`: the loader does not read that file):", "",
+                  "| payload | " + " | ".join(loaders) + " |", "|---|" + "---|" * len(loaders)]
+        for payload in payloads:
+            row = []
+            for loader in loaders:
+                x = cell.get((loader, payload))
+                row.append("-" if x is None else "refused" if x["refused"] else "RAN" if x["payload_ran"] else "not clean")
+            lines.append(f"| {payload} | " + " | ".join(row) + " |")
+    lines += ["", THREAT_MODEL, "", DETAILS, ""]
     examples = bad.get("examples", [])
     if examples:
         lines += ["Some of the error lines the fuzz produced:", "", "```", *examples, "```", ""]
@@ -506,6 +614,45 @@ def render(r: dict) -> str:
         lines += [f"| `{n['fault']}` | {n['what']} | `{n['message'][:140]}` |" for n in num]
         lines.append("")
     return "\n".join(lines) + "\n"
+
+
+THREAT_MODEL = """## Threat model
+
+**Trusted:** the person running `scaletrain`, the installed code and its dependencies, and the
+command line and config they type (a bad value there is a mistake to report, not an attack).
+
+**Not trusted:** every file that may have come from somewhere else: a run folder (`config.yaml`,
+`model_config.json`, `model.safetensors`, `tokenizer.json`, `summary.json`, `metrics.jsonl`), a
+checkpoint (DCP `.metadata` and `*.distcp`, `rng.pt`, `trainer.json`, `checksums.json`), a prepared
+data folder (`manifest.json`, `stats.json`, shards, `tokenizer.json`), and config files (YAML). A
+shared disk or a download can plant any of them, and the attacker controls the whole folder:
+checksums prove that files belong together, not who wrote them.
+
+**What must hold:** no planted file runs code, reads or writes outside its folder, or exhausts the
+machine; every such file is refused with one `error:` line naming it (exit 2) and leaves every file
+as it was. How each loader defends (all through `scaletrain.untrusted`):
+
+- DCP checkpoints (`train.resume`, `compress` without `model.safetensors` or with `--checkpoint`):
+  `.metadata` is unpickled by an allowlist of DCP's metadata dataclasses and nothing else; the load
+  planner refuses a bytes entry where a tensor belongs and reads the legitimate ones (the
+  optimizer's `param_groups`) as plain data only; `rng.pt` is read with `weights_only=True`; every
+  storage path in `.metadata` and every name in `checksums.json` must stay inside the checkpoint
+  folder; `trainer.json` is checked field by field; the recorded model config must match the model.
+- `model.safetensors` (`eval`, `generate`, `compress`): the safetensors reader, which never unpickles;
+  a header that is too long, runs past the file or declares offsets outside it is refused.
+- JSON files (`summary.json`, `trainer.json`, `checksums.json`, `model_config.json`, `manifest.json`,
+  `stats.json`): read with a size cap, a nesting cap and their expected shape and types.
+- YAML configs (a file, an override, a run's `config.yaml`): size, nesting and alias-expansion caps,
+  duplicate keys refused, and error lines that never print an expanded value.
+- Prepared data (`data verify|inspect`, `data.mixture`, `prepare --merge`, training): every manifest
+  field type-checked, every file name kept inside the folder (no `..`, absolute path or symlink
+  leading out); shards are raw token ids, read as numbers and checked against the vocabulary.
+- `doctor`: reads only JSON/YAML/JSONL, each checked as above; a damaged metrics line is a finding.
+
+The figures above come from planting each payload (the pickles are real: unpickling one creates a
+marker file, which must never appear) in a copy of a trained run or prepared folder, for every
+loader that reads that file.
+"""
 
 
 DETAILS = """## How each figure is measured
@@ -535,7 +682,12 @@ DETAILS = """## How each figure is measured
    `*.bin`, `*.idx`) is truncated to half, has one bit flipped at a random offset, or is deleted, in
    several rounds; `verify_checkpoint` / `scaletrain data verify`'s `shards.verify` must report that
    file. Training also verifies every shard checksum before use (XXH3 reads ~7 GB/s here).
-4. **Bad input.** `tests/reliability/bad_inputs.py` derives cases from the config schema itself
+4. **Bad input.** `tests/reliability/hostile_cases.py` enumerates hostile and careless inputs for every
+   command (YAML bombs, deep nesting and duplicate keys, non-finite and out-of-bounds values, files
+   where folders belong, data with no text, damaged or edited run files, resumes that change the
+   architecture), each in its own scratch folder that must come out byte-identical (contents and
+   mtimes) with nothing added. `tests/reliability/bad_inputs.py` also fuzzes whole config files,
+   manifests, JSONL/Parquet inputs, edited checkpoints and every subcommand's flags, and derives cases from the config schema itself
    (every key of every section: unknown keys, a word where a number belongs, values beyond each
    field's bounds), plus missing files, conflicting options, malformed overrides and command lines,
    malformed YAML (also non-UTF-8) and malformed data files (random MNIST IDX bytes, a corpus too small
@@ -551,7 +703,9 @@ DETAILS = """## How each figure is measured
    includes torchrun and model start-up. Every run in the suites runs under a timeout that kills its
    whole process group.
 7. **Untrusted files.** The payload's `__reduce__` opens a marker file; the attacker rewrites
-   `checksums.json` to match. DCP's `.metadata` is read through an allowlist unpickler, DCP's non-tensor
+   `checksums.json` to match. Every loader (resume by path and by auto, `compress` from a checkpoint
+   or `--checkpoint`, `compress`, `eval`, `generate`, `doctor`, `data verify|inspect`, `data.mixture`,
+   `prepare --merge`) meets every payload that applies to what it reads (`hostile_cases.PAYLOADS`). DCP's `.metadata` is read through an allowlist unpickler, DCP's non-tensor
    items and `rng.pt` only as `weights_only` plain data, so the marker never appears;
    `resume=auto` skips such a checkpoint and says why.
 8. **Disk.** A 3 MB tmpfs holds one gpt-tiny checkpoint (1.9 MB) but not two; a read-only remount of

@@ -148,3 +148,36 @@ def test_open_checks_checksums_dtype_and_tokenizer(tmp_path: Path) -> None:
     shards.write_manifest(tmp_path, m)
     with pytest.raises(UserError, match="manifest.json is malformed"):
         shards.TokenShards(tmp_path, "val")
+
+
+@pytest.mark.parametrize("change,expected", [
+    (lambda m: m["splits"]["train"]["files"][0].update(bin="../outside.bin"), "'../outside.bin', a path outside"),
+    (lambda m: m["splits"]["train"]["files"][0].update(idx="/etc/passwd"), "'/etc/passwd', a path outside"),
+    (lambda m: m["splits"]["val"]["files"][0].update(tokens="12"), "'tokens' must be int"),
+    (lambda m: m["splits"]["val"].update(documents=-1), "'documents' is negative"),
+    (lambda m: m.update(splits=[1]), "'splits' must be dict"),
+    (lambda m: m.update(vocab_size=True), "'vocab_size' must be int"),
+    (lambda m: m.update(eot_id=300), "eot_id 300 is outside the vocabulary"),
+    (lambda m: m["splits"]["val"]["files"].append(7), "files[1] is not a mapping"),
+    (lambda m: m["splits"]["train"].update(tokens=m["splits"]["train"]["tokens"] + 1), "tokens total"),
+])
+def test_a_planted_manifest_is_refused_before_any_file_is_opened(tmp_path: Path, change, expected) -> None:
+    """The attacker re-signs the manifest (its self-checksum proves consistency, not trust)."""
+    _build(tmp_path)
+    (tmp_path.parent / "outside.bin").write_bytes(b"\0" * 4096)
+    m = shards.read_manifest(tmp_path)
+    change(m)
+    shards.write_manifest(tmp_path, m)
+    with pytest.raises(UserError, match="manifest.json") as info:
+        shards.TokenShards(tmp_path, "train")
+    assert expected in str(info.value)
+    assert len(problems := shards.verify(tmp_path)) == 1 and expected in problems[0]
+
+
+def test_a_symlinked_shard_leading_out_of_the_folder_is_refused(tmp_path: Path) -> None:
+    _build(tmp_path / "d")
+    target = tmp_path / "elsewhere.bin"
+    (tmp_path / "d" / "val_00000.bin").rename(target)
+    (tmp_path / "d" / "val_00000.bin").symlink_to(target)
+    with pytest.raises(UserError, match="leads outside its folder"):
+        shards.TokenShards(tmp_path / "d", "val")

@@ -138,3 +138,55 @@ def test_not_a_run_folder(tmp_path, run_main):
         doctor.load_run(tmp_path)
     code, _, err = run_main("doctor", tmp_path / "missing")
     assert code == 2 and err.startswith("error: doctor:") and "Traceback" not in err
+
+
+def test_damaged_metrics_lines_are_a_finding_not_a_crash(tmp_path):
+    """A cut last line is what a crash leaves (info); junk in the middle is reported as a warning and
+    the readable records are still diagnosed."""
+    run = write_run(tmp_path, falling())
+    with open(tmp_path / "metrics.jsonl", "ab") as fh:
+        fh.write(b'{"step": 60, "split": "tr')
+    found = [f for f in doctor.diagnose(doctor.load_run(tmp_path)) if f.kind == "damaged_log"]
+    assert [(f.severity, f.data["lines"]) for f in found] == [("info", [11])]
+    assert len(run.train) == 10
+    (tmp_path / "metrics.jsonl").write_bytes((tmp_path / "metrics.jsonl").read_bytes().replace(
+        b'{"step": 60, "split": "tr', b'\xff\xfe\n[[[[\n{"step": "x"}\n{"step": 70, "split": "train", "loss": "low"}\n'
+        b'{"step": 80, "split": "train", "rank_busy_seconds": ["a"]}\n{"step": 90, "stragglers": [0.5]}\n'
+        + b"[" * 100_000 + b"\n"))
+    run = doctor.load_run(tmp_path)
+    found = [f for f in doctor.diagnose(run) if f.kind == "damaged_log"]
+    assert len(found) == 1 and found[0].severity == "warning" and found[0].data["lines"] == list(range(11, 18))
+    assert len(run.train) == 10 and "line 11: not UTF-8" in found[0].evidence
+
+
+@pytest.mark.parametrize("name,content,expected", [
+    ("summary.json", b'{"mfu": "fast"}', "'mfu' must be a number"),
+    ("summary.json", b'{"skipped_steps": [1]}', "'skipped_steps' must be a number"),
+    ("summary.json", b"[1, 2]", "a list where a run's summary"),
+    ("summary.json", b"[" * 50_000, "nested deeper"),
+    ("summary.json", b"\xff\xfe{}", "not UTF-8"),
+    ("summary.json", b'{"mfu": 0.1', "not valid JSON"),
+    ("config.yaml", b"optim: [1, 2\n", "not valid YAML"),
+    ("config.yaml", b"- a\n- b\n", "not a mapping of config sections"),
+    ("config.yaml", b"a: " + b"[" * 30_000, "config.yaml"),
+    ("config.yaml", b"\x00\xff binary", "config.yaml"),
+])
+def test_hostile_run_files_are_one_error_line(tmp_path, run_main, name, content, expected):
+    write_run(tmp_path, falling(), summary={"mfu": 0.4})
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(UserError, match=expected):
+        doctor.load_run(tmp_path)
+    code, out, err = run_main("doctor", str(tmp_path), "--json")
+    assert code == 2 and out == "" and err.count("\n") == 1 and err.startswith("error: ") and name in err
+
+
+def test_config_values_that_are_not_scalars_read_as_unknown(tmp_path):
+    """A planted alias bomb where optim.lr belongs is never printed (or expanded) by a finding."""
+    bomb = "optim:\n  lr: &a [" + ", ".join(["x"] * 9) + "]\n  other: [*a, *a, *a]\nparallel: {nproc: [1]}\n"
+    write_run(tmp_path, [{"step": 5 * (i + 1), "loss": 5.0, "grad_norm": 1.0} for i in range(10)],
+              summary={"peak_memory_bytes": 10**8})
+    (tmp_path / "config.yaml").write_text(bomb)
+    run = doctor.load_run(tmp_path)
+    assert doctor._cfg(run, "optim", "lr") is None and doctor._cfg(run, "parallel", "nproc", 1) == 1
+    low = [f for f in doctor.diagnose(run) if f.kind == "lr_too_low"]
+    assert low and "optim.lr=None" in low[0].evidence

@@ -172,36 +172,47 @@ def cmd_verify(args: argparse.Namespace) -> int:
     problems = verify(args.dir)
     for problem in problems:
         print(problem)
-    if problems:
-        raise UserError(f"{args.dir}: {len(problems)} problem(s) found")
+    if problems:  # listed above; the error line names the first, so that it says what is wrong alone
+        raise UserError(f"{args.dir}: {len(problems)} problem(s) found, the first: {problems[0]}")
     print(f"ok: every file of {args.dir} matches its checksum")
     return 0
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from scaletrain.data.shards import TokenShards
+    from scaletrain.data.shards import TokenShards, read_manifest
     from scaletrain.data.tokenizer import load_tokenizer
+    from scaletrain.untrusted.files import read_json
 
+    if args.tokens < 1 or args.samples < 0:
+        raise UserError(f"--tokens must be >= 1 and --samples >= 0 (got {args.tokens} and {args.samples})")
     root = Path(args.dir)
     if not (root / "manifest.json").is_file():
         raise UserError(f"{args.dir}: no manifest.json (not a prepared shard directory)")
-    manifest = json.loads((root / "manifest.json").read_text())
+    manifest = read_manifest(root)  # every field and file name checked before anything is opened
+    lines = []  # printed at the end: a folder refused half-way prints nothing but the error
     for split in manifest["splits"]:
         shards = TokenShards(root, split)
-        print(f"{split}: {shards.num_tokens:,} tokens, {shards.num_documents:,} documents, "
-              f"{shards.source_bytes / max(shards.num_tokens, 1):.2f} bytes/token, dtype {shards.dtype}")
+        lines.append(f"{split}: {shards.num_tokens:,} tokens, {shards.num_documents:,} documents, "
+                     f"{shards.source_bytes / max(shards.num_tokens, 1):.2f} bytes/token, dtype {shards.dtype}")
     tokenizer = load_tokenizer(root / "tokenizer.json")
     train = TokenShards(root, "train")
-    print(f"vocab {tokenizer.get_vocab_size()}, tokenizer {manifest['tokenizer_fingerprint'][:16]}")
+    lines.append(f"vocab {tokenizer.get_vocab_size()}, tokenizer {str(manifest.get('tokenizer_fingerprint', '?'))[:16]}")
     stats_file = root / "stats.json"
     if stats_file.is_file():  # written by `scaletrain prepare`: what cleaning and dedup removed
-        stats = json.loads(stats_file.read_text())
-        print("stats:", json.dumps({k: stats[k] for k in ("documents_in", "documents_out", "removed",
-                                                          "skipped", "tokens", "seconds") if k in stats}))
-    bounds = list(train.doc_starts[: args.samples + 1]) + [train.num_tokens]
+        stats = read_json(stats_file, what="the statistics of `scaletrain prepare` (stats.json)")
+        lines.append("stats: " + json.dumps({k: stats[k] for k in ("documents_in", "documents_out", "removed",
+                                                                  "skipped", "tokens", "seconds") if k in stats}))
+    bounds = [int(b) for b in train.doc_starts[: args.samples + 1]] + [train.num_tokens]
     for k in range(min(args.samples, train.num_documents)):
-        start, end = int(bounds[k]), int(bounds[k + 1])
-        ids = train.get(start, min(args.tokens, end - start))
-        text = repr(tokenizer.decode(ids.tolist()))
-        print(f"first tokens: {text}" if k == 0 else f"sample {k} ({end - start:,} tokens): {text}")
+        start, end = bounds[k], bounds[k + 1]
+        if not 0 <= start <= end <= train.num_tokens:  # the open checks sizes, not the offsets' values
+            raise UserError(f"{root}: train document offsets out of range at document {k} "
+                            f"({start}..{end} of {train.num_tokens} tokens); run `scaletrain data verify {root}`")
+        ids = train.get(start, min(args.tokens, end - start)).tolist()
+        if ids and max(ids) >= train.vocab_size:
+            raise UserError(f"{root}: train document {k} holds token id {max(ids)}, outside the vocabulary "
+                            f"(vocab_size {train.vocab_size}); run `scaletrain data verify {root}`")
+        text = repr(tokenizer.decode(ids))
+        lines.append(f"first tokens: {text}" if k == 0 else f"sample {k} ({end - start:,} tokens): {text}")
+    print("\n".join(lines))
     return 0

@@ -39,7 +39,7 @@ def register(sub) -> None:
         "doctor", help="find what went wrong in a run, with evidence and remedies",
         description="Read RUN_DIR's metrics.jsonl, summary.json and config.yaml and report findings "
         "(overfitting, divergence, nan, grad_explosion, lr_too_high, lr_too_low, data_bound, low_mfu, "
-        "straggler, memory_pressure), each with its evidence (steps, numbers) and a remedy. Exit 0 "
+        "straggler, memory_pressure, damaged_log), each with its evidence (steps, numbers) and a remedy. Exit 0 "
         "whatever it finds (docs/diagnostics.md).",
         epilog="example: scaletrain doctor runs/gpt-20261130-101500 --json")
     p.add_argument("run", help="run folder")

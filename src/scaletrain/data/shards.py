@@ -155,23 +155,68 @@ def write_manifest(out_dir: str | Path, manifest: dict[str, Any]) -> None:
 
 
 def read_manifest(out_dir: str | Path) -> dict[str, Any]:
-    """Parsed manifest.json; UserError naming the file if missing, corrupt or of another schema."""
+    """Parsed manifest.json; UserError naming the file if missing, corrupt, of another schema, or
+    of the wrong shape. A prepared folder may come from anywhere (a shared disk, a download), and
+    its self-checksum proves only consistency: every field the readers use is checked here for its
+    type, and every file it names must stay inside the folder (no `..`, no absolute path, no
+    symlink leading out), so that no reader ever follows a planted path."""
+    from scaletrain.untrusted.files import read_json
+
     path = Path(out_dir) / MANIFEST
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"token shard manifest {path} not found") from None
-    except (OSError, ValueError) as e:
-        raise UserError(f"token shard manifest {path} is unreadable: {e}") from None
-    if not isinstance(manifest, dict) or manifest.get("schema_version") != SCHEMA_VERSION:
-        raise UserError(
-            f"token shard manifest {path} has schema_version "
-            f"{manifest.get('schema_version') if isinstance(manifest, dict) else None!r}, "
-            f"expected {SCHEMA_VERSION}"
-        )
+    if not path.exists():
+        raise UserError(f"token shard manifest {path} not found")
+    manifest = read_json(path, what="a token shard manifest")
+    if manifest.get("schema_version") != SCHEMA_VERSION or isinstance(manifest.get("schema_version"), bool):
+        shown = manifest.get("schema_version")
+        raise UserError(f"token shard manifest {path} has schema_version "
+                        f"{shown if len(repr(shown)) <= 40 else type(shown).__name__!r}, expected {SCHEMA_VERSION}")
     if _SELF_SUM in manifest and manifest[_SELF_SUM] != _manifest_digest(manifest):  # older ones have none
         raise UserError(f"token shard manifest {path} does not match its checksum (damaged)")
+    _check_manifest_shape(manifest, Path(out_dir), path)
     return manifest
+
+
+def _check_manifest_shape(manifest: dict[str, Any], folder: Path, path: Path) -> None:
+    from scaletrain.untrusted.files import field, inside
+
+    where = f"token shard manifest {path} is malformed"
+
+    def count(doc: dict, key: str, at: str) -> int:
+        value = field(doc, key, int, f"{where}: {at}")
+        if value < 0:
+            raise UserError(f"{where}: {at}: {key!r} is negative ({value})")
+        return value
+
+    field(manifest, "dtype", str, where)  # which dtypes are allowed: _checked_dtype
+    vocab = count(manifest, "vocab_size", "top level")
+    eot = count(manifest, "eot_id", "top level")
+    if eot >= vocab:
+        raise UserError(f"{where}: eot_id {eot} is outside the vocabulary (vocab_size {vocab})")
+    for key in ("tokenizer_fingerprint", "tokenizer_xxh3_128"):
+        if key in manifest:
+            field(manifest, key, str, where)
+    splits = field(manifest, "splits", dict, where)
+    for split, entry in splits.items():
+        at = f"splits.{split}"
+        if not isinstance(entry, dict):
+            raise UserError(f"{where}: {at} is not a mapping")
+        for key in ("tokens", "documents", "bytes"):
+            count(entry, key, at)
+        files = field(entry, "files", list, f"{where}: {at}")
+        for k, f in enumerate(files):
+            at_file = f"{at}.files[{k}]"
+            if not isinstance(f, dict):
+                raise UserError(f"{where}: {at_file} is not a mapping")
+            count(f, "tokens", at_file)
+            count(f, "documents", at_file)
+            sums = field(f, "xxh3_128", dict, f"{where}: {at_file}")
+            for kind in ("bin", "idx"):
+                inside(folder, field(f, kind, str, f"{where}: {at_file}"), what=f"{path.name} ({at_file}.{kind})")
+                field(sums, kind, str, f"{where}: {at_file}.xxh3_128")
+        for key in ("tokens", "documents"):  # readers size the split from its total
+            if sum(f[key] for f in files) != entry[key]:
+                raise UserError(f"{where}: {at}: {key} total {entry[key]} does not match its files "
+                                f"({sum(f[key] for f in files)})")
 
 
 def _split_entry(manifest: dict[str, Any], out_dir: Path, split: str) -> dict[str, Any]:
@@ -360,11 +405,7 @@ def verify(dir: str | Path) -> list[str]:
                     problems.append(f"{path}: document offsets not increasing or out of range")
                 elif kind == "bin" and (bad := _ids_problem(path, np.dtype(manifest["dtype"]), int(manifest["vocab_size"]))):
                     problems.append(bad)
-        if sum(f["tokens"] for f in entry["files"]) != entry["tokens"]:
-            problems.append(f"{dir / MANIFEST}: {split} token total does not match its files")
-        if sum(f["documents"] for f in entry["files"]) != entry["documents"]:
-            problems.append(f"{dir / MANIFEST}: {split} document total does not match its files")
-    return problems
+    return problems  # (totals against files: checked by read_manifest)
 
 
 def _ids_problem(path: Path, dtype: np.dtype, vocab_size: int) -> str | None:

@@ -18,7 +18,7 @@ from pathlib import Path
 from scaletrain.errors import UserError
 
 KINDS = ("overfitting", "divergence", "nan", "grad_explosion", "lr_too_high", "lr_too_low",
-         "data_bound", "low_mfu", "straggler", "memory_pressure")
+         "data_bound", "low_mfu", "straggler", "memory_pressure", "damaged_log")
 SEVERITIES = ("info", "warning", "error")
 
 
@@ -42,52 +42,148 @@ class Run:
     val: list[dict]  # evaluation records (split "val") in step order
     summary: dict
     config: dict
+    damaged: list[tuple[int, str]] = field(default_factory=list)  # (line number, why) in metrics.jsonl
+    lines: int = 0  # lines in metrics.jsonl
 
 
 def _finite(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
+def _number(x) -> bool:
+    """A JSON number (NaN and Inf included: the trainer logs a non-finite loss as it was)."""
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+# What each checked field of a metrics record must be; a record that breaks this was not written
+# by the trainer (or was damaged), and is set aside and reported instead of crashing a check.
+_RECORD_NUMBERS = ("loss", "grad_norm", "val_loss", "lr", "data_wait_fraction", "skipped_steps",
+                   "tokens_per_second", "samples_per_second")
+_RECORD_NUMBER_LISTS = ("rank_busy_seconds", "rank_step_seconds")
+# summary.json keys the checks read; the trainer writes numbers (possibly NaN) there.
+_SUMMARY_NUMBERS = ("mfu", "peak_memory_bytes", "tokens_per_second", "samples_per_second",
+                    "matmul_peak_flops", "skipped_steps", "steps")
+# A run's config.yaml is a few kilobytes; larger is not one the trainer wrote.
+MAX_CONFIG_BYTES = 1 << 20
+
+
+def _record_problem(rec) -> str | None:
+    """Why a parsed metrics line is not a record the trainer writes (None: it is)."""
+    if not isinstance(rec, dict):
+        return "not a JSON object"
+    step = rec.get("step")
+    if not _finite(step) or step < 0 or step != int(step):
+        return f"step {step!r} is not a step number" if len(repr(step)) <= 40 else "step is not a step number"
+    if not isinstance(rec.get("split", ""), str):
+        return "split is not a string"
+    for key in _RECORD_NUMBERS:
+        if key in rec and not _number(rec[key]):
+            return f"{key} is not a number"
+    for key in _RECORD_NUMBER_LISTS:
+        if key in rec and not (isinstance(rec[key], list) and all(_finite(v) for v in rec[key])):
+            return f"{key} is not a list of numbers"
+    if "stragglers" in rec and not (isinstance(rec["stragglers"], list) and
+                                    all(_finite(v) and v == int(v) for v in rec["stragglers"])):
+        return "stragglers is not a list of ranks"
+    return None
+
+
+def _read_metrics(metrics: Path) -> tuple[list[dict], list[tuple[int, str]], int]:
+    """(records, [(line number, why)] of damaged lines, lines in all), read line by line so a
+    long run's file is never held whole; a damaged line is evidence, not a reason to stop."""
+    records: list[dict] = []
+    damaged: list[tuple[int, str]] = []
+    number = 0
+    try:
+        with open(metrics, "rb") as fh:
+            for number, raw in enumerate(fh, 1):
+                if not raw.strip():
+                    continue
+                try:
+                    # json reads the NaN/Infinity literals the trainer writes
+                    rec = json.loads(raw.decode("utf-8"))
+                except UnicodeDecodeError:
+                    damaged.append((number, "not UTF-8 text"))
+                    continue
+                except (ValueError, RecursionError):
+                    damaged.append((number, "not valid JSON"))
+                    continue
+                problem = _record_problem(rec)
+                if problem:
+                    damaged.append((number, problem))
+                else:
+                    records.append(rec)
+    except OSError as exc:
+        raise UserError(f"doctor: {metrics} cannot be read ({exc.strerror or exc})") from None
+    return records, damaged, number
+
+
+def _read_summary(path: Path) -> dict:
+    from scaletrain.untrusted.files import read_json
+
+    summary = read_json(path, what="a run's summary (summary.json)", expect=dict, allow_nonfinite=True)
+    for key in _SUMMARY_NUMBERS:
+        if key in summary and not _number(summary[key]):
+            shown = repr(summary[key]) if len(repr(summary[key])) <= 40 else type(summary[key]).__name__
+            raise UserError(f"doctor: {path}: {key!r} must be a number (got {shown})")
+    if "stopped_by" in summary and not isinstance(summary["stopped_by"], (str, type(None))):
+        raise UserError(f"doctor: {path}: 'stopped_by' must be a string")
+    return summary
+
+
+def _read_config(path: Path) -> dict:
+    """The run's resolved config as a mapping of sections (values the checks read are validated
+    where they are read: see _cfg)."""
+    from scaletrain.config.load import parse_yaml
+
+    try:
+        size = path.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise UserError(f"doctor: {path}: {size:,} bytes, larger than any run's config.yaml")
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"doctor: {path}: not UTF-8 text (byte {exc.start}); not a run's config.yaml") from None
+    except OSError as exc:
+        raise UserError(f"doctor: {path} cannot be read ({exc.strerror or exc})") from None
+    try:
+        config = parse_yaml(text, f"doctor: {path}")
+    except RecursionError:
+        raise UserError(f"doctor: {path}: nested too deeply; not a run's config.yaml") from None
+    if config is None:
+        return {}
+    if not isinstance(config, dict) or not all(isinstance(v, (dict, str, type(None))) for v in config.values()):
+        raise UserError(f"doctor: {path}: not a mapping of config sections (not a run's config.yaml)")
+    return config
+
+
 def load_run(run_dir: Path | str) -> Run:
-    """Parse a run folder; UserError naming the file when it is not a run folder."""
+    """Parse a run folder; UserError naming the file when it is not a run folder or one of its
+    files is not what the trainer writes (a damaged metrics line is reported as a finding)."""
     path = Path(run_dir)
     if not path.is_dir():
         raise UserError(f"doctor: {path} is not a directory (give a run folder)")
     metrics = path / "metrics.jsonl"
     if not metrics.is_file():
         raise UserError(f"doctor: {metrics} does not exist: {path} is not a run folder")
-    records = []
-    for number, line in enumerate(metrics.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)  # json reads the NaN/Infinity literals the trainer writes
-        except json.JSONDecodeError:
-            continue  # a line cut by a crash: the rest of the file is still evidence
-        if isinstance(rec, dict) and isinstance(rec.get("step"), (int, float)):
-            records.append(rec)
+    records, damaged, lines = _read_metrics(metrics)
     train = sorted((r for r in records if r.get("split") == "train"), key=lambda r: r["step"])
     val = sorted((r for r in records if r.get("split") == "val"), key=lambda r: r["step"])
-    summary: dict = {}
-    if (path / "summary.json").is_file():
-        try:
-            summary = json.loads((path / "summary.json").read_text(encoding="utf-8"))
-        except ValueError as exc:
-            raise UserError(f"doctor: {path / 'summary.json'} is not valid JSON ({exc})") from None
-    config: dict = {}
-    if (path / "config.yaml").is_file():
-        import yaml
-
-        try:
-            config = yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
-            raise UserError(f"doctor: {path / 'config.yaml'} is not valid YAML ({exc})") from None
-    return Run(path, train, val, summary, config if isinstance(config, dict) else {})
+    summary = _read_summary(path / "summary.json") if (path / "summary.json").exists() else {}
+    config = _read_config(path / "config.yaml") if (path / "config.yaml").exists() else {}
+    return Run(path, train, val, summary, config, damaged, lines)
 
 
 def _cfg(run: Run, section: str, key: str, default=None):
+    """A scalar setting of the run's config (anything else, e.g. a list planted where a number
+    belongs, reads as unknown: the checks only print and compare scalars)."""
     value = run.config.get(section, {})
-    return value.get(key, default) if isinstance(value, dict) else default
+    value = value.get(key, default) if isinstance(value, dict) else default
+    return value if isinstance(value, (int, float, str, bool, type(None))) else default
+
+
+def _count(x) -> int:
+    """A logged count (skipped steps, ranks per node), 0 when it is not a finite number."""
+    return int(x) if _finite(x) and x >= 0 else 0
 
 
 def _steps(items: list[int], limit: int = 8) -> str:
@@ -100,8 +196,8 @@ def _steps(items: list[int], limit: int = 8) -> str:
 def check_nan(run: Run) -> list[Finding]:
     bad = [r["step"] for r in run.train if not _finite(r.get("loss")) or
            ("grad_norm" in r and not _finite(r["grad_norm"]))]
-    skipped = max((int(r.get("skipped_steps", 0)) for r in run.train), default=0)
-    skipped = max(skipped, int(run.summary.get("skipped_steps", 0) or 0))
+    skipped = max((_count(r.get("skipped_steps")) for r in run.train), default=0)
+    skipped = max(skipped, _count(run.summary.get("skipped_steps")))
     stopped = run.summary.get("stopped_by") == "non_finite_loss"
     if not bad and not skipped and not stopped:
         return []
@@ -434,7 +530,7 @@ def check_memory(run: Run, device_memory_bytes: int | None) -> list[Finding]:
     if device_memory_bytes is None and not on_cpu:
         return []  # a GPU run judged on another machine: give --device-memory
     # CPU ranks of one node share the host's memory; a GPU rank has its device to itself.
-    per_node = (_cfg(run, "parallel", "nproc", 1) or 1) if on_cpu and device_memory_bytes is None else 1
+    per_node = (_count(_cfg(run, "parallel", "nproc", 1)) or 1) if on_cpu and device_memory_bytes is None else 1
     limit = device_memory_bytes or host_memory_bytes()
     used = peak * per_node
     share = used / limit
@@ -452,6 +548,26 @@ def check_memory(run: Run, device_memory_bytes: int | None) -> list[Finding]:
         {"peak_bytes": peak, "ranks_per_node": per_node, "limit_bytes": limit, "fraction": share})]
 
 
+# ---- the log itself ---------------------------------------------------------------------------
+
+def check_damaged_log(run: Run) -> list[Finding]:
+    """Lines of metrics.jsonl that are not trainer records. A crash can cut the last line (info);
+    anything else was damaged or written by something else, and the other checks saw less."""
+    if not run.damaged:
+        return []
+    numbers = [n for n, _ in run.damaged]
+    only_last_cut = numbers == [run.lines] and run.damaged[0][1] == "not valid JSON"
+    first, why = run.damaged[0]
+    return [Finding(
+        "damaged_log", "info" if only_last_cut else "warning",
+        "the last line of metrics.jsonl is cut (a crash while writing it)" if only_last_cut else
+        f"{len(numbers)} line(s) of metrics.jsonl are not trainer records and were skipped",
+        f"line(s) {_steps(numbers)} of {run.path / 'metrics.jsonl'} (line {first}: {why})",
+        "nothing to do for a cut last line; otherwise check what else writes into the run folder "
+        "(the findings above come from the lines that could be read)",
+        {"lines": numbers, "reasons": [w for _, w in run.damaged[:20]]})]
+
+
 # ---- all together -----------------------------------------------------------------------------
 
 def diagnose(run: Run, *, device_memory_bytes: int | None = None) -> list[Finding]:
@@ -465,6 +581,7 @@ def diagnose(run: Run, *, device_memory_bytes: int | None = None) -> list[Findin
     findings += check_mfu(run)
     findings += check_stragglers(run)
     findings += check_memory(run, device_memory_bytes)
+    findings += check_damaged_log(run)
     order = {s: i for i, s in enumerate(reversed(SEVERITIES))}
     return sorted(findings, key=lambda f: order[f.severity])
 
