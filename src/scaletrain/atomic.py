@@ -148,3 +148,25 @@ def write_bytes_atomic(path: Path | str, data: bytes) -> None:
     with atomic_open(path, "wb") as f:
         f.write(data)
 
+
+
+def check_target(path: Path | str, what: str, *, folder: bool, must_be_new: bool = False) -> Path:
+    """Refuse, before any work, a place that cannot receive the output: a file where a folder
+    belongs (or a folder where a file belongs), a path below a file, or a read-only place.
+    `what` names the setting in the error line (`--out`, `train.run_dir`)."""
+    from scaletrain.errors import UserError
+
+    path = Path(path).expanduser()
+    if path.exists():
+        if must_be_new:
+            raise UserError(f"{what}: {path} already exists; choose a new {'folder' if folder else 'file'}")
+        if folder and not path.is_dir():
+            raise UserError(f"{what}: {path} is a file, not a folder")
+        if not folder and path.is_dir():
+            raise UserError(f"{what}: {path} is a folder, not a file")
+    existing = next((p for p in (path, *path.absolute().parents) if p.exists()), None)
+    if existing is not None and existing != path and not existing.is_dir():
+        raise UserError(f"{what}: {existing} is a file, so {path} cannot be created")
+    if existing is not None and not os.access(existing if existing.is_dir() else existing.parent, os.W_OK | os.X_OK):
+        raise UserError(f"{what}: {existing} is not writable (read-only file system or no permission)")
+    return path

@@ -264,7 +264,7 @@ def test_verify_removes_its_temporary_folder_also_on_failure(tmp_path, monkeypat
 
 def test_verify_keep_where_nothing_can_be_written(tmp_path):
     (tmp_path / "file").write_text("x")
-    for keep, expected in ((tmp_path / "file" / "k", f"--keep: {tmp_path / 'file'} is not a writable folder"),
+    for keep, expected in ((tmp_path / "file" / "k", f"--keep: {tmp_path / 'file'} is a file, so"),
                            (Path("/proc/scaletrain-test/k"), "--keep: cannot create /proc/scaletrain-test/k")):
         line = refused(tmp_path, "verify", "mlp-digits", *FAST, "model.dropout=0", "--steps", "1", "--keep", keep)
         assert expected in line

@@ -29,8 +29,10 @@ def register(sub) -> None:
 
 
 def cmd_bench_optim(args) -> int:
+    from scaletrain.atomic import check_target
     from scaletrain.diagnose.optim_bench import bench
 
+    check_target(args.out, "--out", folder=True)  # before an hour of runs, not after
     tasks = ["mlp", "gpt-tiny"] if args.task == "both" else [args.task]
     names = [n.strip() for n in args.optimizers.split(",") if n.strip()] if args.optimizers else None
     bench(tasks, args.steps, args.out, names=names, cache_dir=args.cache_dir, log=lambda m: print(m, flush=True))

@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from scaletrain.atomic import check_target
 from scaletrain.errors import UserError
 
 
@@ -90,8 +91,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     source, overrides = split_items(args.items)
     cfg = load_config(source, overrides)  # plans for any machine: nproc is not checked against this one
-    if args.write is not None and args.write.exists():
-        raise UserError(f"--write: {args.write} already exists; choose a new file")
+    if args.write is not None:
+        check_target(args.write, "--write", folder=False, must_be_new=True)
     result = plan.plan(cfg, world_size=args.world_size, device=args.device,
                        device_memory_bytes=int(args.device_memory * 1e9) if args.device_memory else None)
     if args.json:

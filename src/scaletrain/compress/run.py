@@ -7,7 +7,6 @@ method files (`model_int8.safetensors`, `model.onnx`, `model_int8.onnx`), traini
 """
 from __future__ import annotations
 
-import os
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -15,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from scaletrain.atomic import new_folder, write_bytes_atomic
+from scaletrain.atomic import check_target, new_folder, write_bytes_atomic
 from scaletrain.errors import UserError
 
 from scaletrain.compress.names import METHODS  # noqa: F401 (re-exported)
@@ -92,13 +91,9 @@ def _evaluate(task, model: nn.Module, cfg, batches: int) -> dict:
 
 def _out_dir(run: Path, method: str, out) -> Path:
     out = Path(out) if out else run.parent / f"{run.name}-{method}"
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out: {out} is a file; choose a new folder")
+    check_target(out, "--out", folder=True)
     if out.exists() and any(out.iterdir()):
         raise UserError(f"--out: {out} already exists and is not empty; choose another folder")
-    existing = next(p for p in (out, *out.absolute().parents) if p.exists())
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(f"--out: {existing} is not writable (read-only file system or no permission)")
     return out
 
 

@@ -31,7 +31,7 @@ import xxhash
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from scaletrain.atomic import new_folder, write_json_atomic
+from scaletrain.atomic import check_target, new_folder, write_json_atomic
 from scaletrain.data import dedup, minhash, shards, sources, stages
 from scaletrain.data.clean import FILTERS
 from scaletrain.data import tokenizer as tkz
@@ -95,11 +95,7 @@ def _run(fn: Callable, tasks: list[sources.Task], done: Callable[[sources.Task],
 
 def _check_out(out: Path) -> None:
     """Refuse an --out that cannot become the output folder, before anything is written."""
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out: {out} is a file; choose a directory")
-    existing = next((p for p in (out, *out.absolute().parents) if p.exists()), None)
-    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(f"--out: {existing} is not writable (read-only file system or no permission)")
+    check_target(out, "--out", folder=True)
 
 
 def _check_tokenizer(cfg: PrepareConfig) -> None:

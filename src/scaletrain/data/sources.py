@@ -241,6 +241,9 @@ def _read_jsonl(task, field, max_doc_bytes, undecodable, skipped, repaired, raw_
             if not isinstance(value, str):
                 skipped["missing_field"] += 1
                 continue
+            if not value.strip():  # as for Parquet: a document with no text is no document
+                skipped["empty"] += 1
+                continue
             yield Doc(f"{task.source}:{rel}:{start}", value)
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import subprocess
 import sys
 import tempfile
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from scaletrain.atomic import atomic_path, new_folder
+from scaletrain.atomic import atomic_path, check_target, new_folder
 from scaletrain.config.schema import Config
 from scaletrain.errors import UserError
 from scaletrain.parallel.dims import ParallelDims
@@ -132,11 +131,7 @@ def verify(cfg: Config, source: str | None, overrides: list[str], steps: int, ke
 
 
 def _check_keep(keep: Path) -> None:
-    if keep.exists():
-        raise UserError(f"--keep: {keep} already exists; choose a new directory")
-    existing = next(p for p in keep.absolute().parents if p.exists())
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(f"--keep: {existing} is not a writable folder (read-only file system or no permission)")
+    check_target(keep, "--keep", folder=True, must_be_new=True)
 
 
 def _verify(cfg: Config, source: str | None, overrides: list[str], steps: int, root: Path):

@@ -41,6 +41,7 @@ class Injector:
 
     def __init__(self, rank: int, next_step):
         self.rank, self.next_step = rank, next_step
+        _fired.clear()  # faults fire once per run: a second run in this process starts clean
         self.factor: float | None = None  # the running step's loss factor, the same for every micro-batch
 
     def step(self, step_fn):
@@ -121,7 +122,7 @@ _fired: set[str] = set()
 
 def loss_factor(step: int) -> float | None:
     """What the loss of `step` is multiplied by (NaN, or a spike's factor), or None. Each fault fires
-    once per process: a rollback that reaches the same step again runs clean, as after a
+    once per run (an Injector starts it clean): a rollback that reaches the same step again runs clean, as after a
     transient fault."""
     if _VAR not in os.environ:
         return None

@@ -314,12 +314,16 @@ def verify_checkpoint(path: Path) -> list[str]:
                 problems.append(f"{file}: missing")
             elif _hash_file(file) != expected:
                 problems.append(f"{file}: checksum mismatch")
-        for required in (".metadata", "trainer.json"):
-            if required not in sums:
-                problems.append(f"{path / required}: not listed in checksums.json (an incomplete checkpoint)")
+        # Every file a load reads must be covered: an unlisted one would be read unverified.
+        present = {p.name for p in path.iterdir() if p.is_file() and p.name != "checksums.json"}
+        for name in sorted(present - set(sums)) + [r for r in (".metadata", "trainer.json") if r not in present]:
+            problems.append(f"{path / name}: not listed in checksums.json (an incomplete or altered checkpoint)")
         if problems:
             return problems
-        read_metadata(path / ".metadata")
+        metadata = read_metadata(path / ".metadata")
+        unlisted = {info.relative_path for info in metadata.storage_data.values()} - set(sums)
+        if unlisted:
+            return [f"{path / sorted(unlisted)[0]}: named by .metadata but not listed in checksums.json"]
         read_trainer_state(path)
         _rng_tensors(path)
     except UserError as exc:

@@ -14,10 +14,10 @@ writes nothing before all of them have passed (see `Trainer._fit`):
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from scaletrain.config.schema import Config
+from scaletrain.atomic import check_target
 from scaletrain.errors import UserError
 from scaletrain.train import checkpoint as ckpt
 
@@ -31,12 +31,8 @@ _START_OVER = "start a new run with train.resume=false and a new train.run_dir"
 def check_folder(cfg: Config, run_dir: Path) -> None:
     """The checks of train.run_dir and train.resume that need only the file system."""
     resume = cfg.train.resume
-    if run_dir.exists() and not run_dir.is_dir():
-        raise UserError(f"train.run_dir: {run_dir} is a file, not a folder")
-    # A read-only folder (or disk) is found before any work, not at the first write.
-    existing = next((p for p in (run_dir, *run_dir.absolute().parents) if p.exists()), None)
-    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(f"train.run_dir: {existing} is not writable (read-only file system or no permission)")
+    # A file in the way or a read-only folder (or disk) is found before any work, not at the first write.
+    check_target(run_dir, "train.run_dir", folder=True)
     try:
         occupied = run_dir.is_dir() and any(run_dir.iterdir())
     except OSError as exc:  # a folder we may not list

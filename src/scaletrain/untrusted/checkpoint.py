@@ -17,6 +17,7 @@ model's checkpoint is refused naming the keys that differ.
 from __future__ import annotations
 
 import io
+import pickle
 import warnings
 from pathlib import Path
 
@@ -34,7 +35,19 @@ from scaletrain.untrusted.pickles import check_plain, load_weights_only, read_me
 
 
 class SafeReader(FileSystemReader):
-    """DCP's file reader, except that the metadata is read and checked by `read_metadata`."""
+    """DCP's file reader, except that the metadata is read and checked by `read_metadata`, and
+    data that does not decode (a byte range that lies, a corrupted file) is a damaged checkpoint:
+    bad input, not a crash."""
+
+    def read_data(self, plan, planner):
+        try:
+            return super().read_data(plan, planner)
+        except (UserError, OSError, MemoryError):
+            raise
+        except (RuntimeError, ValueError, AssertionError, EOFError, pickle.UnpicklingError) as exc:
+            lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+            raise UserError(f"checkpoint {self.path}: its data does not decode ({type(exc).__name__}: "
+                            f"{lines[0][:200] if lines else ''}); the checkpoint is damaged") from None
 
     def read_metadata(self, *args, **kwargs) -> Metadata:
         if kwargs.get("rank") is not None:  # per-rank metadata files: never written by scaletrain
