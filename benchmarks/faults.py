@@ -618,36 +618,42 @@ def render(r: dict) -> str:
 
 THREAT_MODEL = """## Threat model
 
-**Trusted:** the person running `scaletrain`, the installed code and its dependencies, and the
-command line and config they type (a bad value there is a mistake to report, not an attack).
+**Trusted:** the person running `scaletrain`, the installed code and its dependencies, the command
+line and config they type (a bad value there is a mistake to report, not an attack), and the other
+ranks of a run they launched (ranks exchange pickled objects through `torch.distributed`, as every
+PyTorch job does).
 
 **Not trusted:** every file that may have come from somewhere else: a run folder (`config.yaml`,
 `model_config.json`, `model.safetensors`, `tokenizer.json`, `summary.json`, `metrics.jsonl`), a
-checkpoint (DCP `.metadata` and `*.distcp`, `rng.pt`, `trainer.json`, `checksums.json`), a prepared
-data folder (`manifest.json`, `stats.json`, shards, `tokenizer.json`), and config files (YAML). A
-shared disk or a download can plant any of them, and the attacker controls the whole folder:
-checksums prove that files belong together, not who wrote them.
+checkpoint (DCP `.metadata` and `*.distcp`, `rng.safetensors` or an older `rng.pt`, `trainer.json`,
+`checksums.json`), a prepared data folder (`manifest.json`, `stats.json`, shards, `tokenizer.json`),
+and config files (YAML). A shared disk or a download can plant any of them, and the planter controls
+the whole folder: checksums prove that files belong together, not who wrote them.
 
 **What must hold:** no planted file runs code, reads or writes outside its folder, or exhausts the
 machine; every such file is refused with one `error:` line naming it (exit 2) and leaves every file
-as it was. How each loader defends (all through `scaletrain.untrusted`):
+as it was. Every loader goes through one package, `scaletrain.untrusted`:
 
-- DCP checkpoints (`train.resume`, `compress` without `model.safetensors` or with `--checkpoint`):
-  `.metadata` is unpickled by an allowlist of DCP's metadata dataclasses and nothing else; the load
-  planner refuses a bytes entry where a tensor belongs and reads the legitimate ones (the
-  optimizer's `param_groups`) as plain data only; `rng.pt` is read with `weights_only=True`; every
-  storage path in `.metadata` and every name in `checksums.json` must stay inside the checkpoint
-  folder; `trainer.json` is checked field by field; the recorded model config must match the model.
-- `model.safetensors` (`eval`, `generate`, `compress`): the safetensors reader, which never unpickles;
-  a header that is too long, runs past the file or declares offsets outside it is refused.
-- JSON files (`summary.json`, `trainer.json`, `checksums.json`, `model_config.json`, `manifest.json`,
-  `stats.json`): read with a size cap, a nesting cap and their expected shape and types.
-- YAML configs (a file, an override, a run's `config.yaml`): size, nesting and alias-expansion caps,
-  duplicate keys refused, and error lines that never print an expanded value.
-- Prepared data (`data verify|inspect`, `data.mixture`, `prepare --merge`, training): every manifest
-  field type-checked, every file name kept inside the folder (no `..`, absolute path or symlink
-  leading out); shards are raw token ids, read as numbers and checked against the vocabulary.
-- `doctor`: reads only JSON/YAML/JSONL, each checked as above; a damaged metrics line is a finding.
+| file | read by | defence |
+|---|---|---|
+| DCP `.metadata` (a pickle) | `train` resume, `compress` | unpickled by a restricted unpickler that builds only DCP's metadata dataclasses, `torch.Size`, dtypes and layouts (an explicit list; any other global is refused by name before it is built); every field is then type-checked, every data file it names must stay inside the checkpoint folder and be listed in `checksums.json`, every byte range must lie inside its file; stream transforms are refused |
+| DCP data items | `train` resume, `compress` | a bytes entry (which DCP's default planner reads with `torch.load(weights_only=False)`) is refused wherever a tensor belongs, and everywhere for model-only loads (`compress`); the optimizer's plain values are read with torch's weights-only unpickler and must be numbers, strings or booleans; keys and shapes are compared with the model before any data is read; data that does not decode is a damaged checkpoint |
+| `trainer.json`, `checksums.json`, `model_config.json`, `summary.json`, `manifest.json`, `stats.json` | every command | a size cap (256 MiB), a nesting cap (64), no `NaN`/`Infinity` constants, the expected shape and every field's type; file names inside them must stay inside their folder (no `..`, no absolute path, no symlink leading out); every file of a checkpoint must be listed in its `checksums.json` |
+| `model.safetensors`, `rng.safetensors` | `eval`, `generate`, `compress`, resume | safetensors holds no code; a header that is too long, runs past the file or declares offsets outside it is one `error:` line; names, shapes and dtypes must match the model, and the model description the file records must match `model_config.json` |
+| `model_config.json` | `eval`, `generate`, `compress` | the model is built on the meta device first: one whose weights exceed this machine's memory is refused before anything is allocated |
+| checkpoints of another model | resume, `compress --checkpoint` | `trainer.json` records the model description; a different one is refused naming the keys (`model.rope: false in the checkpoint, true here`) |
+| YAML (a file, an override, a run's `config.yaml`, `prepare --config`) | `train`, `verify`, `profile`, `plan`, `prepare`, `eval`… | size cap (1 MiB file, 64 KiB value), nesting cap (64), alias expansion counted without expanding (a billion laughs is refused in milliseconds), duplicate keys refused with their line, non-finite numbers refused in every field, error lines that never print an expanded value |
+| `tokenizer.json` | `train`, `eval`, `generate` | parsed by the Rust `tokenizers` library (no code), size-capped; its vocabulary must match the model's |
+| prepared data | `data verify`, `data inspect`, `data.mixture`, `prepare --merge`, training | every manifest field type-checked, totals checked against the files, every file name kept inside the folder; shards are raw token ids read as numbers (`os.pread`, `np.frombuffer`) and checked against the vocabulary |
+| run logs | `doctor` | only JSON/YAML/JSONL, each checked as above; a damaged `metrics.jsonl` line is a finding |
+
+Checkpoints written before `rng.safetensors` keep a torch `rng.pt`: it is read with
+`torch.load(weights_only=True)`, torch's own restricted unpickler, and nothing else.
+
+**Not defended:** a planted file that is well formed but holds wrong numbers (weights trained to
+misbehave, a consistent but altered dataset) is read as data: check where your files come from.
+Limits hold per file, not per command: a folder of many large, valid files takes the time and disk
+it takes.
 
 The figures above come from planting each payload (the pickles are real: unpickling one creates a
 marker file, which must never appear) in a copy of a trained run or prepared folder, for every
