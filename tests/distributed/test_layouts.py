@@ -21,17 +21,9 @@ from safetensors.torch import load_file
 
 from conftest import _SUBPROCESS_ENV, run_cli
 
+from distributed_helpers import QUIET, quiet, verified  # noqa: F401 (quiet is a fixture)
+
 pytestmark = [pytest.mark.dist, pytest.mark.slow]
-
-QUIET = ["train.threads=1", "log.progress=false", "log.sample_tokens=0", "log.tensorboard=false",
-         "train.eval_every=0", "train.final_eval_batches=1", "schedule.name=constant",
-         "schedule.warmup_steps=0", "train.precision=fp32"]
-
-
-@pytest.fixture
-def quiet(cache_dir) -> list[str]:
-    return [*QUIET, f"data.cache_dir={cache_dir}"]
-
 
 @pytest.mark.parametrize("strategy, ranks, extra", [
     ("pp+fsdp", 4, ["optim.name=sgd", "optim.lr=0.5"]),
@@ -40,14 +32,7 @@ def quiet(cache_dir) -> list[str]:
     ("pp", 2, ["optim.name=sgd", "optim.lr=0.5", "parallel.pp_schedule=gpipe"]),
 ], ids=["pp+fsdp-x4", "pp+ddp-gpipe-x4", "fsdp+tp-x4", "pp-gpipe-x2"])
 def test_layout_matches_single_process_reference(tmp_path, quiet, strategy, ranks, extra):
-    code, out, err = run_cli("verify", "gpt-tiny", *quiet, f"parallel.strategy={strategy}", f"parallel.nproc={ranks}",
-                             "parallel.oversubscribe=true", *extra, "--steps", "2", "--keep", tmp_path / "verify",
-                             cwd=tmp_path, timeout=300)
-    assert code == 0, out + err
-    assert "verified" in out
-    first = load_file(tmp_path / "verify" / "layout" / "step_00001.safetensors")
-    second = load_file(tmp_path / "verify" / "layout" / "step_00002.safetensors")
-    assert any(not torch.equal(first[k], second[k]) for k in first)  # the comparison is not vacuous
+    verified(tmp_path, "gpt-tiny", quiet, strategy, ranks, extra)
 
 
 def _torchrun(ranks: int, *args: str, env: dict | None = None, cwd: Path, timeout: float = 300):

@@ -19,17 +19,9 @@ from safetensors.torch import load_file
 
 from conftest import _SUBPROCESS_ENV, run_cli
 
+from distributed_helpers import QUIET, quiet  # noqa: F401 (quiet is a fixture)
+
 pytestmark = [pytest.mark.dist, pytest.mark.slow]
-
-QUIET = ["train.threads=1", "log.progress=false", "log.sample_tokens=0", "log.tensorboard=false",
-         "train.eval_every=0", "train.final_eval_batches=1", "schedule.name=constant",
-         "schedule.warmup_steps=0", "train.precision=fp32"]
-
-
-@pytest.fixture
-def quiet(cache_dir) -> list[str]:
-    return [*QUIET, f"data.cache_dir={cache_dir}"]
-
 
 @pytest.mark.parametrize("strategy, extra", [
     ("ddp", ["optim.name=sgd", "optim.lr=0.5", "train.grad_accum=2"]),  # no_sync accumulation

@@ -21,23 +21,12 @@ from scaletrain.train import checkpoint as ckpt
 
 import torch.distributed.checkpoint as dcp
 
-
-class Payload:
-    """Unpickling this calls open(marker, "w"): code from the file runs."""
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
-
-    def __deepcopy__(self, memo):  # dcp.save copies the state dict; keep the payload unrun
-        return self
+from planted import Payload  # unpickling it creates a marker file
 
 
-def _model_and_optimizer(seed=0):
+def _model_and_optimizer(seed=0, width=8):
     torch.manual_seed(seed)
-    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    model = torch.nn.Sequential(torch.nn.Linear(4, width), torch.nn.ReLU(), torch.nn.Linear(width, 2))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     model(torch.randn(3, 4)).sum().backward()
     opt.step()

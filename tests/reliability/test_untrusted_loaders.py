@@ -24,20 +24,10 @@ from scaletrain.untrusted.files import inside, read_json
 from scaletrain.untrusted.pickles import read_metadata
 from scaletrain.untrusted.weights import build_checked, load_weights, save_weights
 
+from planted import Payload
+from test_untrusted import _model_and_optimizer, _rehash
+
 SPEC = {"name": "tiny", "args": {"width": 8}}
-
-
-class Payload:
-    """Unpickling this calls open(marker, "w"): code from the file runs."""
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
-
-    def __deepcopy__(self, memo):
-        return self
 
 
 class NamedGlobal:
@@ -50,21 +40,6 @@ class NamedGlobal:
         import importlib
 
         return (getattr(importlib.import_module(self.module), self.name), self.args)
-
-
-def _model_and_optimizer(seed=0, width=8):
-    torch.manual_seed(seed)
-    model = torch.nn.Sequential(torch.nn.Linear(4, width), torch.nn.ReLU(), torch.nn.Linear(width, 2))
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    model(torch.randn(3, 4)).sum().backward()
-    opt.step()
-    opt.zero_grad()
-    return model, opt
-
-
-def _rehash(folder):
-    sums = {p.name: ckpt._hash_file(p) for p in sorted(folder.iterdir()) if p.is_file() and p.name != "checksums.json"}
-    (folder / "checksums.json").write_text(json.dumps(sums))
 
 
 @pytest.fixture
