@@ -129,6 +129,16 @@ def test_metadata_whose_byte_ranges_leave_the_data_file_is_refused(saved):
     assert "outside" in ckpt.verify_checkpoint(saved)[0]
 
 
+def test_metadata_whose_byte_ranges_overlap_is_refused(saved):
+    """A lying length that still fits the file (and might even decode) overlaps the next item."""
+    md = read_metadata(saved / ".metadata")
+    first = min(md.storage_data.values(), key=lambda info: info.offset)
+    first.length += 1
+    (saved / ".metadata").write_bytes(pickle.dumps(md))
+    _rehash(saved)
+    assert "overlap" in ckpt.verify_checkpoint(saved)[0]
+
+
 @pytest.mark.parametrize("name", ["../../trainer.json", "/etc/hostname"])
 def test_checksums_naming_a_file_outside_the_checkpoint_are_refused(saved, name):
     sums = json.loads((saved / "checksums.json").read_text())

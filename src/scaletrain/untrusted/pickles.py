@@ -190,10 +190,17 @@ def check_metadata_object(md, folder: Path) -> None:
     if type(md.storage_data) is not dict:
         raise ValueError("storage_data is not a mapping")
     sizes: dict[str, int] = {}
+    ranges: dict[str, list[tuple[int, int, str]]] = {}
     for index, info in md.storage_data.items():
         _check_storage(index, info, folder, sizes, budget)
         if index.fqn not in md.state_dict_metadata:
             raise ValueError(f"storage for {index.fqn!r}, which the checkpoint does not declare")
+        ranges.setdefault(info.relative_path, []).append((info.offset, info.offset + info.length, index.fqn))
+    for name, spans in ranges.items():  # DCP writes each item once, back to back: ranges never overlap
+        spans.sort()
+        for (_, end, first), (start, _, second) in zip(spans, spans[1:]):
+            if start < end:
+                raise ValueError(f"the bytes of {first} and {second} overlap in {name}")
     _check_plain(md.planner_data, "planner_data", budget)
     if md.version is not None and type(md.version) is not str:
         raise ValueError("version")
