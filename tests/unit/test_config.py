@@ -66,7 +66,7 @@ def test_overrides_are_applied_and_typed():
     assert cfg.optim.betas == [0.8, 0.9]
     assert cfg.train.run_dir == "some/dir"
     assert cfg.data.max_bytes is None  # an empty value means null
-    assert cfg.log.tensorboard is False
+    assert cfg.log.trackers == []
 
 
 # ---- every kind of bad input: UserError naming the key ---------------------------------------

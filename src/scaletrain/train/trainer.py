@@ -231,7 +231,7 @@ class Trainer:
             if not ((run_dir / name).is_file() and (run_dir / name).read_bytes() == data):
                 write_bytes_atomic(run_dir / name, data)
         return Telemetry(run_dir, enabled=True, total_steps=t.max_steps, start_step=self.state.step,
-                         unit=self.task.unit, tensorboard=cfg.log.tensorboard, progress=cfg.log.progress)
+                         unit=self.task.unit, tensorboard="tensorboard" in cfg.log.trackers, progress=cfg.log.progress)
 
     def _loop(self, layout: Layout, optimizer, tel: Telemetry, wall_start: float) -> str:
         step = self._train_step(layout, optimizer)
