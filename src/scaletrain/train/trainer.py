@@ -35,6 +35,7 @@ from scaletrain.parallel.layout import Layout, build_layout, wrap_optimizer
 from scaletrain.train import ranks, resume
 from scaletrain.train.step import NonfiniteCheck, micro_batches, no_phase, plain_forward_backward, train_step
 from scaletrain.train.telemetry import Telemetry
+from scaletrain.train.trackers import Trackers
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,7 @@ class Trainer:
         self.state = LoopState()
         # A loop-edge callback after every optimizer step: step_hook(trainer, step, loss) (verify).
         self.step_hook = None
+        self._trackers: Trackers | None = None  # rank 0's log.trackers, opened with the run folder
 
     @classmethod
     def from_config(cls, cfg: Config, model: nn.Module, task, *, model_spec: dict | None = None) -> "Trainer":
@@ -128,6 +130,8 @@ class Trainer:
             return self._fit()
         finally:
             ckpt.drop_pending_save()  # after a failure only: a finished run has put its last one in place
+            if self._trackers is not None:  # after a failure only: _finish gave them the summary
+                self._trackers.finish(None)
             if self.dist_info.world > 1:
                 shutdown()
 
@@ -230,8 +234,10 @@ class Trainer:
         for name, data in self.run_files.items():
             if not ((run_dir / name).is_file() and (run_dir / name).read_bytes() == data):
                 write_bytes_atomic(run_dir / name, data)
+        self._trackers = Trackers(cfg.log.trackers, run_dir, config=cfg.model_dump(mode="json"),
+                                  project=cfg.log.project, resume=resume_from is not None)
         return Telemetry(run_dir, enabled=True, total_steps=t.max_steps, start_step=self.state.step,
-                         unit=self.task.unit, tensorboard="tensorboard" in cfg.log.trackers, progress=cfg.log.progress)
+                         unit=self.task.unit, trackers=self._trackers, progress=cfg.log.progress)
 
     def _loop(self, layout: Layout, optimizer, tel: Telemetry, wall_start: float) -> str:
         step = self._train_step(layout, optimizer)
@@ -513,6 +519,7 @@ class Trainer:
         if sample_error is not None:
             summary["sample_error"] = sample_error
         write_json_atomic(self.run_dir / "summary.json", summary)
+        self._trackers.finish(summary)
         # The weights and the summary are written: a failing plot or report is only a warning.
         for name, write in (("loss.png", lambda: plot_losses(records, self.run_dir / "loss.png",
                                                              title=f"{cfg.name}: loss")),
