@@ -177,8 +177,8 @@ def test_train_fraction_is_a_deterministic_subset(fast):
 def test_mlp_digits_preset_accuracy(tmp_path, fast):
     trainer, summary = fit("mlp-digits", fast, tmp_path / "run")
     assert summary["steps"] == trainer.cfg.train.max_steps
-    assert summary["val_accuracy"] >= 0.965  # deterministic for the preset's seed (0.969 measured)
-    assert summary["val_loss"] < 0.15
+    assert summary["val_accuracy"] >= 0.97  # deterministic for the preset's seed (0.981 measured)
+    assert summary["val_loss"] < 0.1
     assert summary["dataset"] == "digits"
 
 
