@@ -302,8 +302,11 @@ def load_config(source: str | None = None, overrides: list[str] | tuple[str, ...
         apply_override(raw, item)
     given = [item.partition("=")[0] for item in overrides]
     origin = f"preset {source or DEFAULT_PRESET}" if (source or DEFAULT_PRESET) in preset_names() else f"config {source}"
+    # Said once: by the process the user started (under `scaletrain train ... parallel.nproc=N`, the
+    # launcher, not its workers; under a user's own torchrun, rank 0).
+    once = os.environ.get("RANK", "0") == "0" and not os.environ.get("SCALETRAIN_LAUNCHED")
     for line in adapt_to_overrides(raw, before, given, origin):
-        if os.environ.get("RANK", "0") == "0":  # under torchrun: said once, by rank 0
+        if once:
             log.info("%s", line)
     return validate(raw, this_machine=this_machine)
 
