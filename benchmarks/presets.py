@@ -57,8 +57,29 @@ def main() -> None:
                       flush=True)
     out = ROOT / "docs" / "results" / "presets.json"
     if not wanted:
+        from docs_out import write_section
+
         out.write_text(json.dumps({"python": sys.version.split()[0], "runs": rows}, indent=1) + "\n")
-        print(f"wrote {out}")
+        write_section(ROOT / "docs" / "diagnostics.md", "<!-- presets:start -->", "<!-- presets:end -->", table(rows))
+        print(f"wrote {out} and docs/diagnostics.md")
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["<!-- presets:start -->",
+             f"Measured by `python benchmarks/presets.py` on {time.strftime('%Y-%m-%d')} (2 shared CPU cores; the "
+             "command times include other work on the machine):", "",
+             "| preset | train.seed | steps | validation | whole command | doctor: warnings (info) |",
+             "|---|---|---:|---|---:|---|"]
+    for r in rows:
+        quality = (f"{100 * r['val_accuracy']:.2f} % accuracy" if r["val_accuracy"] is not None
+                   else f"{r['val_bpb']:.3f} bits per byte")
+        info = ", ".join(kind for kind, severity in r["findings"] if severity == "info")
+        seed = "the preset's" if r["seed"] is None else str(r["seed"])
+        judged = "; ".join(r["warnings"]) or "none"
+        if info:
+            judged += f" ({info})"
+        lines.append(f"| `{r['preset']}` | {seed} | {r['steps']} | {quality} | {r['command_seconds']:.0f} s | {judged} |")
+    return "\n".join(lines + ["<!-- presets:end -->"])
 
 
 if __name__ == "__main__":

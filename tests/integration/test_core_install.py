@@ -140,13 +140,16 @@ def test_parquet_and_compress_name_their_extras(tmp_path):
     code, _, err = run_core_only("prepare", str(tmp_path / "docs.parquet"), "--out", str(tmp_path / "out"),
                                  cwd=tmp_path)
     assert code == 2 and "pip install 'scaletrain[parquet]'" in err and err.count("\n") == 1, err[-2000:]
+    assert not (tmp_path / "out").exists()
     run = tmp_path / "run"
     code, _, err = run_core_only("train", "mlp-digits", "train.max_steps=2", "train.threads=1",
                                  "log.trackers=[]", f"train.run_dir={run}", cwd=tmp_path)
     assert code == 0, err[-2000:]
+    before = sorted(p.name for p in tmp_path.iterdir())
     for method in ("int8-dynamic", "onnx-int8"):
         code, _, err = run_core_only("compress", str(run), "--method", method, cwd=tmp_path)
         assert code == 2 and "pip install 'scaletrain[compress]'" in err and err.count("\n") == 1, err[-2000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no RUN-METHOD folder
     code, _, err = run_core_only("compress", str(run), "--method", "prune", "--no-onnx", "--latency-rounds", "1",
                                  cwd=tmp_path)
     assert code == 0, err[-2000:]  # a method that needs no extra runs

@@ -182,10 +182,13 @@ class Trackio:
     def __init__(self, run_dir: Path, *, config: dict, name: str, project: str, resume_id: str | None):
         self._trackio = require("trackio", "trackers", "log.trackers=trackio")
         self.name = resume_id or name
+        import inspect
+
+        offered = inspect.signature(self._trackio.init).parameters
+        quiet = {k: False for k in ("auto_log_cpu", "auto_log_gpu") if k in offered}  # newer trackio only
         with _printed_to_debug("trackio"):
             self.run = self._trackio.init(project=project, name=self.name, config=config,
-                                          resume="allow" if resume_id else "never",
-                                          auto_log_cpu=False, auto_log_gpu=False)
+                                          resume="allow" if resume_id else "never", **quiet)
         log.info("log.trackers=trackio: project %s, run %s (trackio show --project %s)", project, self.name, project)
 
     def log(self, step: int, split: str, metrics: dict[str, float]) -> None:
