@@ -189,12 +189,31 @@ def fresh(cfg: Config, device: torch.device):
     return build_model(cfg.model.name, args), Stamped(task, device)
 
 
+@contextlib.contextmanager
+def _log_lines_to(stream):
+    """The scaletrain logger at INFO with a handler as the CLI's (a formatted line per record)."""
+    import logging
+
+    logger = logging.getLogger("scaletrain")
+    handler, level, propagate = logging.StreamHandler(stream), logger.level, logger.propagate
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = propagate
+
+
 def run_trainer(cfg: Config, device: torch.device, warmup: int, log_every: int) -> tuple[dict, torch.nn.Module]:
     model, task = fresh(cfg, device)
     spec = {"name": cfg.model.name, "args": model.args_dict()}
     gc.collect()
-    # Its console lines still get rendered and written (a real cost), just not onto our table.
-    with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+    # Its log lines still get formatted and written (a real cost, as under the CLI), just not onto our table.
+    with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull), _log_lines_to(devnull):
         summary = Trainer(cfg, model, task, run_dir=Path(cfg.train.run_dir), model_spec=spec).fit()
     timing = task.timing(warmup)
     # The trainer's own clock: cumulative `elapsed` at the last step minus at the end of warm-up.

@@ -2,6 +2,10 @@
 
 __version__ = "0.1.0"
 
+from scaletrain import noise as _noise  # noqa: E402  (stdlib only: keeps other libraries' known noise quiet)
+
+_noise.install()
+
 # Exported lazily so that `scaletrain --help` and bad-input errors answer without importing torch.
 _EXPORTS = {
     "Classification": "scaletrain.train.tasks",

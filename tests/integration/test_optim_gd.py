@@ -18,7 +18,8 @@ STEPS, LR = 2, 0.5
 def test_gd_is_the_full_batch_step(tmp_path, fast):
     cfg = load_config("mlp-digits", [
         *fast, "log.tensorboard=false", f"train.run_dir={tmp_path / 'run'}", "optim.name=gd", f"optim.lr={LR}",
-        "optim.weight_decay=0", "data.train_fraction=0.1", "model.dropout=0", "schedule.name=constant",
+        "optim.weight_decay=0", "data.train_fraction=0.1", "model.dropout=0", "model.input_dropout=0",
+        "schedule.name=constant",
         f"train.max_steps={STEPS}", "train.eval_every=0", "train.final_eval_batches=1", "train.batch_size=16"])
     trainer = build_trainer(cfg)
     task, model = trainer.task, copy.deepcopy(trainer.model)  # the initial weights, before fit

@@ -177,8 +177,8 @@ def test_train_fraction_is_a_deterministic_subset(fast):
 def test_mlp_digits_preset_accuracy(tmp_path, fast):
     trainer, summary = fit("mlp-digits", fast, tmp_path / "run")
     assert summary["steps"] == trainer.cfg.train.max_steps
-    assert summary["val_accuracy"] >= 0.965  # deterministic for the preset's seed (0.969 measured)
-    assert summary["val_loss"] < 0.15
+    assert summary["val_accuracy"] >= 0.97  # deterministic for the preset's seed (0.981 measured)
+    assert summary["val_loss"] < 0.1
     assert summary["dataset"] == "digits"
 
 
@@ -221,18 +221,16 @@ def test_mnist_idx_directory(tmp_path, fast):
 
 
 def test_python_api_example(tmp_path, fast):
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
     from torch import nn
     from torch.utils.data import TensorDataset
 
     from scaletrain import Classification, Trainer
+    from scaletrain.data.images import read_digits, stratified_split
 
-    digits = load_digits()
-    x = torch.tensor(digits.data / 16.0, dtype=torch.float32)
-    y = torch.tensor(digits.target, dtype=torch.int64)
-    x_tr, x_va, y_tr, y_va = train_test_split(x, y, test_size=0.2, stratify=y, random_state=0)
-    train_set, val_set = TensorDataset(x_tr, y_tr), TensorDataset(x_va, y_va)
+    pixels, labels = read_digits()  # the 8x8 digits shipped with scaletrain
+    x, y = torch.from_numpy(pixels), torch.from_numpy(labels)
+    tr, va = stratified_split(labels, 0.2, seed=0)
+    train_set, val_set = TensorDataset(x[tr], y[tr]), TensorDataset(x[va], y[va])
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 64), nn.ReLU(), nn.Linear(64, 10))
 

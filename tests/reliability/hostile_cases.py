@@ -312,6 +312,14 @@ def enumerated() -> list[Case]:
           plant=(junk_file("run/config.yaml", JUNK),), needs=("run",)),
         C("doctor: metrics.jsonl a folder", "doctor", ("doctor", "{dir}/fake"), "metrics.jsonl",
           (("fake/metrics.jsonl/x", b""),)),
+        # -- runs: the same run files, read by the same checked readers --
+        C("runs: summary.json malformed", "doctor", ("runs", "{run}", "--json"), "summary.json",
+          plant=(junk_file("run/summary.json", b'{"mfu": 0.3,'),), needs=("run",)),
+        C("runs: summary.json mfu a string", "doctor", ("runs", "{run}", "--plot", "{dir}/v.png"), "mfu",
+          plant=(junk_file("run/summary.json", b'{"mfu": "high"}'),), needs=("run",)),
+        C("runs on a file", "paths", ("runs", "{dir}/afile"), "afile", (("afile", b"mine\n"),)),
+        C("runs --plot into a folder", "paths", ("runs", "{run}", "--plot", "{dir}/out"), "--plot",
+          (("out/x", b"mine\n"),), needs=("run",)),
         # -- data inspect / verify: junk manifests and folders --
         C("data inspect: junk manifest", "data folders", ("data", "inspect", "{data}"), "manifest.json",
           plant=(junk_file("data/manifest.json", b"{\x00junk"),), needs=("data",)),

@@ -66,7 +66,7 @@ def test_overrides_are_applied_and_typed():
     assert cfg.optim.betas == [0.8, 0.9]
     assert cfg.train.run_dir == "some/dir"
     assert cfg.data.max_bytes is None  # an empty value means null
-    assert cfg.log.tensorboard is False
+    assert cfg.log.trackers == []
 
 
 # ---- every kind of bad input: UserError naming the key ---------------------------------------
@@ -239,3 +239,62 @@ def test_the_config_is_composed_from_the_registries_without_torch():
 
 def test_early_stopping_zero_is_refused():
     assert "early_stopping" in error_of("gpt-tiny", ["train.early_stopping=0"])
+
+
+@pytest.fixture
+def said():
+    """The lines the `scaletrain` logger says at INFO (the CLI prints them to stderr)."""
+    import logging
+
+    records: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            records.append(record.getMessage())
+
+    logger = logging.getLogger("scaletrain")
+    handler, level = Keep(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    yield records
+    logger.removeHandler(handler)
+    logger.setLevel(level)
+
+
+@pytest.mark.parametrize("preset,warmup", [("gpt", 100), ("gpt-tiny", 5), ("llama", 100), ("llama-tiny", 5)])
+def test_a_preset_warmup_gives_way_to_a_short_max_steps(said, preset, warmup):
+    cfg = load_config(preset, ["train.max_steps=5"])
+    assert (cfg.train.max_steps, cfg.schedule.warmup_steps) == (5, 0)
+    assert said == [f"schedule.warmup_steps: {warmup} from the preset {preset} shortened to 0 to fit train.max_steps=5"]
+
+
+def test_the_warmup_shrinks_in_proportion_and_only_on_a_conflict(said, tmp_path):
+    assert load_config("gpt", ["train.max_steps=100"]).schedule.warmup_steps == 7  # 100 x 100 / 1350
+    assert load_config("gpt", ["train.max_steps=101"]).schedule.warmup_steps == 100  # no conflict: kept
+    (tmp_path / "mine.yaml").write_text("schedule: {warmup_steps: 30}\ntrain: {max_steps: 60}\n")
+    assert load_config(str(tmp_path / "mine.yaml"), ["train.max_steps=20"]).schedule.warmup_steps == 10
+    assert said[-1] == f"schedule.warmup_steps: 30 from the config {tmp_path / 'mine.yaml'} shortened to 10 to fit " \
+                       "train.max_steps=20"
+    assert len(said) == 2
+
+
+@pytest.mark.parametrize("overrides", [["train.max_steps=5", "schedule.warmup_steps=5"],
+                                       ["schedule.warmup_steps=40"], ["train.max_steps=5", "schedule.warmup_steps=9"]])
+def test_an_override_against_an_override_or_the_file_stays_an_error(said, overrides):
+    with pytest.raises(UserError, match=r"schedule.warmup_steps: \d+ must be below train.max_steps"):
+        load_config("gpt-tiny", overrides)
+    assert said == []
+
+
+def test_trackers_list(tmp_path):
+    assert load_config("gpt-tiny").log.trackers == ["tensorboard"]
+    assert load_config("gpt-tiny", ["log.trackers=[mlflow, wandb, trackio]"]).log.trackers == ["mlflow", "wandb", "trackio"]
+    # log.tensorboard (configs written before log.trackers) switches TensorBoard off or on
+    assert load_config("gpt-tiny", ["log.trackers=[mlflow]", "log.tensorboard=true"]).log.trackers == ["tensorboard", "mlflow"]
+    (tmp_path / "old.yaml").write_text("log: {tensorboard: false, every: 5}\n")
+    assert load_config(str(tmp_path / "old.yaml")).log.trackers == []
+    for bad, expected in (("log.trackers=[comet]", "log.trackers.0: input should be"),
+                          ("log.trackers=[wandb, wandb]", "log.trackers: wandb is listed twice"),
+                          ("log.tensorboard=maybe", "log.tensorboard: expected true or false")):
+        with pytest.raises(UserError, match=expected):
+            load_config("gpt-tiny", [bad])

@@ -40,6 +40,18 @@ def test_digits_split() -> None:
     assert d.fingerprint() != images.load_digits_split(0.2, seed=1).fingerprint()
 
 
+def test_shipped_digits_are_uci_optdigits_test_set() -> None:
+    """The 1,797 rows scikit-learn's load_digits reads (its class counts and first image), without
+    scikit-learn; the split puts every sample on one side only."""
+    x, y = images.read_digits()
+    assert x.shape == (1797, 64) and y.dtype == np.int64
+    assert np.bincount(y).tolist() == [178, 182, 177, 183, 181, 182, 181, 179, 174, 180]
+    assert (x[0] * 16).astype(int).reshape(8, 8)[1].tolist() == [0, 0, 13, 15, 10, 15, 5, 0]
+    assert y[:5].tolist() == [0, 1, 2, 3, 4]
+    train, val = images.stratified_split(y, 0.2, seed=3)
+    assert np.intersect1d(train, val).size == 0 and np.union1d(train, val).tolist() == list(range(1797))
+
+
 @pytest.mark.parametrize("dtype", ["u1", "i1", ">i2", ">i4", ">f4", ">f8"])
 @pytest.mark.parametrize("gz", [False, True])
 def test_read_idx_round_trip(tmp_path: Path, dtype: str, gz: bool) -> None:

@@ -190,3 +190,115 @@ def test_config_values_that_are_not_scalars_read_as_unknown(tmp_path):
     assert doctor._cfg(run, "optim", "lr") is None and doctor._cfg(run, "parallel", "nproc", 1) == 1
     low = [f for f in doctor.diagnose(run) if f.kind == "lr_too_low"]
     assert low and "optim.lr=None" in low[0].evidence
+
+
+def converged_classifier():
+    """The shape of mlp-digits' curve before this fix: 1.945 falling to a best of 0.0030 at step 780
+    and ending at 0.0042, up in 15 of 49 windows (noise around a converged loss)."""
+    losses = [1.945 * 0.8 ** i for i in range(20)]  # 1.945 -> 0.0281
+    tail = [0.004, 0.0035, 0.0045, 0.0032, 0.0041, 0.0036, 0.0044, 0.0031, 0.0043, 0.0034] * 3
+    tail[18] = 0.0030  # the best, at step 780
+    return [{"step": 20 * (i + 1), "loss": v, "grad_norm": 0.1} for i, v in enumerate(losses + tail[:29] + [0.0042])]
+
+
+def test_a_converged_run_ending_a_hair_above_its_best_is_healthy(tmp_path):
+    train = converged_classifier()
+    assert train[-1]["loss"] == 0.0042 and min(r["loss"] for r in train) == 0.0030
+    found = doctor.diagnose(write_run(tmp_path, train, config={"data": {"kind": "images"}, "optim": {"lr": 2e-3},
+                                                                 "train": {"grad_clip": 0.0}}))
+    assert kinds(found) == []
+
+
+def test_divergence_is_giving_back_half_the_progress(tmp_path):
+    base = [6.0, 5.0, 4.0, 3.5, 3.0, 3.0]
+    for end, expected in ((4.4, "warning"), (4.6, "warning"), (6.2, "error")):
+        train = [{"step": 5 * (i + 1), "loss": v, "grad_norm": 1.0} for i, v in enumerate(base + [3.6, 4.0, end])]
+        found = doctor.diagnose(write_run(tmp_path / str(end), train))
+        div = [f for f in found if f.kind == "divergence" and "spike" not in f.summary]
+        if end < 4.5:  # gave back 1.4 of the 3.0 learned: under half
+            assert not div
+        else:
+            assert [f.severity for f in div] == [expected] and "lr_too_high" in kinds(found)
+
+
+def test_spikes_count_against_the_progress_made(tmp_path):
+    # A 1.5x jump of a loss that has learned almost everything is noise ...
+    tiny = [{"step": 5 * (i + 1), "loss": v, "grad_norm": 1.0}
+            for i, v in enumerate([2.0, 1.0, 0.1, 0.01, 0.002, 0.002, 0.003, 0.002, 0.002])]
+    assert doctor.diagnose(write_run(tmp_path / "a", tiny, config={"data": {"kind": "images"}})) == []
+    # ... a 1.5x jump of a language model's loss is not; two of them are evidence of a high lr.
+    lm = [6.0, 5.0, 4.5, 4.0, 4.0, 6.0, 4.0, 3.9, 3.9, 5.9, 3.8, 3.8]
+    found = doctor.diagnose(write_run(tmp_path / "b", [{"step": 5 * (i + 1), "loss": v, "grad_norm": 1.0}
+                                                      for i, v in enumerate(lm)]))
+    (spike,) = [f for f in found if f.kind == "divergence"]
+    assert spike.data["spike_steps"] == [30, 50] and spike.severity == "warning"
+    (high,) = [f for f in found if f.kind == "lr_too_high"]
+    assert high.data["evidence"] == "2 loss spikes"
+    one = lm[:8] + [3.8, 3.8, 3.7, 3.7]  # one spike: reported, but no lr verdict on one
+    found = doctor.diagnose(write_run(tmp_path / "c", [{"step": 5 * (i + 1), "loss": v, "grad_norm": 1.0}
+                                                      for i, v in enumerate(one)]))
+    assert kinds(found) == ["divergence"]
+
+
+def test_clipping_saturation_is_evidence_of_a_high_lr(tmp_path):
+    train = falling(12)
+    for r in train[6:]:
+        r["grad_norm"] = 2.5  # above 2 x train.grad_clip (1.0) in every window of the second half
+    (f,) = [f for f in doctor.diagnose(write_run(tmp_path / "a", train)) if f.kind == "lr_too_high"]
+    assert f.data["evidence"].startswith("gradients clipped in 6 of the last 6 logged steps")
+    train[-1]["grad_norm"] = 1.5  # 5 of 6: not saturated
+    assert "lr_too_high" not in kinds(doctor.diagnose(write_run(tmp_path / "b", train)))
+
+
+def test_oscillation_alone_is_not_a_high_lr(tmp_path):
+    """Ups and downs while the loss still falls (a converged run's noise) are no evidence."""
+    values = [6.0, 5.0, 5.2, 4.6, 4.8, 4.3, 4.5, 4.1, 4.2, 3.9]  # up in 4 of 9 windows (> 40 %)
+    train = [{"step": 5 * (i + 1), "loss": v, "grad_norm": 1.0} for i, v in enumerate(values)]
+    assert kinds(doctor.diagnose(write_run(tmp_path / "a", train))) == []
+    stuck = [6.0, 5.8, 6.1, 5.7, 6.0, 5.6, 5.9, 5.6, 5.9, 5.7]  # up in 4 of 9, 5 % lower in all: stuck
+    train = [{"step": 5 * (i + 1), "loss": v, "grad_norm": 1.0} for i, v in enumerate(stuck)]
+    (f,) = [f for f in doctor.diagnose(write_run(tmp_path / "b", train)) if f.kind == "lr_too_high"]
+    assert f.data["evidence"] == "it oscillates without getting lower"
+
+
+def test_a_short_wait_per_step_is_not_data_bound(tmp_path):
+    """30 % of a 1 ms step (a batch built in the loop) is 0.3 ms: not data-bound; of a 100 ms step it is."""
+    train = falling(4)
+    for r in train:
+        r["data_wait_fraction"], r["samples_per_second"] = 0.3, 64_000.0  # 64 samples a step: 1 ms
+    summary = {"global_batch_size": 64, "samples_per_second": 64_000.0, "mfu": 0.4}
+    assert "data_bound" not in kinds(doctor.diagnose(write_run(tmp_path / "a", train, summary=summary)))
+    for r in train:
+        r["samples_per_second"] = 640.0
+    assert "data_bound" in kinds(doctor.diagnose(write_run(tmp_path / "b", train, summary=summary)))
+
+
+def test_low_mfu_of_a_step_too_small_for_the_device_is_information(tmp_path):
+    summary = {"mfu": 0.02, "matmul_peak_flops": 1e11, "samples_per_second": 5e4, "flops_per_sample": 1e5,
+               "global_batch_size": 64}  # 6.4 MFLOP a step: 0.064 ms at peak
+    (f,) = doctor.diagnose(write_run(tmp_path / "a", falling(), summary=summary))
+    assert (f.kind, f.severity) == ("low_mfu", "info") and f.data["step_seconds_at_peak"] == pytest.approx(6.4e-5)
+    summary["flops_per_sample"] = 1e8  # 64 ms a step at peak: a real shortfall
+    (f,) = doctor.diagnose(write_run(tmp_path / "b", falling(), summary=summary))
+    assert (f.kind, f.severity) == ("low_mfu", "warning")
+
+
+def test_overfitting_handled_by_early_stopping_is_information(tmp_path):
+    train = falling(20)
+    val = [{"step": 10, "val_loss": 5.5}, {"step": 20, "val_loss": 5.0}, {"step": 30, "val_loss": 5.06},
+           {"step": 40, "val_loss": 5.2}, {"step": 40, "val_loss": 5.0}]  # the last: the restored step-20 weights
+    summary = {"steps": 40, "exported_step": 20, "best_step": 20, "mfu": 0.4}
+    (f,) = [f for f in doctor.diagnose(write_run(tmp_path / "a", train, val, summary)) if f.kind == "overfitting"]
+    assert f.severity == "info" and f.data["last_val_loss"] == 5.2
+    summary["exported_step"] = 40  # the last weights were exported: a warning
+    (f,) = [f for f in doctor.diagnose(write_run(tmp_path / "b", train, val[:4], summary)) if f.kind == "overfitting"]
+    assert f.severity == "warning"
+
+
+def test_a_converged_models_gradient_back_at_its_starting_size_is_no_explosion(tmp_path):
+    train = falling(10)
+    for r, norm in zip(train, [1.0, 0.5, 0.1, 0.05, 0.02, 0.01, 0.01, 0.9, 0.01, 0.01]):
+        r["grad_norm"] = norm  # 0.9 is 90x the median before it, but below the first norm
+    assert "grad_explosion" not in kinds(doctor.diagnose(write_run(tmp_path / "a", train)))
+    train[7]["grad_norm"] = 2.5
+    assert "grad_explosion" in kinds(doctor.diagnose(write_run(tmp_path / "b", train)))

@@ -1,7 +1,8 @@
-"""Telemetry (jsonl, TensorBoard, progress) and the report/plot/atomic helpers."""
+"""Telemetry (jsonl, the TensorBoard tracker, progress bar or step lines) and the report/plot/atomic helpers."""
 
 import io
 import json
+import logging
 import os
 
 import pytest
@@ -15,6 +16,7 @@ from scaletrain.train.report import (
     write_text_atomic,
 )
 from scaletrain.train.telemetry import Telemetry, humanize
+from scaletrain.train.trackers import Trackers
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -25,27 +27,55 @@ def _train(i, loss=4.0):
 
 
 def _quiet_console():
-    # A StringIO console is not a terminal, like stdout piped to a file.
+    # A StringIO console is not a terminal, like stderr piped to a file.
     buf = io.StringIO()
     return Console(file=buf, width=120), buf
 
 
-def test_jsonl_tensorboard_and_console(tmp_path):
+def _terminal_console():
+    buf = io.StringIO()
+    return Console(file=buf, width=120, force_terminal=True), buf
+
+
+@pytest.fixture
+def lines():
+    """The messages of the `scaletrain` logger at INFO, as the CLI shows them."""
+    records: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            records.append(record.getMessage())
+
+    logger = logging.getLogger("scaletrain")
+    handler, level = Keep(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    yield records
+    logger.removeHandler(handler)
+    logger.setLevel(level)
+
+
+def test_jsonl_tensorboard_and_log_lines(tmp_path, lines):
     console, buf = _quiet_console()
-    with Telemetry(tmp_path, enabled=True, total_steps=4, console=console) as tel:
+    trackers = Trackers(["tensorboard"], tmp_path, config={"optim": {"lr": 0.1}})
+    with Telemetry(tmp_path, enabled=True, total_steps=4, console=console, trackers=trackers) as tel:
         for step in (1, 2, 3, 4):
             tel.log_train(step, _train(step, loss=5.0 - step))
         tel.log_eval(4, {"val_loss": 4.12, "val_ppl": 61.6})
         tel.message("hello [not markup")
+        tel.message("warning: careful")
     tel.close()  # idempotent
+    trackers.finish({"val_loss": 4.12})
 
     recs = read_metrics(tmp_path / "metrics.jsonl")
     assert [r["step"] for r in recs] == [1, 2, 3, 4, 4]
     assert recs[0] == {"step": 1, "split": "train", **_train(1, loss=4.0)}
     assert recs[-1] == {"step": 4, "split": "val", "val_loss": 4.12, "val_ppl": 61.6}
-    out = buf.getvalue()
-    assert "step 4 | val loss 4.1200 | ppl 61.6" in out
-    assert "hello [not markup" in out
+    # Not a terminal: no bar, a line per logged step, everything through the logger.
+    assert buf.getvalue() == ""
+    assert lines == ["step 1/4 | loss 4.0000 | 12.3k tok/s", "step 2/4 | loss 3.0000 | 12.3k tok/s",
+                     "step 3/4 | loss 2.0000 | 12.3k tok/s", "step 4/4 | loss 1.0000 | 12.3k tok/s",
+                     "step 4 | val loss 4.1200 | ppl 61.6", "hello [not markup", "warning: careful"]
 
     tb = tmp_path / "tensorboard"
     assert any(p.name.startswith("events.out.tfevents.") for p in tb.iterdir())
@@ -57,6 +87,24 @@ def test_jsonl_tensorboard_and_console(tmp_path):
     assert [(e.step, e.value) for e in loss] == [(1, 4.0), (2, 3.0), (3, 2.0), (4, 1.0)]
     assert acc.Scalars("val/loss")[0].value == pytest.approx(4.12)  # "val_" prefix dropped
     assert acc.Scalars("val/ppl")[0].value == pytest.approx(61.6)
+    assert {"config/text_summary", "summary/text_summary"} <= set(acc.Tags()["tensors"])
+
+
+def test_a_terminal_gets_the_bar_instead_of_step_lines(tmp_path, lines):
+    console, buf = _terminal_console()
+    with Telemetry(tmp_path, enabled=True, total_steps=3, console=console) as tel:
+        assert tel.bar
+        for step in (1, 2, 3):
+            tel.log_train(step, _train(step))
+        tel.log_eval(3, {"val_loss": 1.5})
+    assert lines == ["step 3 | val loss 1.5000"]  # evaluations are logged; steps are on the bar
+    assert "step 3/3" in buf.getvalue()
+    # A logger set above INFO (scaletrain -q): no bar either; progress=False: lines on a terminal too.
+    logging.getLogger("scaletrain").setLevel(logging.WARNING)
+    assert not Telemetry(tmp_path / "q", enabled=True, total_steps=3, console=_terminal_console()[0]).bar
+    logging.getLogger("scaletrain").setLevel(logging.INFO)
+    assert not Telemetry(tmp_path / "f", enabled=True, total_steps=3, progress=False,
+                         console=_terminal_console()[0]).bar
 
 
 def test_resume_truncates_to_start_step(tmp_path):
@@ -64,7 +112,7 @@ def test_resume_truncates_to_start_step(tmp_path):
     lines = [json.dumps({"step": s, "split": "train", "loss": 1.0}) for s in range(1, 7)]
     lines.insert(0, json.dumps({"event": "start"}))
     path.write_text("\n".join(lines) + '\n{"step": 7, "spl')  # crash mid-line
-    with Telemetry(tmp_path, enabled=True, total_steps=10, start_step=4, tensorboard=False,
+    with Telemetry(tmp_path, enabled=True, total_steps=10, start_step=4,
                    progress=False, console=_quiet_console()[0]) as tel:
         tel.log_train(5, _train(5))
     recs = read_metrics(path)
@@ -83,22 +131,13 @@ def test_disabled_creates_nothing(tmp_path):
     assert not run.exists()
 
 
-def test_default_console_with_non_tty_stdout(tmp_path, capsys):
-    # Under capsys sys.stdout is not a tty: the bar must neither crash nor spam.
-    with Telemetry(tmp_path, enabled=True, total_steps=3, tensorboard=False) as tel:
-        for step in (1, 2, 3):
-            tel.log_train(step, _train(step))
-        tel.message("done")
-    assert "done" in capsys.readouterr().out
-
-
-def test_samples_unit_and_no_progress_lines(tmp_path):
+def test_samples_unit_and_no_progress_lines(tmp_path, lines):
     console, buf = _quiet_console()
-    with Telemetry(tmp_path, enabled=True, total_steps=2, unit="samples", tensorboard=False,
+    with Telemetry(tmp_path, enabled=True, total_steps=2, unit="samples",
                    progress=False, console=console) as tel:
         tel.log_train(1, {"loss": 0.5, "lr": 0.1, "grad_norm": 1.0,
                           "samples_per_second": 950.0, "elapsed": 1.0})
-    assert "step 1/2 | loss 0.5000 | 950 samples/s" in buf.getvalue()
+    assert lines == ["step 1/2 | loss 0.5000 | 950 samples/s"]
     assert humanize(12345) == "12.3k" and humanize(2.5e6) == "2.5M"
     with pytest.raises(ValueError):
         Telemetry(tmp_path, enabled=True, total_steps=1, unit="bytes")

@@ -1,4 +1,4 @@
-"""plan, doctor and profile: the diagnostics for the everyday problems of training."""
+"""plan, doctor, runs and profile: the diagnostics for the everyday problems of training."""
 
 from __future__ import annotations
 
@@ -50,6 +50,17 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_doctor)
 
     p = sub.add_parser(
+        "runs", help="compare runs: one table of their summaries and a plot of their validation curves",
+        description="Read each RUN_DIR's summary.json and metrics.jsonl (a run still going shows its last "
+        "logged step) and print one table: steps, train and validation loss, validation accuracy or bits "
+        "per byte, throughput, MFU, wall time and why it stopped.",
+        epilog="example: scaletrain runs runs/* --plot val.png | scaletrain runs runs/a runs/b --json")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders")
+    p.add_argument("--json", action="store_true", help="print the rows as a JSON list")
+    p.add_argument("--plot", type=Path, metavar="PNG", help="also write their validation loss curves to this file")
+    p.set_defaults(func=cmd_runs)
+
+    p = sub.add_parser(
         "profile", help="run N steps under torch.profiler: top ops, Chrome trace, step time split",
         description="Build the configured model, data and layout, run --steps optimizer steps under "
         "torch.profiler with data / forward / backward / optimizer ranges, print the top ops by time, "
@@ -81,6 +92,21 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         print(json.dumps([f.to_json() for f in findings], indent=2))
     else:
         print(format_text(run, findings))
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from scaletrain.diagnose.runs import plot_validation, read_run, table
+
+    if args.plot is not None:
+        check_target(args.plot, "--plot", folder=False)
+    runs = [read_run(path) for path in args.runs]  # every folder checked before anything is written
+    if args.plot is not None:
+        plot_validation(runs, args.plot)
+    rows = [row for row, _ in runs]
+    print(json.dumps(rows, indent=2) if args.json else table(rows))
+    if args.plot is not None and not args.json:
+        print(f"validation curves: {args.plot}")
     return 0
 
 

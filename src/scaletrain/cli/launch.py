@@ -49,6 +49,7 @@ def launch(cfg: Config, source: str | None, overrides: list[str]) -> int:
     # (PLATFORM.md); a fresh store per round avoids it.
     os.environ.setdefault("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")
     os.environ.setdefault("OMP_NUM_THREADS", str(cfg.train.threads or 1))
+    os.environ["SCALETRAIN_LAUNCHED"] = "1"  # the workers: what this process said about the config is said
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
@@ -64,4 +65,6 @@ def launch(cfg: Config, source: str | None, overrides: list[str]) -> int:
             raise SystemExit(2) from None
         raise RunFailure(f"rank {rank} failed with exit code {code} (its error is above); "
                          f"the last complete checkpoint in {run_dir / 'checkpoints'} is intact") from None
+    finally:
+        os.environ.pop("SCALETRAIN_LAUNCHED", None)
     return 0

@@ -1,5 +1,9 @@
 """The command line's handler for the library's `scaletrain` logger: messages to stderr as plain
-lines. The library only logs (it never prints); a Python-API user configures `logging` as usual."""
+lines (progress and diagnostics on stderr, a command's result on stdout). The library only logs (it
+never prints); a Python-API user configures `logging` as usual.
+
+Verbosity: `-q` shows warnings and errors only (no step lines, no progress bar), the default adds
+the run's progress (INFO), `-v` adds DEBUG and the other libraries' known noise (scaletrain.noise)."""
 
 from __future__ import annotations
 
@@ -22,7 +26,17 @@ class _StderrHandler(logging.StreamHandler):
         pass
 
 
+def level_for(verbose: int = 0, quiet: bool = False) -> int:
+    if quiet:
+        return logging.WARNING
+    return logging.DEBUG if verbose else logging.INFO
+
+
 def configure(level: int = logging.INFO) -> None:
+    from scaletrain import noise
+
+    if level > logging.DEBUG:
+        noise.silence_warnings()
     logger = logging.getLogger("scaletrain")
     if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
         handler = _StderrHandler()

@@ -36,7 +36,22 @@ def build_parser() -> argparse.ArgumentParser:
     bench_commands.register(sub)
     compress_command.register(sub)
     diagnose_commands.register(sub)
+    _add_verbosity(parser, top=True)
     return parser
+
+
+def _add_verbosity(parser: argparse.ArgumentParser, top: bool) -> None:
+    """-v/--verbose and -q/--quiet on the command and on every subcommand (before or after it)."""
+    default = 0 if top else argparse.SUPPRESS
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("-v", "--verbose", action="count", default=default,
+                       help="also debug messages and other libraries' known warnings")
+    group.add_argument("-q", "--quiet", action="store_true", default=False if top else argparse.SUPPRESS,
+                       help="warnings and errors only: no progress bar or step lines")
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _add_verbosity(child, top=False)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     logs.configure()
     try:
         args = build_parser().parse_args(argv)
+        if args.verbose and args.quiet:
+            raise UserError("-v/--verbose and -q/--quiet: choose one")
+        logs.configure(logs.level_for(args.verbose, args.quiet))
         code = int(args.func(args) or 0)
         sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
         return code

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from scaletrain.atomic import atomic_path
+from scaletrain.extras import require
 
 
 def example_input(model: nn.Module, batch: int, seed: int = 0) -> torch.Tensor:
@@ -62,7 +63,8 @@ def _quiet(logger: str):
 
 def quantize_onnx_int8(src: Path, dst: Path, per_channel: bool = True) -> Path:
     """ORT dynamic quantization: MatMul weights (and a GPT's embedding Gather) to int8."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    quantization = require("onnxruntime.quantization", "compress", "compress --method onnx-int8")
+    QuantType, quantize_dynamic = quantization.QuantType, quantization.quantize_dynamic
 
     with atomic_path(dst) as tmp, _quiet("root"):  # "consider pre-processing": shape inference is
         quantize_dynamic(str(src), str(tmp), weight_type=QuantType.QInt8,  # not needed for MatMul/Gather
@@ -76,7 +78,7 @@ class OrtModel(nn.Module):
 
     def __init__(self, path: Path, threads: int = 1):
         super().__init__()
-        import onnxruntime as ort
+        ort = require("onnxruntime", "compress", "the ONNX check")
 
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads

@@ -52,7 +52,7 @@ def train_config(cfg, steps: int, run_dir: Path, lr: float | None = None, seed: 
     c.parallel.nproc = 1
     c.log.progress = False
     c.log.sample_tokens = 0
-    c.log.tensorboard = False
+    c.log.trackers = []
     if lr is not None:
         c.optim.lr = lr
     return c

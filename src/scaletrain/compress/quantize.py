@@ -19,20 +19,21 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from scaletrain.extras import require
+
 METHODS = {"int8-dynamic", "int8-weight"}
 
 
 def _config(method: str):
-    from torchao.quantization import Int8DynamicActivationInt8WeightConfig, Int8WeightOnlyConfig
-
-    return Int8DynamicActivationInt8WeightConfig() if method == "int8-dynamic" else Int8WeightOnlyConfig()
+    q = require("torchao.quantization", "compress", f"compress --method {method}")
+    return q.Int8DynamicActivationInt8WeightConfig() if method == "int8-dynamic" else q.Int8WeightOnlyConfig()
 
 
 def quantize_int8(model: nn.Module, method: str) -> nn.Module:
     """A torchao-quantized copy of `model` (every nn.Linear). A GPT's embedding, tied to the
     quantized LM head, takes the head's dequantized weights: the tied matrix is stored once, in
     int8, and the lookup sees the same numbers as the head."""
-    from torchao.quantization import quantize_
+    quantize_ = require("torchao.quantization", "compress", f"compress --method {method}").quantize_
 
     if method not in METHODS:
         raise ValueError(f"unknown int8 method {method!r}")

@@ -27,13 +27,19 @@ def add_ratios(rows: list[dict]) -> list[dict]:
 
 
 def versions() -> dict:
-    import onnx
-    import onnxruntime
-    import torch
-    import torchao
+    """The versions that made the report; the [compress] extra's packages where installed (a
+    method that needs none of them runs without them)."""
+    from importlib import metadata
 
-    return {"python": platform.python_version(), "torch": torch.__version__, "torchao": torchao.__version__,
-            "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
+    import torch
+
+    found = {"python": platform.python_version(), "torch": torch.__version__}
+    for name in ("torchao", "onnx", "onnxruntime"):
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return found
 
 
 def _fmt_quality(m: dict) -> str:

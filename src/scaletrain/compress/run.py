@@ -97,6 +97,20 @@ def _out_dir(run: Path, method: str, out) -> Path:
     return out
 
 
+def require_packages(method: str, onnx: bool) -> None:
+    """The [compress] extra's packages this method needs: torchao for int8, onnx, onnxscript (the
+    torch.onnx exporter's) and onnxruntime for the ONNX export check and onnx-int8."""
+    from scaletrain.extras import require
+
+    what = f"compress --method {method}"
+    if method in ("int8-dynamic", "int8-weight"):
+        require("torchao", "compress", what)
+    if onnx or method == "onnx-int8":
+        why = what if method == "onnx-int8" else f"{what}'s ONNX export check (or pass --no-onnx)"
+        for module in ("onnx", "onnxscript", "onnxruntime"):
+            require(module, "compress", why)
+
+
 def _check_method_inputs(method: str, src, opts: Options) -> None:
     """What a method reads besides the run, checked before anything is written."""
     if opts.student and method != "distill":
@@ -131,6 +145,7 @@ def compress(run: str | Path, method: str, out: str | Path | None = None, **opti
     except TypeError as exc:
         raise UserError(f"compress: {exc}") from None
     opts.check(method)
+    require_packages(method, opts.onnx)  # before anything is read: a missing extra is one line
     src = load_source(run, opts.checkpoint)
     out = _out_dir(src.run_dir, method, out)
     _check_method_inputs(method, src, opts)

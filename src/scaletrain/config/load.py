@@ -8,6 +8,9 @@ silently winning. An error line never shows more than a short, cut excerpt of a 
 
 from __future__ import annotations
 
+import copy
+import logging
+import os
 import re
 from importlib import resources
 from pathlib import Path
@@ -21,6 +24,8 @@ from scaletrain.models import FAMILIES
 from scaletrain.errors import UserError
 
 DEFAULT_PRESET = "gpt"
+
+log = logging.getLogger(__name__)
 
 # Limits on YAML from outside. A real config is a few KB, nests 4 levels and has a few hundred
 # values; these leave room for long data.mixture lists (thousands of sources), still refuse an alias
@@ -292,9 +297,50 @@ def load_config(source: str | None = None, overrides: list[str] | tuple[str, ...
     """The validated config. `this_machine=True` where its processes start here (train, verify,
     profile): parallel.nproc must then fit this machine's cores or devices."""
     raw, _ = _read_source(source)
+    before = copy.deepcopy(raw)
     for item in overrides:
         apply_override(raw, item)
+    given = [item.partition("=")[0] for item in overrides]
+    origin = f"preset {source or DEFAULT_PRESET}" if (source or DEFAULT_PRESET) in preset_names() else f"config {source}"
+    # Said once: by the process the user started (under `scaletrain train ... parallel.nproc=N`, the
+    # launcher, not its workers; under a user's own torchrun, rank 0).
+    once = os.environ.get("RANK", "0") == "0" and not os.environ.get("SCALETRAIN_LAUNCHED")
+    for line in adapt_to_overrides(raw, before, given, origin):
+        if once:
+            log.info("%s", line)
     return validate(raw, this_machine=this_machine)
+
+
+def _int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def adapt_to_overrides(raw: dict, before: dict, given: list[str], origin: str) -> list[str]:
+    """A value of the config file (or a default) that conflicts with a command-line override gives
+    way, in `raw`; one line each says what changed. Two overrides that conflict stay an error
+    (validation reports it), as does a file's value that conflicts with another of the file's.
+
+    Now: `schedule.warmup_steps` at or beyond an overridden `train.max_steps` shrinks in proportion
+    (a preset's 100 of 1,350 steps become 0 of 5)."""
+    def overridden(key: str) -> bool:
+        return any(g == key or key.startswith(g + ".") for g in given)
+
+    def section(d: dict, name: str) -> dict:
+        value = d.get(name)
+        return value if isinstance(value, dict) else {}
+
+    lines = []
+    train, schedule = section(raw, "train"), section(raw, "schedule")
+    steps, warmup = train.get("max_steps", 1000), schedule.get("warmup_steps", 0)
+    if (_int(steps) and _int(warmup) and 0 < steps <= warmup and overridden("train.max_steps")
+            and not overridden("schedule.warmup_steps")):
+        planned = section(before, "train").get("max_steps", 1000)
+        shorter = warmup * steps // planned if _int(planned) and planned > warmup else steps // 10
+        shorter = min(shorter, steps - 1)
+        schedule["warmup_steps"] = shorter
+        lines.append(f"schedule.warmup_steps: {warmup} from the {origin} shortened to {shorter} to fit "
+                     f"train.max_steps={steps}")
+    return lines
 
 
 def to_yaml(cfg: Config) -> str:

@@ -61,7 +61,7 @@ class DataConfig(Section):
 
     kind: Literal["text", "images"] = "text"
     # text: a directory of text files (None = the embedded stdlib corpus);
-    # images: a directory of MNIST IDX files (None = scikit-learn's embedded digits).
+    # images: a directory of MNIST IDX files (None = the shipped 8x8 digits, UCI optdigits).
     path: str | None = None
     pattern: str = "**/*.txt"  # which files of `path` are read (text only)
     vocab_size: Annotated[int, Field(ge=258, le=MAX_VOCAB)] = 8192  # 256 bytes + end-of-text + merges
@@ -142,6 +142,9 @@ class TrainConfig(Section):
     threads: Annotated[int, Field(gt=0, le=MAX_THREADS)] | None = None  # intra-op threads; None: torch's default
     compile: bool = False
     max_minutes: Annotated[float, Field(gt=0.0)] | None = None  # a wall-clock guard, checked per step
+    # An exponential moving average of the weights, updated after every step and saved beside the
+    # final ones (model_ema.safetensors); its state is in the checkpoints. None: no EMA.
+    ema_decay: Annotated[float, Field(gt=0.0, lt=1.0)] | None = None
 
     _run_dir_home = field_validator("run_dir")(_expandable)
 
@@ -190,12 +193,46 @@ class CheckpointConfig(Section):
     async_save: bool = False
 
 
+# Where the metrics go besides metrics.jsonl (always written): name -> (package, extra) it needs
+# beyond the core (None: in the core). Each gets the config, the metrics and the final summary.
+TRACKERS = {"tensorboard": None, "mlflow": ("mlflow", "trackers"), "wandb": ("wandb", "trackers"),
+            "trackio": ("trackio", "trackers")}
+Tracker = Literal["tensorboard", "mlflow", "wandb", "trackio"]
+
+
 class LogConfig(Section):
     every: Annotated[int, Field(gt=0, le=MAX_STEPS)] = 10
-    tensorboard: bool = True
+    # true: a live bar where stderr is a terminal, and plain step lines every log.every steps
+    # where it is not (nohup, SLURM, CI, a pipe); false: plain step lines everywhere.
     progress: bool = True
+    trackers: list[Tracker] = ["tensorboard"]  # [] for none; rank 0 logs to each
+    project: Annotated[str, Field(min_length=1, max_length=128)] = "scaletrain"  # MLflow experiment, W&B/trackio project
     sample_tokens: Annotated[int, Field(ge=0, le=MAX_SAMPLE_TOKENS)] = 200  # the report's sample (GPT only)
     sample_prompt: str = "def "
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tensorboard_switch(cls, data: object) -> object:
+        """`log.tensorboard: false|true` (configs written before log.trackers): drops TensorBoard
+        from log.trackers, or adds it."""
+        if isinstance(data, dict) and "tensorboard" in data:
+            data = dict(data)
+            on = data.pop("tensorboard")
+            if not isinstance(on, bool):
+                raise ValueError(f"log.tensorboard: expected true or false (got {brief(on)})")
+            trackers = data.get("trackers", ["tensorboard"])
+            if isinstance(trackers, list):
+                trackers = [t for t in trackers if t != "tensorboard"]
+                data["trackers"] = (["tensorboard"] + trackers) if on else trackers
+        return data
+
+    @field_validator("trackers")
+    @classmethod
+    def _once_each(cls, trackers: list[str]) -> list[str]:
+        twice = sorted({t for t in trackers if trackers.count(t) > 1})
+        if twice:
+            raise ValueError(f"log.trackers: {twice[0]} is listed twice")
+        return trackers
 
     @model_validator(mode="after")
     def _prompt_to_continue(self) -> "LogConfig":
@@ -247,7 +284,10 @@ class Config(Section):
         """Only where processes start here (`load_config(..., this_machine=True)`): a finished run's
         config.yaml read on a smaller machine (eval, generate, compress, plan) stays valid."""
         p = self.parallel
-        if not (info.context or {}).get("this_machine") or p.oversubscribe or p.nproc == 1:
+        if not (info.context or {}).get("this_machine"):
+            return self
+        self._extras_installed()
+        if p.oversubscribe or p.nproc == 1:
             return self
         count, what = _cuda_devices(self.train.device), "CUDA devices"
         if not count:
@@ -256,6 +296,19 @@ class Config(Section):
             raise ValueError(f"parallel.nproc: {p.nproc} processes but this machine has {count} {what}; "
                              "lower parallel.nproc, or set parallel.oversubscribe=true to start them anyway")
         return self
+
+
+    def _extras_installed(self) -> None:
+        """The optional packages this run imports (an optimizer's, the trackers'), looked for
+        without importing them: a missing one is refused before any work starts."""
+        from scaletrain.extras import missing
+
+        needs = [(OPTIMIZERS[self.optim.name].needs, f"optim.name={self.optim.name}")]
+        needs += [(TRACKERS[t], f"log.trackers={t}") for t in self.log.trackers]
+        for need, what in needs:
+            problem = need and missing(need[0], need[1], what)
+            if problem:
+                raise ValueError(problem)
 
 
 def _usable_cores() -> int:

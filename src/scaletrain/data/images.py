@@ -1,7 +1,8 @@
-"""Image classification data: sklearn digits (bundled) and MNIST in IDX format."""
+"""Image classification data: the 8x8 digits (shipped as package data) and MNIST in IDX format."""
 from __future__ import annotations
 
 import gzip
+import io
 import struct
 import zlib
 import dataclasses
@@ -52,24 +53,44 @@ class ImageData:
         return h.hexdigest()
 
 
-def load_digits_split(val_fraction: float = 0.2, seed: int = 0) -> ImageData:
-    """sklearn's 8x8 digits (1797 images, no download), stratified deterministic split."""
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
+# The UCI optdigits test set, as scikit-learn ships it (see optdigits.md beside it: CC BY 4.0).
+DIGITS_FILE = "optdigits.csv.gz"
 
+
+def read_digits() -> tuple[np.ndarray, np.ndarray]:
+    """(pixels float32 in [0, 1], shape (1797, 64); labels int64) of the shipped 8x8 digits."""
+    from importlib import resources
+
+    raw = (resources.files("scaletrain.data") / DIGITS_FILE).read_bytes()
+    table = np.loadtxt(io.BytesIO(gzip.decompress(raw)), delimiter=",", dtype=np.int64)
+    return (table[:, :-1] / 16.0).astype(np.float32), table[:, -1].copy()  # pixel counts are 0..16
+
+
+def stratified_split(y: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train indices, val indices), sorted: each class gives round(val_fraction x its count) of its
+    samples, drawn by a seeded generator, to validation (at least one, and at least one stays)."""
+    rng = np.random.default_rng(seed)
+    val = []
+    for c in np.unique(y):
+        members = np.flatnonzero(y == c)
+        take = min(max(1, round(val_fraction * len(members))), len(members) - 1)
+        val.append(rng.permutation(members)[:take])
+    val_idx = np.sort(np.concatenate(val)) if val else np.array([], dtype=np.int64)
+    train_idx = np.setdiff1d(np.arange(len(y)), val_idx)
+    return train_idx, val_idx
+
+
+def load_digits_split(val_fraction: float = 0.2, seed: int = 0) -> ImageData:
+    """The 8x8 digits (1797 images, no download), stratified deterministic split."""
     if not 0.0 < val_fraction < 1.0:
         raise UserError(f"val_fraction must be in (0, 1), got {val_fraction}")
-    digits = load_digits()
-    x = (digits.data / 16.0).astype(np.float32)  # pixel values are 0..16
-    y = digits.target.astype(np.int64)
-    x_train, x_val, y_train, y_val = train_test_split(
-        x, y, test_size=val_fraction, stratify=y, random_state=seed
-    )
+    x, y = read_digits()
+    train_idx, val_idx = stratified_split(y, val_fraction, seed)
     return ImageData(
-        x_train=np.ascontiguousarray(x_train),
-        y_train=np.ascontiguousarray(y_train),
-        x_val=np.ascontiguousarray(x_val),
-        y_val=np.ascontiguousarray(y_val),
+        x_train=np.ascontiguousarray(x[train_idx]),
+        y_train=np.ascontiguousarray(y[train_idx]),
+        x_val=np.ascontiguousarray(x[val_idx]),
+        y_val=np.ascontiguousarray(y[val_idx]),
         num_classes=10,
         input_dim=x.shape[1],
         name="digits",

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from scaletrain.data import corpus
 from scaletrain.errors import UserError
+from scaletrain.extras import require
 
 KINDS = ("text", "jsonl", "parquet", "stdlib")
 
@@ -129,8 +130,8 @@ def _text_task(i: int, s: int, kind: str, group: list[Path], root: Path) -> Task
 
 
 def _row_groups(path: Path, column: str) -> int:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    pa = require("pyarrow", "parquet", "reading Parquet files")
+    pq = require("pyarrow.parquet", "parquet", "reading Parquet files")
 
     try:
         f = pq.ParquetFile(path)
@@ -256,8 +257,8 @@ def _skip_line(f, chunk: int) -> int:
 
 
 def _read_parquet(task, column, skipped, raw_hash) -> Iterator[Doc]:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    pa = require("pyarrow", "parquet", "reading Parquet files")
+    pq = require("pyarrow.parquet", "parquet", "reading Parquet files")
 
     path, rel = task.files[0], task.rel[0]
     try:

@@ -220,10 +220,15 @@ def check_nan(run: Run) -> list[Finding]:
 
 
 # A logged window mean more than this factor above the median of the windows before it is a spike:
-# window means already average log.every steps, so normal noise stays well below 1.3x.
+# window means already average log.every steps, so normal noise stays well below 1.3x ...
 SPIKE_FACTOR = 1.3
-# Ending this much above the best loss seen means training lost what it had learned.
-DIVERGED_FRACTION = 0.15
+# ... and the jump must be a real part of what the run has learned: more than this share of the drop
+# from the first loss to the best so far (a converged classifier's loss of 0.003 going to 0.005 is
+# 1.6x, and noise).
+SPIKE_SHARE_OF_PROGRESS = 0.1
+# Divergence: the loss ends above where it started (error), or has given back more than this share
+# of the drop from the first loss to the best (warning). Ending a hair above the best is noise.
+GAVE_BACK = 0.5
 
 
 UNIFORM_FACTOR = 1.25  # a language model's loss this far above ln(vocabulary) has blown up
@@ -241,19 +246,39 @@ def _losses(run: Run) -> list[tuple[int, float]]:
     return [(r["step"], float(r["loss"])) for r in run.train if _finite(r.get("loss"))]
 
 
+def _spikes(pts: list[tuple[int, float]]) -> list[tuple[int, float, float]]:
+    """(step, loss, median before) of each window well above the windows before it, by a factor and
+    by a real share of the progress made so far."""
+    spikes = []
+    best = pts[0][1] if pts else 0.0
+    for i in range(3, len(pts)):
+        best = min(best, pts[i - 1][1])
+        before = statistics.median(v for _, v in pts[max(0, i - 5):i])
+        jump = pts[i][1] - before
+        if pts[i][1] > SPIKE_FACTOR * before and jump > SPIKE_SHARE_OF_PROGRESS * max(pts[0][1] - best, 0.0):
+            spikes.append((pts[i][0], pts[i][1], before))
+    return spikes
+
+
+def _diverged(pts: list[tuple[int, float]]) -> tuple[bool, bool]:
+    """(diverged, worse than at the start): see GAVE_BACK."""
+    first, (best_step, best) = pts[0][1], min(pts, key=lambda p: p[1])
+    last_step, last = pts[-1]
+    if last_step <= best_step:
+        return False, False
+    worse = last >= first and last > best
+    return worse or last - best > GAVE_BACK * (first - best), worse
+
+
 def check_divergence(run: Run) -> list[Finding]:
     pts = _losses(run)
     if len(pts) < 4:
         return []
     out = []
-    spikes = []
-    for i in range(3, len(pts)):
-        before = statistics.median(v for _, v in pts[max(0, i - 5):i])
-        if pts[i][1] > SPIKE_FACTOR * before:
-            spikes.append((pts[i][0], pts[i][1], before))
+    spikes = _spikes(pts)
     first, (best_step, best) = pts[0][1], min(pts, key=lambda p: p[1])
     last_step, last = pts[-1]
-    diverged = last > best * (1 + DIVERGED_FRACTION) and last_step > best_step
+    diverged, worse_than_start = _diverged(pts)
     uniform = _uniform_loss(run)
     above = [(s, v) for s, v in pts if uniform and v > UNIFORM_FACTOR * uniform]
     if above and not diverged:
@@ -272,12 +297,13 @@ def check_divergence(run: Run) -> list[Finding]:
              "last_loss": last}))
         return out
     if diverged:
-        worse_than_start = last >= first
+        gave_back = (last - best) / (first - best) if first > best else math.inf
         out.append(Finding(
             "divergence", "error" if worse_than_start else "warning",
             "the training loss diverged" + (" (worse than at the start)" if worse_than_start else ""),
             f"loss {first:.4g} at step {pts[0][0]}, best {best:.4g} at step {best_step}, "
-            f"{last:.4g} at step {last_step} ({100 * (last / best - 1):.0f} % above the best)",
+            f"{last:.4g} at step {last_step} (gave back {100 * min(gave_back, 9.99):.0f} % of the drop "
+            "from the start to the best)",
             "lower optim.lr (3-10x), add or lengthen schedule.warmup_steps, keep train.grad_clip at "
             "~1.0, set guard.spike_factor with guard.action=rollback; resume from the checkpoint "
             f"before step {best_step} with the lower lr",
@@ -295,8 +321,11 @@ def check_divergence(run: Run) -> list[Finding]:
     return out
 
 
-# A gradient norm this many times the median of those before it is an explosion, not noise.
+# A gradient norm this many times the median of those before it is an explosion, not noise ...
 EXPLOSION_FACTOR = 10.0
+# ... if it also exceeds the first logged norm by this factor: a converged model's gradients shrink
+# a hundredfold, and one step back at the size they had at the start is no explosion.
+EXPLOSION_OVER_START = 2.0
 
 
 def check_grad_explosion(run: Run) -> list[Finding]:
@@ -304,7 +333,7 @@ def check_grad_explosion(run: Run) -> list[Finding]:
     hits = []
     for i in range(3, len(norms)):
         before = statistics.median(v for _, v in norms[:i])
-        if before > 0 and norms[i][1] > EXPLOSION_FACTOR * before:
+        if before > 0 and norms[i][1] > EXPLOSION_FACTOR * before and norms[i][1] > EXPLOSION_OVER_START * norms[0][1]:
             hits.append((norms[i][0], norms[i][1], before))
     if not hits:
         return []
@@ -324,26 +353,54 @@ def check_grad_explosion(run: Run) -> list[Finding]:
 LOW_LR_IMPROVEMENT = 0.03  # under 3 % lower loss over >= LOW_LR_MIN_STEPS steps: barely learning
 LOW_LR_MIN_STEPS = 20
 UPS_FRACTION = 0.4  # more than 40 % of windows going up (by > 2 %) is oscillation, not noise
+# Clipping saturation: the gradient norm above CLIP_SATURATION x train.grad_clip in more than
+# CLIP_SATURATED_SHARE of the logged steps of the run's second half: every update is cut down.
+CLIP_SATURATION = 2.0
+CLIP_SATURATED_SHARE = 0.9
+
+
+def _clip_saturation(run: Run) -> tuple[int, int] | None:
+    """(clipped windows, windows) of the second half when clipping is saturated, else None."""
+    clip = _cfg(run, "train", "grad_clip", None)
+    norms = [float(r["grad_norm"]) for r in run.train if _finite(r.get("grad_norm"))]
+    if not _finite(clip) or clip <= 0 or len(norms) < 6:
+        return None
+    late = norms[len(norms) // 2:]
+    over = sum(n > CLIP_SATURATION * clip for n in late)
+    return (over, len(late)) if over > CLIP_SATURATED_SHARE * len(late) else None
 
 
 def check_lr(run: Run, findings: list[Finding]) -> list[Finding]:
+    """lr_too_high needs evidence: a divergence (sustained increase, NaN), repeated spikes, clipping
+    saturation, or a loss that oscillates without getting anywhere; the ups and downs of a
+    converged run are none of these."""
     pts = _losses(run)
     lr = _cfg(run, "optim", "lr", None)
     if len(pts) < 3:
         return []
-    diverged = any(f.kind == "divergence" or (f.kind == "nan" and f.severity == "error") for f in findings)
+    diverged = any((f.kind == "divergence" and "spike" not in f.summary) or (f.kind == "nan" and f.severity == "error")
+                   for f in findings)
+    spikes = [f for f in findings if f.kind == "divergence" and "spike" in f.summary]
+    many_spikes = bool(spikes) and len(spikes[0].data.get("spike_steps", [])) >= 2
     ups = [pts[i][0] for i in range(1, len(pts)) if pts[i][1] > pts[i - 1][1] * 1.02]
     oscillating = len(pts) >= 6 and len(ups) / (len(pts) - 1) > UPS_FRACTION
     exploded = any(f.kind == "grad_explosion" for f in findings)
-    if diverged or (oscillating and exploded) or (oscillating and pts[-1][1] > pts[0][1] * 0.9):
+    saturated = _clip_saturation(run)
+    stuck = oscillating and pts[-1][1] > pts[0][1] * 0.9
+    evidence = ("the run diverged" if diverged else
+                f"{len(spikes[0].data['spike_steps'])} loss spikes" if many_spikes else
+                f"gradients clipped in {saturated[0]} of the last {saturated[1]} logged steps (norm above "
+                f"{CLIP_SATURATION:g}x train.grad_clip)" if saturated else
+                "it oscillates, with a gradient explosion" if oscillating and exploded else
+                "it oscillates without getting lower" if stuck else None)
+    if evidence:
         return [Finding(
             "lr_too_high", "warning", "the learning rate looks too high",
-            f"optim.lr={lr}: the loss went up in {len(ups)} of {len(pts) - 1} log windows "
-            f"(step(s) {_steps(ups)}); {'the run diverged' if diverged else 'it oscillates'}; loss "
+            f"optim.lr={lr}: {evidence}; the loss went up in {len(ups)} of {len(pts) - 1} log windows; loss "
             f"{pts[0][1]:.4g} -> {pts[-1][1]:.4g}",
             f"divide optim.lr by 3-10 (try {_fmt_lr(lr, 0.3)}), or add warm-up; an lr sweep on a short run "
             "(scaletrain bench optim) finds the largest stable value",
-            {"lr": lr, "up_steps": ups, "windows": len(pts) - 1})]
+            {"lr": lr, "up_steps": ups, "windows": len(pts) - 1, "evidence": evidence})]
     first, best = pts[0][1], min(v for _, v in pts)
     span = pts[-1][0] - pts[0][0]
     gain = (first - best) / abs(first) if first else 0.0
@@ -374,10 +431,15 @@ OVERFIT_EVALS_AFTER = 2  # ... at the last of at least this many evaluations aft
 
 def check_overfitting(run: Run) -> list[Finding]:
     vals = [(r["step"], float(r["val_loss"])) for r in run.val if _finite(r.get("val_loss"))]
-    # The final evaluation repeats the last step (on more batches): keep one value per step.
+    # The final evaluation repeats the last step (on more batches): keep one value per step, the
+    # final one, unless early stopping restored earlier weights: the final evaluation measured
+    # those, and the step's first evaluation measured the last weights.
+    exported, steps = run.summary.get("exported_step"), run.summary.get("steps")
+    restored = _finite(exported) and _finite(steps) and exported < steps
     by_step = {}
     for step, v in vals:
-        by_step[step] = v
+        if not (restored and step in by_step):
+            by_step[step] = v
     vals = sorted(by_step.items())
     if len(vals) < 3:
         return []
@@ -385,6 +447,13 @@ def check_overfitting(run: Run) -> list[Finding]:
     (best_step, best), (last_step, last) = vals[best_i], vals[-1]
     if len(vals) - 1 - best_i < OVERFIT_EVALS_AFTER or last < best * (1 + OVERFIT_RISE):
         return []
+    if restored and exported == best_step:
+        return [Finding(  # early stopping exported the best evaluation's weights: nothing was lost
+            "overfitting", "info", f"validation loss rose after step {best_step}; early stopping exported "
+            "that step's weights",
+            f"val_loss best {best:.4g} at step {best_step}, {last:.4g} at step {last_step}",
+            "a shorter run (train.max_steps) or more regularisation would save the steps after the best",
+            {"best_step": best_step, "best_val_loss": best, "last_step": last_step, "last_val_loss": last})]
     train_at = {r["step"]: float(r["loss"]) for r in run.train if _finite(r.get("loss"))}
     t_best = _nearest(train_at, best_step)
     t_last = _nearest(train_at, last_step)
@@ -413,6 +482,20 @@ def _nearest(values: dict[int, float], step: int) -> float | None:
 # ---- speed ------------------------------------------------------------------------------------
 
 DATA_BOUND_FRACTION = 0.2  # a fifth of the step time spent waiting for batches
+# ... and at least this long per step: a step of a millisecond that builds its batch in the loop
+# (the trainer does so for batches faster than a background thread would be) is not data-bound.
+DATA_BOUND_MIN_SECONDS = 2e-3
+
+
+def _units_per_step(run: Run) -> float | None:
+    """Samples (or tokens) per optimizer step, from the summary and config; None when unknown."""
+    batch = run.summary.get("global_batch_size")
+    if not _finite(batch) or batch <= 0:
+        return None
+    if "tokens_per_second" in run.summary:
+        seq = _cfg(run, "data", "seq_len", None)
+        return float(batch) * seq if _finite(seq) and seq > 0 else None
+    return float(batch)
 
 
 def check_data_bound(run: Run) -> list[Finding]:
@@ -425,6 +508,13 @@ def check_data_bound(run: Run) -> list[Finding]:
     mean = statistics.fmean(fractions)
     if mean < DATA_BOUND_FRACTION:
         return []
+    per_step, unit = _units_per_step(run), "tokens" if "tokens_per_second" in run.summary else "samples"
+    rates = [float(r[f"{unit}_per_second"]) for r in recs if _finite(r.get(f"{unit}_per_second"))
+             and r[f"{unit}_per_second"] > 0]
+    if per_step and rates:  # the wait per step, in seconds
+        waited = mean * per_step / statistics.median(rates)
+        if waited < DATA_BOUND_MIN_SECONDS:
+            return []
     worst = max(recs, key=lambda r: r["data_wait_fraction"])
     return [Finding(
         "data_bound", "error" if mean > 0.5 else "warning", "training is data-bound",
@@ -440,6 +530,15 @@ LOW_MFU = 0.05  # below 5 % of the measured matmul peak the hardware mostly idle
 LOW_MFU_INFO = 0.2  # well-tuned large-model training reaches 0.3-0.5
 
 
+# A step whose model FLOPs would take less than this at the measured peak is too small to fill the
+# device: its matrices are small (a 64-wide layer runs far below peak), and the per-step work of any
+# loop (the Python side, kernel launches, the optimizer, ~1 ms) and the non-matmul work weigh as
+# much as the matmuls; its MFU is low whatever is tuned, so a low figure is information, not a
+# fault. (The tiny presets: 0.07 ms for mlp-digits, 9 ms for gpt-tiny on a 100 GFLOP/s CPU; the
+# gpt preset: ~150 ms.)
+SMALL_STEP_SECONDS = 20e-3
+
+
 def check_mfu(run: Run) -> list[Finding]:
     mfu = run.summary.get("mfu")
     if not _finite(mfu) or mfu >= LOW_MFU_INFO:
@@ -447,6 +546,16 @@ def check_mfu(run: Run) -> list[Finding]:
     unit = "tokens" if "tokens_per_second" in run.summary else "samples"
     rate = run.summary.get(f"{unit}_per_second")
     micro = _cfg(run, "train", "batch_size", "?")
+    flops, peak, per_step = run.summary.get(f"flops_per_{unit[:-1]}"), run.summary.get("matmul_peak_flops"), \
+        _units_per_step(run)
+    at_peak = flops * per_step / peak if _finite(flops) and _finite(peak) and peak > 0 and per_step else None
+    if at_peak is not None and at_peak < SMALL_STEP_SECONDS:
+        return [Finding(
+            "low_mfu", "info", f"low model FLOPs utilization ({100 * mfu:.1f} %): a step too small for this device",
+            f"mfu {mfu:.3f}: a step's model FLOPs take {1e3 * at_peak:.2f} ms at the measured matmul peak of "
+            f"{peak / 1e9:.0f} GFLOP/s: small matrices and the loop's own per-step work weigh as much",
+            "nothing to fix for a model this small; a larger train.batch_size raises the figure",
+            {"mfu": mfu, "step_seconds_at_peak": at_peak})]
     return [Finding(
         "low_mfu", "warning" if mfu < LOW_MFU else "info", f"low model FLOPs utilization ({100 * mfu:.1f} %)",
         f"mfu {mfu:.3f} against a matmul peak of {run.summary.get('matmul_peak_flops', 0) / 1e9:.0f} GFLOP/s "

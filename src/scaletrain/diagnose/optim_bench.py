@@ -39,7 +39,7 @@ CENTRE = {
                  "adafactor": 0.03, "adamw8bit": 3e-3},
 }
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
-COMMON = ["log.progress=false", "log.tensorboard=false", "log.sample_tokens=0", "train.eval_every=0",
+COMMON = ["log.progress=false", "log.trackers=[]", "log.sample_tokens=0", "train.eval_every=0",
           "train.checkpoint_every=0", "train.threads=1", "train.precision=fp32", "log.every=10"]
 
 
@@ -124,11 +124,11 @@ def _versions() -> dict:
     import scaletrain
 
     v = {"scaletrain": scaletrain.__version__, "torch": torch.__version__}
-    try:
-        import bitsandbytes
+    from importlib import metadata
 
-        v["bitsandbytes"] = bitsandbytes.__version__
-    except ImportError:
+    try:  # the [bnb] extra: recorded when installed (its rows are skipped otherwise)
+        v["bitsandbytes"] = metadata.version("bitsandbytes")
+    except metadata.PackageNotFoundError:
         pass
     return v
 

@@ -37,7 +37,7 @@ TOLERANCES = {
 _SGD_LIKE = {"gd", "sgd", "momentum", "nesterov"}
 
 _QUIET = ["train.eval_every=0", "train.checkpoint_every=0", "train.final_eval_batches=1",
-          "log.sample_tokens=0", "log.tensorboard=false", "log.progress=false", "train.resume=false",
+          "log.sample_tokens=0", "log.trackers=[]", "log.progress=false", "train.resume=false",
           # K steps of the configured schedule would be all warmup: a constant lr compares the same
           "schedule.name=constant", "schedule.warmup_steps=0"]
 

@@ -11,13 +11,10 @@ absmax and maps): `get_state_dict(model, opt)` + `dcp.save` store them like any 
 """
 from __future__ import annotations
 
-from scaletrain.errors import UserError
+from scaletrain.extras import require
 
 
 def build(groups, *, lr, weight_decay, betas, eps, options, **_):
-    try:
-        import bitsandbytes as bnb
-    except ImportError as exc:  # a dependency of the package: only a broken install lands here
-        raise UserError(f"optim.name=adamw8bit needs bitsandbytes ({exc}); pip install bitsandbytes") from None
+    bnb = require("bitsandbytes", "bnb", "optim.name=adamw8bit")
     return bnb.optim.AdamW8bit(groups, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                                min_8bit_size=options.min_8bit_size)

@@ -91,6 +91,7 @@ class OptimizerSpec:
     options: type[Section] | None = None  # its `optim.<name>` section, or None
     sharded: str | None = None  # why it cannot run on DTensor (FSDP/TP) parameters; None: it can
     fused: bool = False  # one in-place kernel per step: no parameter-sized temporaries (plan)
+    needs: tuple[str, str] | None = None  # (package, extra) of an optional dependency it imports
 
     def build(self):
         if callable(self.factory):
@@ -115,7 +116,7 @@ _BUILTIN = [
     OptimizerSpec("adafactor", "scaletrain.optim.classic:adafactor", state_bytes=0.05, options=AdafactorOptions,
                   sharded="its factored row/column statistics need the whole matrix"),
     OptimizerSpec("adamw8bit", "scaletrain.optim.adamw8bit:build", state_bytes=2.03, options=AdamW8bitOptions,
-                  sharded="bitsandbytes kernels take plain tensors only"),
+                  sharded="bitsandbytes kernels take plain tensors only", needs=("bitsandbytes", "bnb")),
 ]
 OPTIMIZERS: dict[str, OptimizerSpec] = {spec.name: spec for spec in _BUILTIN}
 

@@ -31,6 +31,11 @@ def _is_zero(optimizer) -> bool:
     return isinstance(optimizer, ZeroRedundancyOptimizer)
 
 
+def param_names(model: nn.Module) -> dict[nn.Parameter, str]:
+    """Each parameter's name in the checkpoints: the plain model's, whatever wraps it."""
+    return _param_names(model)
+
+
 def _param_names(model: nn.Module) -> dict[nn.Parameter, str]:
     names = {}
     for name, param in model.named_parameters(remove_duplicate=True):

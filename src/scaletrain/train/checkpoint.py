@@ -127,7 +127,8 @@ _async_group: tuple | None = None  # (the default group, the gloo group async wr
 
 
 def save_checkpoint(root: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
-                    trainer_state: dict, keep_last: int, *, async_save: bool = False) -> Path:
+                    trainer_state: dict, keep_last: int, *, async_save: bool = False,
+                    extra: dict[str, dict[str, torch.Tensor]] | None = None) -> Path:
     """Save on every rank (a collective under torch.distributed): each rank writes its own shard,
     rank 0 the trainer state, the checksums and the final rename. Rank 0's own steps run through
     `ranks.main_only`, so a failure there (a full disk) reaches every rank at once instead of
@@ -135,7 +136,9 @@ def save_checkpoint(root: Path, step: int, model: nn.Module, optimizer: torch.op
 
     `async_save`: return once the state is copied to CPU memory; the files are written in a
     background thread, and the checkpoint is sealed and put in place (the path returned) by
-    `finish_pending_save()`. A previous async save is finished first."""
+    `finish_pending_save()`. A previous async save is finished first. `extra`: more groups of
+    tensors saved beside the model (name -> {parameter name: tensor}: the EMA and best weights of
+    scaletrain.train.shadow), sharded as the tensors are."""
     from scaletrain.train.ranks import main_only
 
     finish_pending_save()
@@ -144,7 +147,7 @@ def save_checkpoint(root: Path, step: int, model: nn.Module, optimizer: torch.op
     tmp = root / f".tmp-step_{step:08d}"  # one name every rank agrees on
     try:
         main_only(_fresh_folder, root, tmp)  # every rank waits for it (a barrier)
-        state = train_state(model, optimizer)
+        state = {**train_state(model, optimizer), **(extra or {})}
         if async_save:
             future = _start_async_write(state, tmp)
         else:
@@ -482,7 +485,8 @@ def resolve_resume(resume: str, run_dir: Path) -> tuple[Path | None, list[str]]:
 
 
 def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, *,
-                    verified: bool = False, model_spec: dict | None = None, whole_model: bool = True) -> dict:
+                    verified: bool = False, model_spec: dict | None = None, whole_model: bool = True,
+                    extra: dict[str, dict[str, torch.Tensor]] | None = None) -> dict:
     """Restore model, optimizer and RNG in place on every rank; return the saved trainer state.
 
     The checkpoint may come from another world size or layout: DCP reads the slices each rank
@@ -490,7 +494,8 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
     rank still reads the metadata and trainer state through the checked readers. `model_spec`:
     this run's model description, compared with the one the checkpoint records. `whole_model`:
     `model` holds every weight (not a pipeline stage), so a weight in the checkpoint that it lacks
-    means another architecture.
+    means another architecture. `extra`: groups saved beside the model (see save_checkpoint),
+    loaded in place where the checkpoint has them; a group it lacks is removed from `extra`.
     """
     if not verified:
         problems = verify_checkpoint(path)
@@ -500,6 +505,11 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
     check_model_spec(path, trainer, model_spec)
     rng = _rng_tensors(path)
     state = train_state(model, optimizer, for_load=True)
+    if extra:
+        saved = read_metadata(path / ".metadata").state_dict_metadata
+        for group in [g for g in extra if not any(k.startswith(f"{g}.") for k in saved)]:
+            extra.pop(group)
+        state.update(extra)
     own_groups = copy.deepcopy(state["optim"]["param_groups"])  # DCP loads into the dicts in place
     # The optimizer's param_groups are plain values DCP stores as bytes: those (only) are read,
     # with torch's weights-only unpickler.

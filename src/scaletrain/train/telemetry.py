@@ -1,14 +1,21 @@
-"""Training telemetry: metrics.jsonl, TensorBoard scalars, a rich progress bar and console lines.
+"""Training telemetry: metrics.jsonl, the trackers (log.trackers), a progress bar and log lines.
 
 The trainer calls this at loop edges only, so the per-call cost must stay tiny: one buffered
-write + flush per record (no fsync), TensorBoard's own background flushing, and a progress bar
+write + flush per record (no fsync), the trackers' own background writers, and a progress bar
 refreshed at most 4 times a second by rich's thread rather than on every update.
 Only rank 0 should pass enabled=True; other ranks get cheap no-ops and touch nothing on disk.
+
+Progress: a live bar where stderr is a terminal; elsewhere (nohup, SLURM, CI, a pipe) and with
+`progress=False`, one plain line per logged step. Every line goes through the `scaletrain.train`
+logger (INFO; warnings at WARNING): the CLI prints them to stderr (above the bar while it is
+shown), a Python user configures `logging` as usual. A logger set above INFO (`scaletrain -q`)
+shows neither bar nor step lines.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -23,8 +30,11 @@ from rich.progress import (
 )
 
 from scaletrain.atomic import write_text_atomic
+from scaletrain.train.trackers import scalar as _scalar
 
 __all__ = ["Telemetry", "humanize"]
+
+log = logging.getLogger("scaletrain.train")
 
 _UNITS = {"tokens": ("tokens_per_second", "tok/s"), "samples": ("samples_per_second", "samples/s")}
 
@@ -43,21 +53,6 @@ def _fmt(v: Any) -> str:
             return f"{v:,.0f}" if math.isfinite(v) else str(v)
         return f"{v:.4f}" if abs(v) < 10 else f"{v:.1f}"
     return str(v)
-
-
-def _scalar(v: Any) -> float | None:
-    """A float for TensorBoard, or None for values that are not one number (strings, lists)."""
-    if isinstance(v, bool):
-        return None
-    if isinstance(v, (int, float)):
-        return float(v)
-    item = getattr(v, "item", None)  # one-element torch/numpy values; .item() raises otherwise
-    if callable(item):
-        try:
-            return float(item())
-        except (TypeError, ValueError, RuntimeError):
-            return None
-    return None
 
 
 def _json_default(v: Any) -> Any:
@@ -92,7 +87,7 @@ class Telemetry:
         total_steps: int,
         start_step: int = 0,
         unit: str = "tokens",
-        tensorboard: bool = True,
+        trackers=None,
         progress: bool = True,
         console: Console | None = None,
     ) -> None:
@@ -103,7 +98,7 @@ class Telemetry:
         self._throughput_key, self._unit_label = _UNITS[unit]
         self._closed = False
         self._file = None
-        self._writer = None
+        self.trackers = trackers  # scaletrain.train.trackers.Trackers, or None
         self._progress: Progress | None = None
         self._task = None
         if not enabled:
@@ -111,7 +106,6 @@ class Telemetry:
 
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.console = console or Console()
         path = self.run_dir / "metrics.jsonl"
         if start_step > 0 and path.exists():
             _truncate_jsonl(path, start_step)
@@ -119,18 +113,10 @@ class Telemetry:
         # `tail -f` and crash recovery (the OS has the bytes) without an fsync per line.
         self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
 
-        if tensorboard:
-            # Imported lazily: it pulls in tensorboard/protobuf (~seconds), wasted on rank != 0.
-            from tensorboard.compat.proto.summary_pb2 import Summary
-            from torch.utils.tensorboard import SummaryWriter
-
-            # A deeper queue than the default 10 keeps add_summary from blocking on the writer
-            # thread. With one event per call (see _scalars) this measured ~445 -> ~70-100 us
-            # per logged step with 5 scalars on a loaded 2-core box.
-            self._writer = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"), max_queue=1000)
-            self._Summary = Summary
-
-        if progress:
+        # The bar is drawn on stderr, beside the log lines, and only where it can be drawn: in a
+        # file or a pipe rich would show nothing until the end, so plain step lines go there.
+        console = console or Console(stderr=True)
+        if progress and console.is_terminal and log.isEnabledFor(logging.INFO):
             self._progress = Progress(
                 TextColumn("[progress.description]{task.description}"),
                 BarColumn(),
@@ -139,7 +125,7 @@ class Telemetry:
                 TextColumn("{task.fields[throughput]}"),
                 TimeElapsedColumn(),
                 TimeRemainingColumn(),
-                console=self.console,
+                console=console,
                 transient=False,
                 refresh_per_second=4,
             )
@@ -148,28 +134,23 @@ class Telemetry:
             )
             self._progress.start()
 
+    @property
+    def bar(self) -> bool:
+        """Whether a live progress bar is shown (else step lines are logged)."""
+        return self._progress is not None
+
     # ------------------------------------------------------------------ logging
 
     def _write(self, record: dict) -> None:
         self._file.write(json.dumps(record, default=_json_default) + "\n")
         self._file.flush()
 
-    def _scalars(self, prefix: str, step: int, metrics: dict) -> None:
-        if self._writer is None:
-            return
-        # Same data as add_scalar("<prefix>/<k>", v, step) per key, but one event per call
-        # instead of one per key: each event is a protobuf + a queue hand-off to the writer thread.
-        S = self._Summary
-        values = [S.Value(tag=f"{prefix}/{k}", simple_value=f)
-                  for k, v in metrics.items() if (f := _scalar(v)) is not None]
-        if values:
-            self._writer.file_writer.add_summary(S(value=values), global_step=step)
-
     def log_train(self, step: int, metrics: dict) -> None:
         if not self.enabled or self._closed:
             return
         self._write({"step": step, "split": "train", **metrics})
-        self._scalars("train", step, metrics)
+        if self.trackers is not None:
+            self.trackers.log(step, "train", metrics)
         loss = _scalar(metrics.get("loss"))
         rate = _scalar(metrics.get(self._throughput_key))
         loss_s = f"{loss:.4f}" if loss is not None else "-"
@@ -177,37 +158,36 @@ class Telemetry:
         if self._progress is not None:
             self._progress.update(self._task, completed=step, loss=loss_s, throughput=rate_s)
         else:
-            # Without a bar (CI logs, pipes) a line per logged step is the only sign of life.
-            self.message(f"step {step}/{self.total_steps} | loss {loss_s} | {rate_s}")
+            # Without a bar (CI logs, nohup, pipes) a line per logged step is the sign of life.
+            log.info("step %d/%d | loss %s | %s", step, self.total_steps, loss_s, rate_s)
 
     def log_eval(self, step: int, metrics: dict) -> None:
         if not self.enabled or self._closed:
             return
         self._write({"step": step, "split": "val", **metrics})
-        # Tasks name eval metrics "val_loss", "val_ppl"...: drop the prefix for TensorBoard tags
-        # ("val/loss" lines up with "train/loss") and for the console line.
+        # Tasks name eval metrics "val_loss", "val_ppl"...: drop the prefix for the trackers' tags
+        # ("val/loss" lines up with "train/loss") and for the log line.
         short = {k.removeprefix("val_"): v for k, v in metrics.items()}
-        self._scalars("val", step, short)
+        if self.trackers is not None:
+            self.trackers.log(step, "val", short)
         parts = [f"step {step}"]
         for k, v in short.items():
             parts.append(f"{'val loss' if k == 'loss' else k} {_fmt(v)}")
-        self.message(" | ".join(parts))
+        log.info("%s", " | ".join(parts))
 
     def message(self, text: str) -> None:
+        """A line for the log: `warning: ...` and `error: ...` at their level, others at INFO."""
         if not self.enabled or self._closed:
             return
-        if self._progress is None and not self.console.is_terminal:
-            # A pipe or a file (CI logs, a batch job): plain lines, as rich would write them there,
-            # for a tenth of rich's rendering cost (~190 -> ~15 us a line: one per logged step).
-            self.console.file.write(text + "\n")
-            self.console.file.flush()
-            return
-        # markup=False: run names and paths may contain "[...]" that rich would parse as tags.
-        self.console.print(text, markup=False, highlight=False)
+        level = logging.WARNING if text.startswith("warning:") else \
+            logging.ERROR if text.startswith("error:") else logging.INFO
+        log.log(level, "%s", text)
 
     # ------------------------------------------------------------------ lifecycle
 
     def close(self) -> None:
+        """Stop the bar and close metrics.jsonl (the trackers are finished by their owner, with the
+        run's summary)."""
         if self._closed:
             return
         self._closed = True
@@ -215,8 +195,6 @@ class Telemetry:
             self._progress.stop()
         if self._file is not None:
             self._file.close()
-        if self._writer is not None:
-            self._writer.close()  # flushes pending events
 
     def __enter__(self) -> Telemetry:
         return self

@@ -34,7 +34,9 @@ from scaletrain.parallel.dist import DistInfo, shutdown
 from scaletrain.parallel.layout import Layout, build_layout, wrap_optimizer
 from scaletrain.train import ranks, resume
 from scaletrain.train.step import NonfiniteCheck, micro_batches, no_phase, plain_forward_backward, train_step
+from scaletrain.train.shadow import Shadows, Swapped, trained_params
 from scaletrain.train.telemetry import Telemetry
+from scaletrain.train.trackers import Trackers
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +70,9 @@ class Trainer:
         self.state = LoopState()
         # A loop-edge callback after every optimizer step: step_hook(trainer, step, loss) (verify).
         self.step_hook = None
+        self._trackers: Trackers | None = None  # rank 0's log.trackers, opened with the run folder
+        self._shadows: Shadows | None = None  # the EMA and best weights (train/shadow.py)
+        self._shadow_note: str | None = None  # what a resume had to say about them
 
     @classmethod
     def from_config(cls, cfg: Config, model: nn.Module, task, *, model_spec: dict | None = None) -> "Trainer":
@@ -128,6 +133,8 @@ class Trainer:
             return self._fit()
         finally:
             ckpt.drop_pending_save()  # after a failure only: a finished run has put its last one in place
+            if self._trackers is not None:  # after a failure only: _finish gave them the summary
+                self._trackers.finish(None)
             if self.dist_info.world > 1:
                 shutdown()
 
@@ -154,6 +161,8 @@ class Trainer:
                               compile=t.compile, loss_fn=self.loss_fn, dims=dims)
         self.layout = layout
         optimizer = self._build_optimizer(layout)
+        self._shadows = Shadows(trained_params(layout.trained), ema_decay=t.ema_decay,
+                                keep_best=bool(t.early_stopping))
         watchdog = ranks.Watchdog(cfg.parallel.timeout_seconds) if layout.distributed else None
         torch.manual_seed(t.seed)  # dropout and sampling; a resume restores the saved RNG instead
 
@@ -168,6 +177,8 @@ class Trainer:
         st = self.state
         for problem in damaged:
             tel.message(f"warning: skipped damaged checkpoint {problem}")
+        if self._shadow_note:
+            tel.message(self._shadow_note)
         if resume_from is not None:
             tel.message(f"resumed from {resume_from} at step {st.step}")
         if layout.distributed:
@@ -179,9 +190,12 @@ class Trainer:
         try:
             with tel:
                 stopped_by = self._loop(layout, optimizer, tel, wall_start)
-                final = self._evaluate(tel, t.final_eval_batches, final=True)
+                # The last checkpoint holds the last weights (a resume with more steps continues
+                # them); the best weights, if restored, are what the final evaluation and export see.
                 self._save(optimizer)
                 ckpt.finish_pending_save()  # checkpoint.async_save: the last one is in place at the end
+                self._restore_best(tel)
+                final = self._evaluate(tel, t.final_eval_batches, final=True)
         except RuntimeError as exc:  # a collective that timed out, or a peer that died
             if watchdog is None:
                 raise
@@ -199,8 +213,11 @@ class Trainer:
         if resume_from is None:  # resume=auto on a run that has no checkpoint yet: a fresh start
             return None, damaged
         configured = [g.get("base_lr") for g in optimizer.param_groups]
+        groups = self._shadows.load_groups()
         saved = ckpt.load_checkpoint(resume_from, layout.trained, optimizer, verified=True,  # pp: this rank's stage
-                                     model_spec=self.model_spec, whole_model=layout.trained is layout.model)
+                                     model_spec=self.model_spec, whole_model=layout.trained is layout.model,
+                                     extra=groups)
+        self._shadow_note = self._shadows.loaded(groups)
         for group, base_lr in zip(optimizer.param_groups, configured):
             if base_lr is not None:  # the config's lr wins over the checkpoint's (a resume may change it)
                 group["base_lr"] = base_lr
@@ -230,8 +247,10 @@ class Trainer:
         for name, data in self.run_files.items():
             if not ((run_dir / name).is_file() and (run_dir / name).read_bytes() == data):
                 write_bytes_atomic(run_dir / name, data)
+        self._trackers = Trackers(cfg.log.trackers, run_dir, config=cfg.model_dump(mode="json"),
+                                  project=cfg.log.project, resume=resume_from is not None)
         return Telemetry(run_dir, enabled=True, total_steps=t.max_steps, start_step=self.state.step,
-                         unit=self.task.unit, tensorboard=cfg.log.tensorboard, progress=cfg.log.progress)
+                         unit=self.task.unit, trackers=self._trackers, progress=cfg.log.progress)
 
     def _loop(self, layout: Layout, optimizer, tel: Telemetry, wall_start: float) -> str:
         step = self._train_step(layout, optimizer)
@@ -307,6 +326,8 @@ class Trainer:
             elif checking:
                 self._guard.good()
             st.step += 1
+            if not bad:
+                self._shadows.after_step(st.step)
             if self.step_hook is not None:
                 self.step_hook(self, st.step, layout.global_mean(loss))
             units = (per_step * self.task.units(batches[0][0]) // len(batches[0][1])
@@ -374,8 +395,10 @@ class Trainer:
     def _rollback(self, path: Path, optimizer, tel: Telemetry, reason: str) -> None:
         st = self.state
         trained = self.layout.trained
+        groups = self._shadows.load_groups()
         saved = ckpt.load_checkpoint(path, trained, optimizer, model_spec=self.model_spec,
-                                     whole_model=trained is self.layout.model)
+                                     whole_model=trained is self.layout.model, extra=groups)
+        self._shadows.loaded(groups)
         saved.pop("step", None)
         saved.pop("data", None)
         keep = {"skipped_steps": st.skipped_steps, "rollbacks": st.rollbacks + 1,
@@ -439,6 +462,7 @@ class Trainer:
         st.evals.append({"step": st.step, "val_loss": metrics["val_loss"]})
         if metrics["val_loss"] < st.best_val:
             st.best_val, st.best_step, st.bad_evals = metrics["val_loss"], st.step, 0
+            self._shadows.after_improvement()
         else:
             st.bad_evals += 1
         patience = self.cfg.train.early_stopping
@@ -455,7 +479,8 @@ class Trainer:
         if data_state is not None:  # the loader's position, seed and data fingerprint
             state["data"] = data_state(self.state.position)
         ckpt.save_checkpoint(self.run_dir / "checkpoints", self.state.step, self.layout.trained, optimizer,
-                             state, self.cfg.checkpoint.keep_last, async_save=self.cfg.checkpoint.async_save)
+                             state, self.cfg.checkpoint.keep_last, async_save=self.cfg.checkpoint.async_save,
+                             extra=self._shadows.groups())
 
     def _finish(self, final: dict, stopped_by: str, wall_start: float, optimizer) -> dict:
         cfg, st, unit = self.cfg, self.state, self.task.unit
@@ -469,6 +494,7 @@ class Trainer:
         ranks.export_full_model(model, self.model_factory or self._no_factory,
                                 self.run_dir / "model.safetensors", self.layout.full_model_sharded,
                                 spec=self.model_spec)
+        ema_metrics = self._export_ema(model)
         state_bytes = ranks.gather_objects(self._state_bytes)
         # Every rank's own peak (after the export, which gathers the whole model on rank 0): a
         # memory budget holds per process, and rank 0 is not always the largest.
@@ -506,6 +532,8 @@ class Trainer:
             "wall_seconds": time.perf_counter() - wall_start,
             "stopped_by": stopped_by,
             "best_step": st.best_step if st.best_step >= 0 else st.step,
+            "exported_step": self._exported_step,  # model.safetensors holds the weights of this step
+            **ema_metrics,
             **self.extra_summary,
         }
         if sample is not None:
@@ -513,6 +541,7 @@ class Trainer:
         if sample_error is not None:
             summary["sample_error"] = sample_error
         write_json_atomic(self.run_dir / "summary.json", summary)
+        self._trackers.finish(summary)
         # The weights and the summary are written: a failing plot or report is only a warning.
         for name, write in (("loss.png", lambda: plot_losses(records, self.run_dir / "loss.png",
                                                              title=f"{cfg.name}: loss")),
@@ -523,6 +552,39 @@ class Trainer:
             except Exception as exc:  # noqa: BLE001
                 log.warning("warning: could not write %s (%s: %s)", self.run_dir / name, type(exc).__name__, exc)
         return summary
+
+    # ---- the EMA and best weights (train/shadow.py) --------------------------------------------
+    def _restore_best(self, tel: Telemetry) -> None:
+        """train.early_stopping: the weights of the best evaluation go into model.safetensors. The
+        last weights are evaluated first, as every evaluation was, unless the last step was one."""
+        st, t = self.state, self.cfg.train
+        self._exported_step = st.step
+        if not t.early_stopping or not st.evals:
+            return
+        if st.evals[-1]["step"] != st.step:
+            self._evaluate(tel, t.eval_batches)  # may make the last weights the best
+        if self._shadows.best is not None and st.best_step != st.step:
+            self._shadows.restore_best()
+            self._exported_step = st.best_step
+            tel.message(f"early stopping: restored the weights of step {st.best_step} (val_loss {st.best_val:.4f}, "
+                        f"the best evaluation) for model.safetensors")
+
+    def _export_ema(self, model: nn.Module) -> dict:
+        """train.ema_decay: model_ema.safetensors beside model.safetensors, and its validation
+        metrics for the summary (`ema_val_loss`, ...); every rank takes part (collectives)."""
+        ema = self._shadows.ema
+        if ema is None:
+            return {}
+        t = self.cfg.train
+        with Swapped(ema):
+            model.eval()
+            metrics = self.task.evaluate(model, batches=t.final_eval_batches, batch_size=t.eval_batch_size or t.batch_size,
+                                         device=self.device, autocast=self.layout.autocast)
+            model.train()
+            ranks.export_full_model(model, self.model_factory or self._no_factory,
+                                    self.run_dir / "model_ema.safetensors", self.layout.full_model_sharded,
+                                    spec=self.model_spec)
+        return {f"ema_{k}": v for k, v in metrics.items()}
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         """The whole model's weights as plain CPU tensors on every rank (a collective when sharded)."""

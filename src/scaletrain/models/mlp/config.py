@@ -14,4 +14,5 @@ class MLPConfig(Section):
 
     name: Literal["mlp"] = "mlp"
     hidden: Annotated[list[Annotated[int, Field(gt=0, le=MAX_WIDTH)]], Field(max_length=MAX_LAYERS)] = [128, 64]
-    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0  # after each hidden layer's activation
+    input_dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0  # on the input features

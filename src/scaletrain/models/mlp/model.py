@@ -17,6 +17,7 @@ class MLPArgs:
     num_classes: int
     hidden: tuple[int, ...] = (128, 64)
     dropout: float = 0.0
+    input_dropout: float = 0.0  # dropout on the input features (pixels), before the first layer
 
     def __post_init__(self) -> None:
         # JSON/YAML give lists; a tuple keeps the dataclass hashable and args_dict stable.
@@ -27,14 +28,17 @@ class MLPArgs:
                 raise UserError(f"model.{key} must be a positive integer, got {value!r}")
         if any(not isinstance(h, int) or isinstance(h, bool) or h <= 0 for h in self.hidden):
             raise UserError(f"model.hidden must be positive integers, got {list(self.hidden)!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise UserError(f"model.dropout must be in [0, 1), got {self.dropout!r}")
+        for key in ("dropout", "input_dropout"):
+            if not 0.0 <= getattr(self, key) < 1.0:
+                raise UserError(f"model.{key} must be in [0, 1), got {getattr(self, key)!r}")
 
 
 class MLP(nn.Module):
     def __init__(self, args: MLPArgs):
         super().__init__()
         self.args = args
+        # Outside `net`, so that the linear layers keep their names (net.0, net.2, ...) either way.
+        self.input_drop = nn.Dropout(args.input_dropout) if args.input_dropout > 0 else nn.Identity()
         layers: list[nn.Module] = []
         width = args.input_dim
         for h in args.hidden:
@@ -49,7 +53,7 @@ class MLP(nn.Module):
         x = x.flatten(1)  # [B, H, W] images become [B, H*W]
         if x.shape[1] != self.args.input_dim:
             raise ValueError(f"input has {x.shape[1]} features per sample, model expects {self.args.input_dim}")
-        return self.net(x)
+        return self.net(self.input_drop(x))
 
     def _linears(self) -> list[nn.Linear]:
         return [m for m in self.net if isinstance(m, nn.Linear)]
@@ -65,6 +69,8 @@ class MLP(nn.Module):
     def args_dict(self) -> dict:
         d = dataclasses.asdict(self.args)
         d["hidden"] = list(d["hidden"])  # JSON has no tuples; round-trips via __post_init__
+        if not d["input_dropout"]:  # the description of a model made before the key existed
+            del d["input_dropout"]
         return d
 
     @classmethod
