@@ -86,7 +86,7 @@ def load_run(run: str):
     """(config, model) of a finished run folder, read through `scaletrain.untrusted`: the weights
     come from safetensors (never pickle), checked against the recorded model description."""
     from scaletrain.config.load import load_config
-    from scaletrain.untrusted.weights import read_model_dir
+    from scaletrain.models.folder import read_model_dir
 
     run_dir = Path(run)
     if not run_dir.is_dir():

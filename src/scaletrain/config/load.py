@@ -292,9 +292,26 @@ def load_config(source: str | None = None, overrides: list[str] | tuple[str, ...
     """The validated config. `this_machine=True` where its processes start here (train, verify,
     profile): parallel.nproc must then fit this machine's cores or devices."""
     raw, _ = _read_source(source)
+    model = raw.get("model")
+    family = model.get("name", "gpt") if isinstance(model, dict) else None
     for item in overrides:
         apply_override(raw, item)
+    _other_family(raw, family, overrides)
     return validate(raw, this_machine=this_machine)
+
+
+def _other_family(raw: dict, family: str | None, overrides) -> None:
+    """`model.name=X` on a preset or file of another family: the file's model keys describe its own
+    family (`gpt-tiny`'s n_layer, d_model), so X's section starts from X's defaults and the
+    `model.*` overrides alone (`scaletrain train model.name=hf model.path=DIR`)."""
+    model = raw.get("model")
+    if family is None or not isinstance(model, dict) or model.get("name", "gpt") == family:
+        return
+    scratch: dict = {}
+    for item in overrides:
+        if item.startswith("model."):
+            apply_override(scratch, item)
+    raw["model"] = scratch["model"]
 
 
 def to_yaml(cfg: Config) -> str:
