@@ -73,6 +73,15 @@ def save_weights(model: nn.Module, path: Path, *, spec: dict | None = None,
         save_model(model, str(tmp), metadata=metadata)
 
 
+def save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """`path` atomically from named tensors (contiguous, no two sharing storage), with the
+    `format: pt` metadata `transformers` and `peft` expect."""
+    from safetensors.torch import save_file
+
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
+
+
 def read_header(path: Path) -> tuple[dict[str, str], dict[str, tuple[str, list[int]]]]:
     """(metadata, {name: (dtype, shape)}) of a safetensors file; UserError naming it otherwise."""
     from safetensors import safe_open
