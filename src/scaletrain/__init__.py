@@ -4,8 +4,10 @@ __version__ = "0.1.0"
 
 # Exported lazily so that `scaletrain --help` and bad-input errors answer without importing torch.
 _EXPORTS = {
+    "CausalLanguageModeling": "scaletrain.train.tasks",
     "Classification": "scaletrain.train.tasks",
     "LanguageModeling": "scaletrain.train.tasks",
+    "Task": "scaletrain.train.tasks",
     "Trainer": "scaletrain.api",
     "trainer_for": "scaletrain.api",
     "Config": "scaletrain.config.schema",
