@@ -18,7 +18,7 @@ from scaletrain.errors import UserError
 from scaletrain.models import build_model, get_family
 from scaletrain.models.family import DataShape
 from scaletrain.models.hfmap import to_hf_state
-from scaletrain.train.pretrained import load_folder_weights
+from scaletrain.train.pretrained import folder_weights, load_folder_weights
 
 pytest.importorskip("transformers")
 
@@ -30,8 +30,9 @@ def native_from(folder, family: str, preset: str, seq: int = SEQ):
     cfg = load_config(preset, [f"model.init_from={folder}"])
     fam = get_family(family)
     args = fam.args_from_config(cfg.model, DataShape(vocab_size=hf_models.VOCAB, seq_len=seq))
+    weights = folder_weights(cfg, fam)
     model = build_model(family, args)
-    load_folder_weights(model, cfg, fam)
+    load_folder_weights(model, weights, cfg, fam)
     return model.eval()
 
 

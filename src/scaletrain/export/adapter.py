@@ -40,19 +40,24 @@ def _renames(model: nn.Module, spec: dict) -> dict[str, tuple[str, torch.Tensor 
     return out
 
 
-def write_adapter(model: nn.Module, spec: dict, out: Path, base: str | None) -> dict:
-    """Write the adapter folder into `out` (the model still holds its adapters); its summary.
-    `base`: the Hugging Face folder the run started from (model.path or model.init_from)."""
-    peft = require("peft", "hf", "export --lora adapter")
-    from scaletrain.untrusted.weights import save_tensors
-
-    lora = spec.get("lora")
-    if not lora:
+def check_adapter(spec: dict, base: str | None) -> None:
+    """A PEFT adapter needs adapters and the Hugging Face model they adapt."""
+    if not spec.get("lora"):
         raise UserError("--lora adapter: this run trained no LoRA adapters (model.lora); export it with the "
                         "default --lora merged")
     if not base:
         raise UserError("--lora adapter: this run did not start from a Hugging Face model folder (model.init_from "
                         "or model.path), so the adapters have no base model to load onto; use --lora merged")
+
+
+def write_adapter(model: nn.Module, spec: dict, out: Path, base: str | None) -> dict:
+    """Write the adapter folder into `out` (the model still holds its adapters); its summary.
+    `base`: the Hugging Face folder the run started from (model.path or model.init_from)."""
+    from scaletrain.untrusted.weights import save_tensors
+
+    check_adapter(spec, base)
+    lora = spec["lora"]
+    peft = require("peft", "hf", "export --lora adapter")
     tensors, targets, transposed = {}, [], set()
     layers = lora_layers(model)
     for name, (hf_name, rows, transpose) in _renames(model, spec).items():

@@ -8,6 +8,7 @@ existing non-empty `out` is refused before any work.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -61,7 +62,12 @@ def export_run(run: str | Path, fmt: str, out: str | Path, *, lora: str = "merge
     _check(run, fmt, out, lora)
     spec, model = read_model_dir(run)
     model = model.float().eval()
+    if lora == "adapter":
+        from scaletrain.export.adapter import check_adapter
+
+        check_adapter(spec, _base_folder(run))
     out.parent.mkdir(parents=True, exist_ok=True)
+    times = (out.parent.stat().st_atime_ns, out.parent.stat().st_mtime_ns)
     tmp = make_temp_dir(out.parent, prefix=f".{out.name}.tmp-")
     try:
         if fmt == "onnx":
@@ -75,6 +81,8 @@ def export_run(run: str | Path, fmt: str, out: str | Path, *, lora: str = "merge
         os.rename(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        with contextlib.suppress(OSError):  # a failed export leaves the folder as it found it
+            os.utime(out.parent, ns=times)
         raise
     return {"out": str(out), "format": fmt, **summary}
 

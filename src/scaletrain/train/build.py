@@ -8,6 +8,7 @@ writes to it (the trainer does, after the resume checks).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from pathlib import Path
@@ -28,7 +29,9 @@ from scaletrain.models.family import DataShape
 from scaletrain.train import pretrained, resume
 from scaletrain.train.tasks import Classification, LanguageModeling
 from scaletrain.train.trainer import Trainer, resolve_device
-from scaletrain.untrusted.hf import read_config
+from scaletrain.untrusted.hf import names_code, read_config
+
+log = logging.getLogger(__name__)
 
 
 def default_run_dir(cfg: Config) -> Path:
@@ -162,16 +165,21 @@ def build_trainer(cfg: Config) -> Trainer:
         device = info.device
     task, args, extra, sampler = build_task(cfg, device, progress=cfg.log.progress and info.is_main)
     family = get_family(cfg.model.name)
+    folder = pretrained.model_folder(cfg)
+    weights = pretrained.folder_weights(cfg, family)  # model.path (hf) or model.init_from: checked first
     torch.manual_seed(cfg.train.seed)  # the initial weights are a function of the seed
     model = build_model(cfg.model.name, args)
     spec = {"name": cfg.model.name, "args": model.args_dict()}
-    folder = pretrained.model_folder(cfg)
-    if folder is not None:  # model.path (hf) or model.init_from: the folder's weights
-        pretrained.load_folder_weights(model, cfg, family)
+    if folder is not None:
+        pretrained.load_folder_weights(model, weights, cfg, family)
         if family.hf is not None:  # init_from: the architecture came from the folder, say so in config.yaml
             pretrained.sync_section(cfg.model, args)
             # The folder's config.json: an export writes back what this family does not model.
             spec["hf_config"] = read_config(folder)
+    if folder is not None and names_code(folder):
+        log.warning("warning: %s names code to run (auto_map); it is ignored: scaletrain never runs code from a "
+                    "model folder, and trains the architecture transformers itself defines for its model_type",
+                    folder / "config.json")
     lora = pretrained.add_lora(model, cfg, family)
     if lora is not None:
         spec["lora"] = lora
@@ -185,6 +193,8 @@ def build_trainer(cfg: Config) -> Trainer:
         own = pretrained.folder_tokenizer(cfg)
         if own is not None:  # its special tokens, for an export (tokenizer_config.json)
             run_files["tokenizer_config.json"] = (json.dumps(own.config, indent=2) + "\n").encode()
+        elif folder is not None:
+            log.info("%s has no tokenizer.json: the data's own tokenizer is used (data.vocab_size)", folder)
     return Trainer(cfg, model, task, run_dir=run_dir, model_spec=spec, sampler=sampler, extra_summary=extra,
                    dist_info=info, run_files=run_files, family=family)
 

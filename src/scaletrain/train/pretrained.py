@@ -42,8 +42,7 @@ def folder_tokenizer(cfg) -> FolderTokenizer | None:
     if folder is None:
         return None
     if not (folder / folder_files.TOKENIZER).is_file():
-        log.info("%s has no tokenizer.json: the data's own tokenizer is trained (data.vocab_size)", folder)
-        return None
+        return None  # the data's own (build_trainer says so once the start is checked)
     tok = load_tokenizer(folder / folder_files.TOKENIZER)
     eot = folder_files.end_of_text(folder, tok, folder_files.read_config(folder))
     config = {**folder_files.read_tokenizer_config(folder), "eos_token": eot}
@@ -58,20 +57,29 @@ def check_vocabulary(model: nn.Module, tokens: int, where: Path | None) -> None:
         raise UserError(f"{source} has {tokens} tokens, more than the model's {vocab} embeddings")
 
 
-def load_folder_weights(model: nn.Module, cfg, family: ModelFamily) -> None:
-    """Fill `model` from its folder's safetensors weights (none for a `model.name=hf` folder that
-    holds only a config: the model keeps its random initialisation)."""
+def folder_weights(cfg, family: ModelFamily) -> folder_files.Tensors | None:
+    """The model folder's safetensors weights, their files and headers checked (before the model is
+    built: a folder that cannot be read is refused before any work); None: no folder, or a
+    `model.name=hf` folder that holds only a config (the model keeps its random initialisation)."""
     folder = model_folder(cfg)
     if folder is None:
-        return
+        return None
     files = folder_files.weight_files(folder)
     if not files:
-        if family.hf is None:
-            log.warning("warning: %s holds no weights (model.safetensors): the model starts from random weights "
-                        "(train.seed)", folder)
-            return
-        raise UserError(f"model.init_from: {folder} holds no model.safetensors to start from")
-    tensors = folder_files.Tensors(files)
+        if family.hf is not None:
+            raise UserError(f"model.init_from: {folder} holds no model.safetensors to start from")
+        return None
+    return folder_files.Tensors(files)
+
+
+def load_folder_weights(model: nn.Module, tensors: folder_files.Tensors | None, cfg, family: ModelFamily) -> None:
+    """Fill `model` from its folder's weights (`folder_weights`): every tensor of the file used,
+    every weight of the model filled, shapes checked first."""
+    folder = model_folder(cfg)
+    if tensors is None:
+        log.warning("warning: %s holds no weights (model.safetensors): the model starts from random weights "
+                    "(train.seed)", folder)
+        return
     with torch.no_grad():
         if family.hf is None:
             _load_own_names(model.hf, tensors, folder)

@@ -12,7 +12,6 @@ strings of `tokenizer_config.json`.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -21,8 +20,6 @@ import torch
 from scaletrain.errors import UserError
 from scaletrain.untrusted.files import field, inside, read_json
 from scaletrain.untrusted.weights import _first_line, read_header
-
-log = logging.getLogger(__name__)
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
@@ -38,18 +35,20 @@ MAX_INDEX_FILES = 100_000
 
 def read_config(folder: Path) -> dict:
     """config.json of a model folder: a JSON object with a `model_type`; `auto_map` (code to run)
-    is dropped, with a warning."""
+    is dropped."""
     path = folder / CONFIG
     config = read_json(path, what="a transformers model config (config.json)")
     field(config, "model_type", str, path)
-    if "auto_map" in config:
-        log.warning("warning: %s names code to run (auto_map); it is ignored: scaletrain never runs code from a "
-                    "model folder, the architecture must be one transformers defines", path)
-        config = {k: v for k, v in config.items() if k != "auto_map"}
+    config = {k: v for k, v in config.items() if k != "auto_map"}  # code to run: never (see `names_code`)
     if "architectures" in config and not (isinstance(config["architectures"], list)
                                          and all(isinstance(a, str) for a in config["architectures"])):
         raise UserError(f"{path}: 'architectures' must be a list of names")
     return config
+
+
+def names_code(folder: Path) -> bool:
+    """Whether config.json names code shipped in the folder (`auto_map`), which `read_config` drops."""
+    return "auto_map" in read_json(folder / CONFIG, what="a transformers model config (config.json)")
 
 
 def architecture(config: dict) -> str:
