@@ -181,3 +181,33 @@ def test_gpt_export_refuses_what_gpt2_cannot_hold(change, named):
 def test_llama_export_refuses_qk_norm():
     with pytest.raises(UserError, match="qk_norm"):
         get_family("llama").hf.config_to_hf({"qk_norm": True}, None)
+
+
+@pytest.mark.parametrize("name, args", [
+    ("gpt", {"rope": False, "bias": False, "tie_embeddings": True}),
+    ("gpt", {"rope": False, "bias": True, "tie_embeddings": False, "d_ff": 48}),
+    ("gpt", {"rope": True, "bias": False, "tie_embeddings": True}),
+    ("gpt", {"rope": True, "bias": True, "tie_embeddings": False}),
+    ("llama", {"n_kv_head": 2, "tie_embeddings": False}),
+    ("llama", {"n_kv_head": 4, "tie_embeddings": True,
+               "rope_scaling": {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                "original_max_position_embeddings": 8}}),
+], ids=["gpt2", "gpt2-bias-untied", "neox", "neox-bias-untied", "llama-gqa", "llama-tied-scaled"])
+def test_native_models_export_with_transformers_logits(name, args):
+    """Every export the CLI writes goes through transformers_model: random native weights (biases
+    too) in, the HF model out, logits equal."""
+    from scaletrain.export.hf import logits_difference, transformers_model
+
+    base = {"vocab_size": 80, "seq_len": 20, "n_layer": 2, "n_head": 4, "d_model": 32}
+    if name == "llama":
+        base.update(multiple_of=16, rope_theta=10000.0)
+    torch.manual_seed(0)
+    model = build_model(name, {**base, **args}).eval()
+    with torch.no_grad():
+        for pname, p in model.named_parameters():
+            if pname.endswith("bias") or "norm" in pname:
+                p.normal_(0, 0.1)  # not their zero/one init: a dropped bias or gain would show
+    hf = transformers_model(model, {"name": name, "args": model.args_dict()}, {"eos_token_id": 0})
+    expected = "LlamaForCausalLM" if name == "llama" else "GPTNeoXForCausalLM" if args["rope"] else "GPT2LMHeadModel"
+    assert type(hf).__name__ == expected
+    assert logits_difference(model, hf, 80, 20) < 1e-6
