@@ -211,3 +211,21 @@ def test_native_models_export_with_transformers_logits(name, args):
     expected = "LlamaForCausalLM" if name == "llama" else "GPTNeoXForCausalLM" if args["rope"] else "GPT2LMHeadModel"
     assert type(hf).__name__ == expected
     assert logits_difference(model, hf, 80, 20) < 1e-6
+
+
+def test_a_gpt2_file_saved_from_the_base_model_with_old_buffers_loads(tmp_path):
+    """The original GPT-2 checkpoints: names without `transformer.`, causal-mask buffers beside the
+    weights, no lm_head (tied)."""
+    from safetensors.torch import save_file
+
+    folder = hf_models.gpt2_folder(tmp_path / "gpt2", tokenizer=False)
+    reference = hf_models.hf_logits(folder, ids())
+    saved = load_file(folder / "model.safetensors")
+    old = {k.removeprefix("transformer."): v for k, v in saved.items() if k != "lm_head.weight"}
+    for i in range(2):
+        old[f"h.{i}.attn.bias"] = torch.tril(torch.ones(1, 1, 64, 64))
+        old[f"h.{i}.attn.masked_bias"] = torch.tensor(-1e4)
+    save_file(old, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    model = native_from(folder, "gpt", "gpt-tiny")
+    with torch.no_grad():
+        assert (model(ids()) - reference).abs().max() < 1e-5

@@ -85,8 +85,9 @@ class Trainer:
         from scaletrain.train.build import check_device, checked_run_dir  # build imports us
 
         device = check_device(cfg)
-        if not launched_by_torchrun() and cfg.parallel.strategy != "single":
-            raise UserError(f"parallel.strategy: {cfg.parallel.strategy} needs several processes, and the Python "
+        dims = cfg.parallel.dims()  # the layout's kind (its fewest ranks when nproc does not say)
+        if not launched_by_torchrun() and dims.world > 1:
+            raise UserError(f"parallel.strategy: {dims.strategy} needs several processes, and the Python "
                             "API trains in the processes you start: launch your script with `torchrun "
                             "--nproc-per-node N your_script.py` (parallel.nproc starts processes only for "
                             "`scaletrain train`)")
