@@ -627,7 +627,7 @@ PyTorch job does).
 `model_config.json`, `model.safetensors`, `tokenizer.json`, `summary.json`, `metrics.jsonl`), a
 checkpoint (DCP `.metadata` and `*.distcp`, `rng.safetensors` or an older `rng.pt`, `trainer.json`,
 `checksums.json`), a prepared data folder (`manifest.json`, `stats.json`, shards, `tokenizer.json`),
-and config files (YAML). A shared disk or a download can plant any of them, and the planter controls
+a Hugging Face model folder, and config files (YAML). A shared disk or a download can plant any of them, and the planter controls
 the whole folder: checksums prove that files belong together, not who wrote them.
 
 **What must hold:** no planted file runs code, reads or writes outside its folder, or exhausts the
@@ -645,6 +645,7 @@ as it was. Every loader goes through one package, `scaletrain.untrusted`:
 | YAML (a file, an override, a run's `config.yaml`, `prepare --config`) | `train`, `verify`, `profile`, `plan`, `prepare`, `eval`… | size cap (1 MiB file, 64 KiB value), nesting cap (64), alias expansion counted without expanding (a billion laughs is refused in milliseconds), duplicate keys refused with their line, non-finite numbers refused in every field, error lines that never print an expanded value |
 | `tokenizer.json` | `train`, `eval`, `generate` | parsed by the Rust `tokenizers` library (no code), size-capped; its vocabulary must match the model's |
 | prepared data | `data verify`, `data inspect`, `data.mixture`, `prepare --merge`, training | every manifest field type-checked, totals checked against the files, every file name kept inside the folder; shards are raw token ids read as numbers (`os.pread`, `np.frombuffer`) and checked against the vocabulary |
+| a Hugging Face model folder (`config.json`, `model.safetensors` or its index, `tokenizer.json`, `tokenizer_config.json`) | `train` with `model.name=hf` or `model.init_from`, `export` | `config.json` is read as JSON (checked as above); the code it may name (`auto_map`) is never run and `model.trust_remote_code=true` is refused: the architecture must be one `transformers` itself defines; weights come only from safetensors (pickled `pytorch_model.bin` and the like are refused by name), an index's file names stay inside the folder, every tensor's name and shape is checked against the model before it is copied; the tokenizer is parsed by `tokenizers` (Rust), and of `tokenizer_config.json` only the special-token strings, a few flags and the chat template (text) are kept |
 | run logs | `doctor` | only JSON/YAML/JSONL, each checked as above; a damaged `metrics.jsonl` line is a finding |
 
 Checkpoints written before `rng.safetensors` keep a torch `rng.pt`: it is read with

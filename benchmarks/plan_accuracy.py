@@ -115,7 +115,7 @@ def worker(overrides: dict) -> dict:
     baseline = hwm_bytes()
 
     m = cfg.model
-    args = {**m.model_dump(exclude={"name"}), "vocab_size": cfg.data.vocab_size, "seq_len": cfg.data.seq_len}
+    args = {**m.model_dump(exclude={"name", "lora", "init_from"}), "vocab_size": cfg.data.vocab_size, "seq_len": cfg.data.seq_len}
     torch.manual_seed(0)
     model = build(args)
     layout = build_layout(model, get_family("gpt"), cfg.parallel, info, precision="fp32", compile=False,

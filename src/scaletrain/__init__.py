@@ -8,8 +8,10 @@ _noise.install()
 
 # Exported lazily so that `scaletrain --help` and bad-input errors answer without importing torch.
 _EXPORTS = {
+    "CausalLanguageModeling": "scaletrain.train.tasks",
     "Classification": "scaletrain.train.tasks",
     "LanguageModeling": "scaletrain.train.tasks",
+    "Task": "scaletrain.train.tasks",
     "Trainer": "scaletrain.api",
     "trainer_for": "scaletrain.api",
     "Config": "scaletrain.config.schema",

@@ -33,6 +33,7 @@ def assert_one_error_line(rc: int, stderr: str) -> str:
     (["generate", "--help"], "--temperature"),
     (["prepare", "--help"], "--out"),
     (["data", "verify", "--help"], "dir"),
+    (["export", "--help"], "--lora"),
 ])
 def test_help(tmp_path, argv, expected):
     rc, out, err = run_cli(*argv, cwd=tmp_path)

@@ -510,6 +510,8 @@ FLAGS = [
 ]
 CHOICES = [  # flags that take a name: an unknown one
     (("compress", "{run}", "--out", "{dir}/c"), "--method", "run"),
+    (("export", "{run}", "--out", "{dir}/e"), "--format", "run"),
+    (("export", "{run}", "--out", "{dir}/e", "--format", "hf"), "--lora", "run"),
     (("plan", "gpt-tiny"), "--device", None),
     (("bench", "optim", "--out", "{dir}/bench"), "--task", None),
     (("bench", "optim", "--out", "{dir}/bench", "--task", "mlp", "--steps", "1"), "--optimizers", None),

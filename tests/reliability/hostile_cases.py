@@ -90,6 +90,9 @@ def _t(*overrides: str) -> tuple[str, ...]:
 
 
 F = "{dir}"
+# A 1-layer Llama's config.json (no weights: a model folder may hold a config alone).
+HF_CONFIG = (b'{"model_type": "llama", "architectures": ["LlamaForCausalLM"], "vocab_size": 600, "hidden_size": 32, '
+             b'"intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 4, "max_position_embeddings": 128}')
 TEXT = (("in/a.txt", b"some text to prepare. " * 200), ("in/b.txt", b"more text here, and more. " * 200))
 PREP_OUT = ("--out", "{dir}/prepared", "--workers", "1", "--no-progress")
 
@@ -295,6 +298,40 @@ def enumerated() -> list[Case]:
           "--student", needs=("run",)),
         C("compress --method unknown", "run files", ("compress", "{run}", "--method", "zip", "--out", "{dir}/c"),
           "zip", needs=("run",)),
+        # -- Hugging Face model folders (model.path, model.init_from) and export --
+        C("train model.path: pickled weights only", "hf", _t("model.name=hf", "model.path={dir}/hf"),
+          "pytorch_model.bin", (("hf/config.json", HF_CONFIG), ("hf/pytorch_model.bin", JUNK))),
+        C("train model.path: config.json not JSON", "hf", _t("model.name=hf", "model.path={dir}/hf"), "config.json",
+          (("hf/config.json", b'{"model_type": "llama",'),)),
+        C("train model.path: model.safetensors random", "hf", _t("model.name=hf", "model.path={dir}/hf"),
+          "model.safetensors", (("hf/config.json", HF_CONFIG), ("hf/model.safetensors", JUNK))),
+        C("train model.path: code to run (auto_map)", "hf", _t("model.name=hf", "model.path={dir}/hf"),
+          "not an architecture transformers", (("hf/config.json", HF_CONFIG.replace(
+              b'"llama"', b'"mine", "auto_map": {"AutoModelForCausalLM": "modeling_mine.Mine"}')),
+              ("hf/modeling_mine.py", b"raise SystemExit('must never run')\n"))),
+        C("train model.path: an index naming a file outside", "hf", _t("model.name=hf", "model.path={dir}/hf"),
+          "outside", (("hf/config.json", HF_CONFIG),
+                      ("hf/model.safetensors.index.json", b'{"weight_map": {"w": "../../../etc/passwd"}}'))),
+        C("train model.path: tokenizer.json junk", "hf", _t("model.name=hf", "model.path={dir}/hf"), "tokenizer.json",
+          (("hf/config.json", HF_CONFIG), ("hf/tokenizer.json", b'{"model": [1]}'))),
+        C("train model.trust_remote_code=true", "hf", _t("model.name=hf", "model.path={dir}/hf",
+                                                         "model.trust_remote_code=true"), "model.trust_remote_code",
+          (("hf/config.json", HF_CONFIG),)),
+        C("train model.init_from: a Llama folder into the GPT", "hf", _t("model.init_from={dir}/hf"),
+          "model.name=llama", (("hf/config.json", HF_CONFIG),)),
+        C("train model.init_from: a folder without config.json", "hf", _t("model.init_from={dir}/hf"),
+          "model.init_from", (("hf/model.safetensors", JUNK),)),
+        C("export --out is a file", "hf", ("export", "{run}", "--format", "hf", "--out", "{dir}/afile"), "--out",
+          (("afile", b"mine\n"),), needs=("run",)),
+        C("export --out holds files", "hf", ("export", "{run}", "--format", "hf", "--out", "{dir}/out"), "--out",
+          (("out/keep.txt", b"mine\n"),), needs=("run",)),
+        C("export --lora adapter of a run without LoRA", "hf",
+          ("export", "{run}", "--format", "hf", "--lora", "adapter", "--out", "{dir}/out"), "--lora", needs=("run",)),
+        C("export --format unknown", "hf", ("export", "{run}", "--format", "gguf", "--out", "{dir}/out"), "--format",
+          needs=("run",)),
+        C("export: model.safetensors truncated", "hf", ("export", "{run}", "--format", "hf", "--out", "{dir}/out"),
+          "model.safetensors", plant=(lambda s: (s.run / "model.safetensors").write_bytes(
+              (s.run / "model.safetensors").read_bytes()[:1000]),), needs=("run",)),
         # -- doctor: a run folder whose files are not what the trainer writes --
         C("doctor: summary.json malformed", "doctor", ("doctor", "{run}"), "summary.json",
           plant=(junk_file("run/summary.json", b'{"mfu": 0.3,'),), needs=("run",)),

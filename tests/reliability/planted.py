@@ -327,6 +327,8 @@ LOADERS = [
     Loader("eval", ("eval", "{run}", "--batches", "1"), "run", frozenset({"safetensors", "model_config", "config"})),
     Loader("generate", ("generate", "{run}", "--tokens", "1"), "run", frozenset({"safetensors", "model_config", "config"})),
     Loader("doctor", ("doctor", "{run}"), "run", frozenset({"summary", "config"})),
+    Loader("export", ("export", "{run}", "--format", "hf", "--out", "{dir}/e"), "run",
+           frozenset({"safetensors", "model_config"})),
     Loader("data verify", ("data", "verify", "{data}"), "data", frozenset({"manifest"})),
     Loader("data inspect", ("data", "inspect", "{data}"), "data", frozenset({"manifest"})),
     Loader("train data.mixture", ("train", "gpt-tiny", "data.path=", "data.mixture=[{path: '{data}'}]",

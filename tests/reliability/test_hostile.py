@@ -52,7 +52,7 @@ def test_every_loader_refuses_every_planted_payload(case, inputs, tmp_path, cach
 def test_the_suite_covers_every_command_and_every_loader():
     commands = {c.argv[0] if c.argv[0] not in ("data", "bench") else " ".join(c.argv[:2]) for c in hc.ALL}
     assert commands >= {"train", "prepare", "eval", "generate", "compress", "plan", "verify", "doctor", "runs", "profile",
-                        "bench optim", "data verify", "data inspect"}
+                        "bench optim", "data verify", "data inspect", "export"}
     assert len({c.name for c in hc.ALL}) == len(hc.ALL)  # distinct
     by_loader = {}
     for loader in planted.LOADERS:

@@ -212,7 +212,7 @@ def test_resolved_config_round_trips_through_yaml(tmp_path, name, overrides):
     assert again.name == name  # kept from the dump, not replaced by the file's folder name
 
 
-def test_the_config_is_composed_from_the_registries_without_torch():
+def test_the_config_is_composed_from_the_registries_without_torch(tmp_path):
     """The optimizer and model-family registries are the config's source (one line per optimizer
     or family) and load without torch, so bad input is reported before torch is imported."""
     import subprocess
@@ -231,9 +231,13 @@ def test_the_config_is_composed_from_the_registries_without_torch():
     assert declared <= set(OptimConfig.model_fields)  # each declared options section is `optim.<name>`
     assert set(OPTIMIZERS) - declared <= {"gd", "sgd", "momentum", "nesterov", "adam", "adamw"}
     assert {"gpt", "mlp"} <= set(FAMILIES)
+    folder = tmp_path / "hf-model"  # model.name=hf needs a model folder (a config.json)
+    folder.mkdir()
+    (folder / "config.json").write_text('{"model_type": "llama"}')
+    required = {"hf": {"path": str(folder)}}
     for name in FAMILIES:  # `model.name=<family>` picks the family's own section
         section = FAMILIES[name].config
-        assert type(Config.model_validate({"model": {"name": name}, "data": {
+        assert type(Config.model_validate({"model": {"name": name, **required.get(name, {})}, "data": {
             "kind": "text" if section.task == "language_modeling" else "images"}}).model) is section
 
 

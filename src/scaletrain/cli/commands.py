@@ -86,7 +86,7 @@ def load_run(run: str):
     """(config, model) of a finished run folder, read through `scaletrain.untrusted`: the weights
     come from safetensors (never pickle), checked against the recorded model description."""
     from scaletrain.config.load import load_config
-    from scaletrain.untrusted.weights import read_model_dir
+    from scaletrain.models.folder import read_model_dir
 
     run_dir = Path(run)
     if not run_dir.is_dir():
@@ -137,7 +137,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise UserError(f"{args.run}: the model's weights are not finite (NaN or Inf: the run diverged); "
                         "nothing to sample")
     tokenizer = load_tokenizer(Path(args.run) / "tokenizer.json")
-    if tokenizer.get_vocab_size() != model.args.vocab_size:
+    # A pretrained model's embedding may be padded beyond its tokenizer; never the other way round.
+    if tokenizer.get_vocab_size() > model.args.vocab_size:
         raise UserError(f"{Path(args.run) / 'tokenizer.json'}: a vocabulary of {tokenizer.get_vocab_size()} "
                         f"tokens, but the model was trained on {model.args.vocab_size}: not this run's tokenizer")
     ids = tokenizer.encode(args.prompt).ids

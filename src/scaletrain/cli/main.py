@@ -23,7 +23,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     from scaletrain.cli import (bench_commands, commands, compress_command, data_commands, diagnose_commands,
-                                verify_command)
+                                export_command, verify_command)
 
     parser = _Parser(prog="scaletrain", description="Train large models with torch.distributed, from "
                      "raw data to a deployable model. `scaletrain COMMAND --help` describes each command.")
@@ -35,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     verify_command.register(sub)
     bench_commands.register(sub)
     compress_command.register(sub)
+    export_command.register(sub)
     diagnose_commands.register(sub)
     _add_verbosity(parser, top=True)
     return parser

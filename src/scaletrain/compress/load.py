@@ -106,6 +106,11 @@ def load_source(run: str | Path, checkpoint: str | Path | None = None) -> Source
             raise UserError(f"{run_dir}: neither model.safetensors nor a checkpoint in checkpoints/")
         weights = found[-1]
         load_checkpoint_into(model, weights, spec)
+    if spec.get("lora"):  # a LoRA run: compress the model it trained, adapters merged into the weights
+        from scaletrain.models.lora import merge_lora
+
+        merge_lora(model)
+        spec = {k: v for k, v in spec.items() if k != "lora"}
     return Source(run_dir=run_dir, cfg=cfg, model=model.float().eval(), spec=spec, weights=weights)
 
 

@@ -298,8 +298,11 @@ def load_config(source: str | None = None, overrides: list[str] | tuple[str, ...
     profile): parallel.nproc must then fit this machine's cores or devices."""
     raw, _ = _read_source(source)
     before = copy.deepcopy(raw)
+    model = raw.get("model")
+    family = model.get("name", "gpt") if isinstance(model, dict) else None
     for item in overrides:
         apply_override(raw, item)
+    _other_family(raw, family, overrides)
     given = [item.partition("=")[0] for item in overrides]
     origin = f"preset {source or DEFAULT_PRESET}" if (source or DEFAULT_PRESET) in preset_names() else f"config {source}"
     # Said once: by the process the user started (under `scaletrain train ... parallel.nproc=N`, the
@@ -341,6 +344,20 @@ def adapt_to_overrides(raw: dict, before: dict, given: list[str], origin: str) -
         lines.append(f"schedule.warmup_steps: {warmup} from the {origin} shortened to {shorter} to fit "
                      f"train.max_steps={steps}")
     return lines
+
+
+def _other_family(raw: dict, family: str | None, overrides) -> None:
+    """`model.name=X` on a preset or file of another family: the file's model keys describe its own
+    family (`gpt-tiny`'s n_layer, d_model), so X's section starts from X's defaults and the
+    `model.*` overrides alone (`scaletrain train model.name=hf model.path=DIR`)."""
+    model = raw.get("model")
+    if family is None or not isinstance(model, dict) or model.get("name", "gpt") == family:
+        return
+    scratch: dict = {}
+    for item in overrides:
+        if item.startswith("model."):
+            apply_override(scratch, item)
+    raw["model"] = scratch["model"]
 
 
 def to_yaml(cfg: Config) -> str:

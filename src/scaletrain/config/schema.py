@@ -262,6 +262,13 @@ class Config(Section):
         if self.data.kind != kind:
             raise ValueError(f"model.name={self.model.name} needs data.kind={kind}")
         why, dims = OPTIMIZERS[self.optim.name].sharded, self.parallel.dims()
+        layouts = getattr(type(self.model), "layouts", None)  # a family that only some layouts split
+        if layouts is not None and dims.strategy not in layouts:
+            raise ValueError(f"parallel.strategy: {dims.strategy} is not available for model.name={self.model.name} "
+                             f"(it trains with {', '.join(layouts)}: no tensor-parallel plan or pipeline stages)")
+        if self.data.document_mask and not getattr(type(self.model), "document_mask", True):
+            raise ValueError(f"data.document_mask: model.name={self.model.name} has no packed-document "
+                             "attention masks; set data.document_mask=false")
         if why and dims.sharded_params:
             raise ValueError(f"optim.name: {self.optim.name} does not run on sharded (DTensor) parameters "
                              f"({why}); with parallel.strategy={dims.strategy} choose another optimizer, "

@@ -41,6 +41,10 @@ class TextSpec:
     vocab_size: int
     val_fraction: float
     max_bytes: int | None
+    # A tokenizer.json to tokenize with instead of training one (a pretrained model's), and the
+    # token that ends each document (None: `<|endoftext|>`). vocab_size is then unused.
+    tokenizer: str | None = None
+    eot: str | None = None
 
     def validate(self) -> None:
         if self.source not in ("stdlib", "dir"):
@@ -55,6 +59,8 @@ class TextSpec:
             raise UserError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         if self.max_bytes is not None and self.max_bytes <= 0:
             raise UserError(f"max_bytes must be positive, got {self.max_bytes}")
+        if self.tokenizer is not None and not Path(self.tokenizer).is_file():
+            raise UserError(f"tokenizer file {self.tokenizer} not found")
 
 
 def _root(spec: TextSpec) -> Path:
@@ -87,6 +93,9 @@ def inputs_fingerprint(spec: TextSpec, files: list[Path]) -> str:
     fields = dataclasses.asdict(spec)
     # The absolute source path is not an input: moving a corpus should keep its cache.
     fields.pop("path")
+    if spec.tokenizer is not None:  # what the tokenizer is, not where it lies
+        fields["tokenizer"] = shards.file_xxh3(Path(spec.tokenizer))
+        fields.pop("vocab_size")
     meta = {"prep_version": PREP_VERSION, "tokenizers": tokenizers.__version__, **fields}
     h.update(json.dumps(meta, sort_keys=True).encode("utf-8"))
     for p in sorted(files, key=lambda p: p.relative_to(root).as_posix()):
@@ -159,12 +168,15 @@ def prepare_text(spec: TextSpec, out_dir: str | Path, workers: int = 2, progress
     tmp = make_temp_dir(out_dir.parent, prefix=f".{out_dir.name}.tmp-")
     try:
         with _progress(progress) as bar:
-            t = bar.add_task(f"training tokenizer on {len(train_files)} files", total=None)
-            tok = tkz.train_tokenizer((corpus.read_text(p) for p in train_files), spec.vocab_size)
-            bar.update(t, total=1, completed=1)
+            if spec.tokenizer is not None:
+                tok = tkz.load_tokenizer(spec.tokenizer)
+            else:
+                t = bar.add_task(f"training tokenizer on {len(train_files)} files", total=None)
+                tok = tkz.train_tokenizer((corpus.read_text(p) for p in train_files), spec.vocab_size)
+                bar.update(t, total=1, completed=1)
             vocab_size = tok.get_vocab_size()
             dtype = shards.token_dtype(vocab_size)
-            eot = tkz.eot_id(tok)
+            eot = tkz.eot_id(tok, spec.eot)
             splits: dict[str, Any] = {}
             for name, split_files in (("train", train_files), ("val", val_files)):
                 nbytes = _utf8_size(split_files)

@@ -57,9 +57,10 @@ def tokenizer_fingerprint(tok: Tokenizer) -> str:
     return xxhash.xxh3_128_hexdigest(tok.to_str().encode("utf-8"))
 
 
-def eot_id(tok: Tokenizer) -> int:
-    """Id of the end-of-text token."""
-    i = tok.token_to_id(EOT)
+def eot_id(tok: Tokenizer, token: str | None = None) -> int:
+    """Id of the end-of-text token (`token`, by default `<|endoftext|>`)."""
+    token = token or EOT
+    i = tok.token_to_id(token)
     if i is None:
-        raise UserError(f"tokenizer has no {EOT} token")
+        raise UserError(f"tokenizer has no {token} token")
     return int(i)

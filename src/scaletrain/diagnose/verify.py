@@ -42,6 +42,23 @@ _QUIET = ["train.eval_every=0", "train.checkpoint_every=0", "train.final_eval_ba
           "schedule.name=constant", "schedule.warmup_steps=0"]
 
 
+def dropout(cfg: Config) -> tuple[float, str]:
+    """The model's largest dropout rate and where it is set: model.dropout, model.lora.dropout, or
+    (model.name=hf) a rate in the folder's config.json."""
+    found = [(float(getattr(cfg.model, "dropout", 0) or 0), "model.dropout")]
+    lora = getattr(cfg.model, "lora", None)
+    if lora is not None:
+        found.append((lora.dropout, "model.lora.dropout"))
+    if cfg.model.name == "hf":
+        from scaletrain.untrusted.hf import read_config
+
+        config = read_config(Path(cfg.model.path).expanduser())
+        found += [(float(v), f"{Path(cfg.model.path) / 'config.json'}: {k}") for k, v in config.items()
+                  if ("dropout" in k or k.endswith("pdrop")) and k != "classifier_dropout"
+                  and isinstance(v, (int, float)) and not isinstance(v, bool)]
+    return max(found, key=lambda item: item[0])
+
+
 def tolerance(cfg: Config) -> tuple[float, float]:
     family = "sgd" if cfg.optim.name in _SGD_LIKE else "adaptive"
     precision = "fp32" if cfg.train.precision == "fp32" else "bf16"
@@ -116,8 +133,9 @@ def compare(run: Path, ref: Path, steps: int) -> list[dict]:
 def verify(cfg: Config, source: str | None, overrides: list[str], steps: int, keep: Path | None = None) -> tuple[list[dict], tuple[float, float]]:
     """Record both runs (in `keep`, or in a temporary folder removed afterwards, also on failure)
     and compare them."""
-    if getattr(cfg.model, "dropout", 0) > 0:
-        raise UserError("verify: model.dropout must be 0 (dropout masks differ between layouts by design)")
+    rate, key = dropout(cfg)
+    if rate > 0:
+        raise UserError(f"verify: {key} must be 0 (dropout masks differ between layouts by design)")
     if keep is not None:
         _check_keep(keep)
         with contextlib.ExitStack() as stack:

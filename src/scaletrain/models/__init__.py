@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from scaletrain.errors import UserError
 from scaletrain.models.gpt.config import GPTConfig
+from scaletrain.models.hf.config import HFConfig
 from scaletrain.models.llama.config import LlamaConfig
 from scaletrain.models.mlp.config import MLPConfig
 
@@ -34,9 +35,10 @@ FAMILIES: dict[str, Registered] = {
     "gpt": Registered(GPTConfig, "scaletrain.models.gpt.family"),
     "llama": Registered(LlamaConfig, "scaletrain.models.llama.family"),
     "mlp": Registered(MLPConfig, "scaletrain.models.mlp.family"),
+    "hf": Registered(HFConfig, "scaletrain.models.hf.family"),
 }
 
-__all__ = ["FAMILIES", "build_model", "get_family", "model_configs", "model_from_config_json"]
+__all__ = ["FAMILIES", "build_model", "family_of_module", "get_family", "model_configs", "model_from_config_json"]
 
 
 def model_configs() -> tuple[type, ...]:
@@ -48,6 +50,14 @@ def get_family(name: str) -> ModelFamily:
     if not isinstance(name, str) or name not in FAMILIES:
         raise UserError(f"unknown model.name {name!r}; known: {sorted(FAMILIES)}")
     return importlib.import_module(FAMILIES[name].family).FAMILY
+
+
+def family_of_module(model: nn.Module) -> ModelFamily | None:
+    """The family whose parallel plan splits a user's module (the Python API): `hf`'s for a module
+    holding a `transformers` model (its classes declare `_no_split_modules`), else None."""
+    if any(getattr(m, "_no_split_modules", None) for m in model.modules()):
+        return get_family("hf")
+    return None
 
 
 def build_model(name: str, args: dict) -> nn.Module:
@@ -66,4 +76,8 @@ def model_from_config_json(d: dict) -> nn.Module:
             factorize_skeleton(model, d["factorized"])
         except (ValueError, AttributeError) as exc:
             raise UserError(f"model config: factorized: {exc}") from None
+    if d.get("lora"):  # low-rank adapters trained on top of the weights (model.lora)
+        from scaletrain.models.lora import apply_lora
+
+        apply_lora(model, d["lora"])
     return model

@@ -10,7 +10,9 @@ for, so that nothing outside the family's folder knows its module names:
   activation bytes), computed from the family's own arithmetic;
 - the config section of `model:` in a YAML file (a small pydantic model whose `name` is a
   Literal of the family's name, and whose class attribute `task` says what data it learns from),
-  and how a config plus the data's shape become the module's args.
+  and how a config plus the data's shape become the module's args;
+- optionally `HFMapping`: how its weights and config map to a Hugging Face `transformers`
+  architecture (`model.init_from=DIR` reads them, `scaletrain export --format hf` writes them).
 
 A family folder holds:
 
@@ -93,6 +95,24 @@ class ModelSpec(Protocol):
 
 
 @dataclass(frozen=True)
+class HFMapping:
+    """A family's names in `transformers` (`<family>/hf.py`), both ways. Pure functions of dicts and
+    tensors: reading and writing the files is the caller's (scaletrain.untrusted, scaletrain.export)."""
+
+    # The `architectures` of a config.json this family reads ("LlamaForCausalLM").
+    architectures: tuple[str, ...]
+    # (config.json, data shape) -> the module's args; a UserError naming the key that does not fit.
+    args_from_hf: Callable[[dict, DataShape], dict]
+    # (module args, config.json) -> [TensorMap] (scaletrain.models.hfmap): one entry per tensor.
+    tensors: Callable[[dict, dict], list]
+    # (module args, the config.json the run started from or None) -> the config.json to write;
+    # a UserError when the architecture cannot hold the model (per-layer widths, another norm).
+    config_to_hf: Callable[[dict, dict | None], dict]
+    # Regular expressions of tensor names a checkpoint may hold that are no weights (old buffers).
+    ignored: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class ModelFamily:
     name: str
     config: type  # the pydantic section for `model:` (its `name` field: Literal[name]; class attribute `task`)
@@ -102,6 +122,7 @@ class ModelFamily:
     # A model instance (often on the meta device) -> its ModelSpec
     spec: Callable[[nn.Module], ModelSpec]
     plan: ParallelPlan | None = None  # None: only data-parallel layouts (ddp, zero1, fsdp of the root)
+    hf: HFMapping | None = None  # None: no `transformers` counterpart (no init_from, no export to hf)
 
     @property
     def task(self) -> Task:

@@ -28,3 +28,20 @@ def factorize_skeleton(model: nn.Module, ranks: dict[str, int]) -> nn.Module:
             raise ValueError(f"factorized layer {name!r} is not a Linear in this model")
         set_submodule(model, name, split_linear(linear, int(r)))
     return model
+
+
+def densify(model: nn.Module, ranks: dict[str, int]) -> nn.Module:
+    """Undo the structure (in place): each factor pair becomes one Linear holding their product,
+    the same function up to rounding (for formats with no factorized layers, e.g. transformers')."""
+    import torch
+
+    with torch.no_grad():
+        for name in ranks:
+            pair = model.get_submodule(name)
+            first, second = pair[0], pair[1]
+            dense = nn.Linear(first.in_features, second.out_features, bias=second.bias is not None)
+            dense.weight.copy_(second.weight.double() @ first.weight.double())
+            if second.bias is not None:
+                dense.bias.copy_(second.bias)
+            set_submodule(model, name, dense)
+    return model

@@ -7,6 +7,8 @@ writes to it (the trainer does, after the resume checks).
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import time
 from pathlib import Path
@@ -20,13 +22,16 @@ from scaletrain.data.prepare import TextSpec, ensure_prepared
 from scaletrain.data.loader import PackedLoader, PreadTokens, SampleOrder, TokenWindows, data_fingerprint
 from scaletrain.data.mixture import ConcatWindows, Mixture
 from scaletrain.data.shards import TokenShards, read_manifest
-from scaletrain.data.tokenizer import load_tokenizer
+from scaletrain.data.tokenizer import load_tokenizer, tokenizer_fingerprint
 from scaletrain.errors import UserError
 from scaletrain.models import build_model, get_family
 from scaletrain.models.family import DataShape
-from scaletrain.train import resume
+from scaletrain.train import pretrained, resume
 from scaletrain.train.tasks import Classification, LanguageModeling
 from scaletrain.train.trainer import Trainer, resolve_device
+from scaletrain.untrusted.hf import names_code, read_config
+
+log = logging.getLogger(__name__)
 
 
 def default_run_dir(cfg: Config) -> Path:
@@ -71,8 +76,11 @@ def _text_task(cfg: Config, progress: bool):
     d = cfg.data
     if d.mixture:
         return _mixture_task(cfg)
+    # A pretrained model's data is tokenized with the model's own tokenizer, when its folder has one.
+    own = pretrained.folder_tokenizer(cfg)
     spec = TextSpec(source="dir" if d.path else "stdlib", path=d.path, pattern=d.pattern,
-                    vocab_size=d.vocab_size, val_fraction=d.val_fraction, max_bytes=d.max_bytes)
+                    vocab_size=d.vocab_size, val_fraction=d.val_fraction, max_bytes=d.max_bytes,
+                    tokenizer=str(own.path) if own else None, eot=own.eot if own else None)
     data_dir = ensure_prepared(spec, Path(d.cache_dir).expanduser(), progress=progress)
     # verify: every shard's checksum (XXH3 reads ~7 GB/s here): a bit flipped in the cache since it
     # was prepared is refused, naming the file, instead of being trained on.
@@ -95,6 +103,10 @@ def _mixture_task(cfg: Config):
             raise UserError(f"data.mixture: {p} was tokenized with another tokenizer than {dirs[0]} "
                             f"(fingerprints {fp} and {fingerprints[0]}); prepare all sources with the same tokenizer")
     tokenizer = load_tokenizer(dirs[0] / "tokenizer.json")
+    own = pretrained.folder_tokenizer(cfg)
+    if own is not None and tokenizer_fingerprint(load_tokenizer(own.path)) != fingerprints[0]:
+        raise UserError(f"data.mixture: {dirs[0]} was tokenized with another tokenizer than the model's "
+                        f"({own.path}); prepare the sources with --tokenizer {own.path}")
     weights = [m.weight for m in d.mixture]
     sources, vals, counts = [], [], np.zeros(tokenizer.get_vocab_size(), dtype=np.float64)
     total_tokens = 0
@@ -152,16 +164,39 @@ def build_trainer(cfg: Config) -> Trainer:
     if info.device.type == "cuda":
         device = info.device
     task, args, extra, sampler = build_task(cfg, device, progress=cfg.log.progress and info.is_main)
+    family = get_family(cfg.model.name)
+    folder = pretrained.model_folder(cfg)
+    weights = pretrained.folder_weights(cfg, family)  # model.path (hf) or model.init_from: checked first
     torch.manual_seed(cfg.train.seed)  # the initial weights are a function of the seed
     model = build_model(cfg.model.name, args)
     spec = {"name": cfg.model.name, "args": model.args_dict()}
+    if folder is not None:
+        pretrained.load_folder_weights(model, weights, cfg, family)
+        if family.hf is not None:  # init_from: the architecture came from the folder, say so in config.yaml
+            pretrained.sync_section(cfg.model, args)
+            # The folder's config.json: an export writes back what this family does not model.
+            spec["hf_config"] = read_config(folder)
+    if folder is not None and names_code(folder):
+        log.warning("warning: %s names code to run (auto_map); it is ignored: scaletrain never runs code from a "
+                    "model folder, and trains the architecture transformers itself defines for its model_type",
+                    folder / "config.json")
+    lora = pretrained.add_lora(model, cfg, family)
+    if lora is not None:
+        spec["lora"] = lora
     # After the data and model checks: bad input is reported as such before a mismatch with the run.
     on_main(resume.check_same_config, cfg, run_dir)
     run_files = {}
     if "data_dir" in extra:  # the run folder is self-contained for eval/generate
-        run_files["tokenizer.json"] = (Path(extra["data_dir"]) / "tokenizer.json").read_bytes()
+        tokenizer = Path(extra["data_dir"]) / "tokenizer.json"
+        pretrained.check_vocabulary(model, load_tokenizer(tokenizer).get_vocab_size(), folder)
+        run_files["tokenizer.json"] = tokenizer.read_bytes()
+        own = pretrained.folder_tokenizer(cfg)
+        if own is not None:  # its special tokens, for an export (tokenizer_config.json)
+            run_files["tokenizer_config.json"] = (json.dumps(own.config, indent=2) + "\n").encode()
+        elif folder is not None:
+            log.info("%s has no tokenizer.json: the data's own tokenizer is used (data.vocab_size)", folder)
     return Trainer(cfg, model, task, run_dir=run_dir, model_spec=spec, sampler=sampler, extra_summary=extra,
-                   dist_info=info, run_files=run_files, family=get_family(cfg.model.name))
+                   dist_info=info, run_files=run_files, family=family)
 
 
 def checked_run_dir(cfg: Config) -> Path:

@@ -24,6 +24,7 @@ from scaletrain.train import checkpoint as ckpt
 # Where the data lives, not what it is: moving a corpus or a cache keeps the run (the data itself is
 # compared by fingerprint when the checkpoint's data position is checked).
 _LOCATION_KEYS = ("cache_dir", "path")
+_MODEL_LOCATION_KEYS = ("path", "init_from")
 _FINISHED = ("model.safetensors", "summary.json")
 _START_OVER = "start a new run with train.resume=false and a new train.run_dir"
 
@@ -93,7 +94,10 @@ def _identity(cfg: Config) -> dict:
     data = cfg.data.model_dump(mode="json", exclude=set(_LOCATION_KEYS))
     if data.get("mixture"):
         data["mixture"] = [m["weight"] for m in data["mixture"]]
-    return {**_flat("model", cfg.model.model_dump(mode="json")), **_flat("data", data)}
+    # A model folder's location (model.path, model.init_from) is no more the model than data.path is
+    # the data: what the folder held is compared through the checkpoint's model description.
+    model = cfg.model.model_dump(mode="json", exclude=set(_MODEL_LOCATION_KEYS))
+    return {**_flat("model", model), **_flat("data", data)}
 
 
 def _flat(prefix: str, node) -> dict:

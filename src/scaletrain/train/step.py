@@ -53,7 +53,25 @@ def to_device(x, device: torch.device):
 
 
 def forward(model: nn.Module, x):
+    """The model's output for a batch input: `model(**x)` for a dict of tensors, else `model(x)`.
+    Whatever the model returns (a tensor, a `transformers` ModelOutput, a dict) is passed on:
+    the task's loss takes it (`logits_of` finds the logits in it)."""
     return model(**x) if isinstance(x, dict) else model(x)
+
+
+def logits_of(output) -> torch.Tensor:
+    """The logits in a model's output: the tensor itself, `output.logits` (a `transformers`
+    ModelOutput) or `output["logits"]` (a dict)."""
+    if isinstance(output, torch.Tensor):
+        return output
+    logits = getattr(output, "logits", None)
+    if logits is None and isinstance(output, dict):
+        logits = output.get("logits")
+    if not isinstance(logits, torch.Tensor):
+        raise TypeError(f"the model returned a {type(output).__name__} without logits: return a tensor, "
+                        "an object with a `logits` tensor, or a dict with a 'logits' tensor (or give the "
+                        "trainer a task whose loss reads this output)")
+    return logits
 
 
 _ONES: dict[torch.device, torch.Tensor] = {}

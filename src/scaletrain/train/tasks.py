@@ -2,12 +2,15 @@
 
 The trainer is the same for every task; a task owns its data and its metrics. Batches are drawn by
 global sample position (see `scaletrain.data.loader`), so resuming a run needs only that position.
+`Task` below is the protocol a task of your own (a custom loss) follows.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from contextlib import AbstractContextManager
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -16,7 +19,47 @@ import xxhash
 from torch import nn
 
 from scaletrain.data.loader import PackedLoader, PreadTokens, SampleOrder, TokenWindows
-from scaletrain.train.step import forward, to_device
+from scaletrain.train.step import forward, logits_of, to_device
+
+
+@runtime_checkable
+class Task(Protocol):
+    """What the trainer asks of a task. The built-in ones (`LanguageModeling`,
+    `CausalLanguageModeling`, `Classification`) follow it; so may yours, for a loss of your own.
+
+    A batch is `(x, y)`: `x` a tensor (the model is called `model(x)`) or a dict of tensors
+    (`model(**x)`), `y` a tensor (the targets; anything your loss reads). The model's output may be
+    anything (a tensor, a `transformers` ModelOutput, a dict): `loss` receives it as it is
+    (`scaletrain.train.step.logits_of(output)` finds its logits).
+
+    Optional, for exact resumes: `sample_ids(position, count)`, `data_state(position) -> dict`
+    (JSON) and `check_data_state(state) -> position` (raises when the data changed).
+    """
+
+    unit: str  # what throughput counts: "tokens" or "samples"
+
+    @property
+    def num_train_samples(self) -> int:
+        """Samples in the training set (an epoch; full-batch gd reads all of them per step)."""
+        ...
+
+    def train_batch(self, position: int, batch_size: int):
+        """(x, y) of the samples at global positions position .. position + batch_size - 1: a
+        pure function of the position, so that every rank and every resume draws the same."""
+        ...
+
+    def units(self, x) -> int:
+        """Units (tokens, samples) in a batch input, for throughput."""
+        ...
+
+    def loss(self, output, y) -> torch.Tensor:
+        """The scalar loss of the model's output against the targets."""
+        ...
+
+    def evaluate(self, model: nn.Module, *, batches: int, batch_size: int, device: torch.device,
+                 autocast: AbstractContextManager) -> dict[str, float]:
+        """Validation metrics, at least `val_loss` (every rank calls it: FSDP's forward is collective)."""
+        ...
 
 
 class LanguageModeling:
@@ -73,8 +116,8 @@ class LanguageModeling:
     def units(self, x) -> int:
         return (x["idx"] if isinstance(x, dict) else x).numel()
 
-    def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
+    def loss(self, output, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits_of(output).flatten(0, 1).float(), y.flatten())
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, *, batches: int, batch_size: int, device: torch.device,
@@ -85,7 +128,7 @@ class LanguageModeling:
         for start in range(0, len(windows), batch_size):
             x, y = self.val.batch(windows[start : start + batch_size], doc_ids=self.document_mask)
             with autocast:
-                logits = forward(model, to_device(x, device))
+                logits = logits_of(forward(model, to_device(x, device)))
             nll = F.cross_entropy(logits.flatten(0, 1).float(), y.to(device).flatten(), reduction="sum")
             nats += float(nll)
             unigram += float(-self.unigram_logp[y].sum())
@@ -101,27 +144,116 @@ class LanguageModeling:
         }
 
 
+def _row_tensor(row, what: str) -> torch.Tensor:
+    try:
+        return torch.as_tensor(row)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise TypeError(f"{what}: cannot be made a tensor ({exc})") from None
+
+
+def _stack(rows: list, what: str) -> torch.Tensor:
+    tensors = [_row_tensor(r, what) for r in rows]
+    shapes = {tuple(t.shape) for t in tensors}
+    if len(shapes) > 1:
+        raise ValueError(f"{what}: rows of different shapes {sorted(shapes)[:3]} in one batch; give rows "
+                         "of one shape (pad or cut them to one length first)")
+    return torch.stack(tensors)
+
+
 class Classification:
-    """Supervised classification from a map-style dataset of (input, label) pairs."""
+    """Supervised classification from a map-style dataset whose rows are `(input, label)` pairs or
+    dicts (`{"pixels": ..., "label": 3}`: the model is called with every key but `label_key` as a
+    keyword argument, e.g. a `datasets.Dataset` with torch-convertible columns)."""
 
     unit = "samples"
 
-    def __init__(self, train_set, val_set, *, seed: int, fraction: float = 1.0, fingerprint: str = ""):
+    def __init__(self, train_set, val_set, *, seed: int, fraction: float = 1.0, fingerprint: str = "",
+                 label_key: str = "label"):
         self.train_set, self.val_set = train_set, val_set
+        self.label_key = label_key
         self.order = SampleOrder(len(train_set), seed, fraction, fingerprint=fingerprint or _tensor_fingerprint(train_set))
 
     @property
     def num_train_samples(self) -> int:
         return len(self.order)
 
-    @staticmethod
-    def _gather(dataset, index: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    def _gather(self, dataset, index: np.ndarray):
         tensors = getattr(dataset, "tensors", None)
         if tensors is not None and len(tensors) == 2:  # TensorDataset: index once, no Python loop
             idx = torch.from_numpy(index)
             return tensors[0][idx], tensors[1][idx]
         items = [dataset[int(i)] for i in index]
-        return torch.stack([torch.as_tensor(x) for x, _ in items]), torch.as_tensor([int(y) for _, y in items])
+        if items and isinstance(items[0], Mapping):
+            key = self.label_key
+            if key not in items[0]:
+                raise KeyError(f"Classification: the dataset's rows have no {key!r} key (they have "
+                               f"{sorted(items[0])[:6]}); name the label column with label_key=")
+            inputs = {k: _stack([it[k] for it in items], f"column {k!r}") for k in items[0] if k != key}
+            return inputs, torch.as_tensor([int(it[key]) for it in items])
+        return _stack([x for x, _ in items], "inputs"), torch.as_tensor([int(y) for _, y in items])
+
+    def train_batch(self, position: int, batch_size: int):
+        return self._gather(self.train_set, self.order.take(position, batch_size))
+
+    def sample_ids(self, position: int, count: int) -> np.ndarray:
+        return self.order.take(position, count)
+
+    def data_state(self, position: int) -> dict:
+        return self.order.state(position)
+
+    def check_data_state(self, state: dict) -> int:
+        return self.order.check_state(state)
+
+    def units(self, x) -> int:
+        return next(iter(x.values())).shape[0] if isinstance(x, dict) else x.shape[0]
+
+    def loss(self, output, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits_of(output).float(), y)
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, *, batches: int, batch_size: int, device: torch.device,
+                 autocast: AbstractContextManager) -> dict[str, float]:
+        # The validation split of a classifier is small: always judge on all of it.
+        total = correct = 0
+        nll = 0.0
+        index = np.arange(len(self.val_set))
+        for start in range(0, len(index), max(batch_size, 256)):
+            x, y = self._gather(self.val_set, index[start : start + max(batch_size, 256)])
+            x, y = to_device(x, device), y.to(device)
+            with autocast:
+                logits = logits_of(forward(model, x))
+            nll += float(F.cross_entropy(logits.float(), y, reduction="sum"))
+            correct += int((logits.argmax(-1) == y).sum())
+            total += y.numel()
+        return {"val_loss": nll / total, "val_accuracy": correct / total}
+
+
+class CausalLanguageModeling:
+    """Next-token prediction on a map-style dataset of token-id rows: each row a sequence of ids
+    (a tensor, a list) or a dict holding one under `key` (`{"input_ids": [...]}`, as a tokenized
+    `datasets.Dataset` has them). A row of T + 1 ids trains T predictions: the model is called on
+    ids[:-1] (`model(x)`, which a `transformers` model reads as `input_ids`) and scored on ids[1:].
+    The rows of one batch must have one length (pack or cut them first)."""
+
+    unit = "tokens"
+
+    def __init__(self, train_set, val_set, *, seed: int, fraction: float = 1.0, key: str = "input_ids",
+                 fingerprint: str = ""):
+        self.train_set, self.val_set, self.key = train_set, val_set, key
+        self.order = SampleOrder(len(train_set), seed, fraction, fingerprint=fingerprint)
+
+    @property
+    def num_train_samples(self) -> int:
+        return len(self.order)
+
+    def _gather(self, dataset, index: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = [dataset[int(i)] for i in index]
+        rows = [r[self.key] if isinstance(r, Mapping) else r for r in rows]
+        ids = _stack(rows, f"token rows ({self.key!r})").long()
+        if ids.dim() != 2 or ids.shape[1] < 2:
+            raise ValueError(f"token rows: each row must be a sequence of at least 2 ids, got shape "
+                             f"{list(ids.shape[1:])}")
+        return ids[:, :-1], ids[:, 1:]
 
     def train_batch(self, position: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self._gather(self.train_set, self.order.take(position, batch_size))
@@ -136,27 +268,24 @@ class Classification:
         return self.order.check_state(state)
 
     def units(self, x: torch.Tensor) -> int:
-        return x.shape[0]
+        return x.numel()
 
-    def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits.float(), y)
+    def loss(self, output, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits_of(output).flatten(0, 1).float(), y.flatten())
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, *, batches: int, batch_size: int, device: torch.device,
                  autocast: AbstractContextManager) -> dict[str, float]:
-        # The validation split of a classifier is small: always judge on all of it.
-        total = correct = 0
-        nll = 0.0
-        index = np.arange(len(self.val_set))
-        for start in range(0, len(index), max(batch_size, 256)):
-            x, y = self._gather(self.val_set, index[start : start + max(batch_size, 256)])
-            x, y = x.to(device), y.to(device)
+        count = len(self.val_set) if not batches else min(len(self.val_set), batches * batch_size)
+        nats, tokens = 0.0, 0
+        for start in range(0, count, batch_size):
+            x, y = self._gather(self.val_set, np.arange(start, min(start + batch_size, count)))
             with autocast:
-                logits = model(x)
-            nll += float(F.cross_entropy(logits.float(), y, reduction="sum"))
-            correct += int((logits.argmax(-1) == y).sum())
-            total += y.numel()
-        return {"val_loss": nll / total, "val_accuracy": correct / total}
+                logits = logits_of(forward(model, x.to(device)))
+            nats += float(F.cross_entropy(logits.flatten(0, 1).float(), y.to(device).flatten(), reduction="sum"))
+            tokens += y.numel()
+        loss = nats / max(tokens, 1)
+        return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0)), "val_tokens": tokens}
 
 
 def _tensor_fingerprint(dataset) -> str:

@@ -17,6 +17,7 @@ from torch import nn
 
 from scaletrain.config.load import to_yaml
 from scaletrain.config.schema import Config
+from scaletrain.errors import UserError
 from scaletrain import hardware
 from scaletrain.optim.param_groups import param_groups
 from scaletrain.optim.registry import build_optimizer
@@ -77,13 +78,28 @@ class Trainer:
     @classmethod
     def from_config(cls, cfg: Config, model: nn.Module, task, *, model_spec: dict | None = None) -> "Trainer":
         """A trainer for a user's model and task (the Python API): the config's model and data
-        sections are not used; the device and run folder are checked as for the CLI."""
-        from scaletrain.train.build import check_device, check_run_dir, default_run_dir  # build imports us
+        sections are not used; the device and run folder are checked as for the CLI.
 
-        check_device(cfg)
-        run_dir = Path(cfg.train.run_dir).expanduser() if cfg.train.run_dir else default_run_dir(cfg)
-        check_run_dir(cfg, run_dir)
-        return cls(cfg, model, task, run_dir=run_dir, model_spec=model_spec)
+        Under `torchrun` (your own script, `torchrun --nproc-per-node N script.py`) every rank
+        calls this: it joins the process group, rank 0 names and checks the run folder for all,
+        and `parallel.strategy` (ddp, zero1, fsdp) lays the model out over the ranks. A
+        `transformers` model is split as `model.name=hf` splits it: FSDP and activation
+        checkpointing per decoder layer (its `_no_split_modules`)."""
+        from scaletrain.models import family_of_module
+        from scaletrain.parallel.dist import init_distributed, launched_by_torchrun
+        from scaletrain.train.build import check_device, checked_run_dir  # build imports us
+
+        device = check_device(cfg)
+        dims = cfg.parallel.dims()  # the layout's kind (its fewest ranks when nproc does not say)
+        if not launched_by_torchrun() and dims.world > 1:
+            raise UserError(f"parallel.strategy: {dims.strategy} needs several processes, and the Python "
+                            "API trains in the processes you start: launch your script with `torchrun "
+                            "--nproc-per-node N your_script.py` (parallel.nproc starts processes only for "
+                            "`scaletrain train`)")
+        info = init_distributed(device.type, cfg.parallel.timeout_seconds)
+        run_dir = ranks.on_main(checked_run_dir, cfg)
+        return cls(cfg, model, task, run_dir=run_dir, model_spec=model_spec, dist_info=info,
+                   family=family_of_module(model))
 
     # ---- set-up -------------------------------------------------------------------------------
     def _build_optimizer(self, layout: Layout) -> torch.optim.Optimizer:

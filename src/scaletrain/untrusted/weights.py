@@ -73,6 +73,15 @@ def save_weights(model: nn.Module, path: Path, *, spec: dict | None = None,
         save_model(model, str(tmp), metadata=metadata)
 
 
+def save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """`path` atomically from named tensors (contiguous, no two sharing storage), with the
+    `format: pt` metadata `transformers` and `peft` expect."""
+    from safetensors.torch import save_file
+
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
+
+
 def read_header(path: Path) -> tuple[dict[str, str], dict[str, tuple[str, list[int]]]]:
     """(metadata, {name: (dtype, shape)}) of a safetensors file; UserError naming it otherwise."""
     from safetensors import safe_open
@@ -164,19 +173,3 @@ def spec_differences(saved: object, current: object, prefix: str = "model", sour
 
     walk(saved, current, prefix)
     return "; ".join(found[:3]) + (f" (and {len(found) - 3} more)" if len(found) > 3 else "")
-
-
-def read_model_dir(folder: Path) -> tuple[dict, nn.Module]:
-    """(description, model) of a folder holding `model_config.json` and `model.safetensors` (a
-    finished run, a compressed model): description read and checked, model built within this
-    machine's memory, weights loaded strictly."""
-    from scaletrain.models import model_from_config_json
-    from scaletrain.untrusted.files import read_json
-
-    spec_file = folder / "model_config.json"
-    spec = read_json(spec_file, what="a model description (model_config.json)")
-    if "name" not in spec or not isinstance(spec.get("args"), dict):
-        raise UserError(f'{spec_file}: expected a mapping with "name" and "args" (a model_config.json)')
-    model = build_checked(lambda: model_from_config_json(spec), spec_file)
-    load_weights(model, folder / "model.safetensors", spec=spec)
-    return spec, model

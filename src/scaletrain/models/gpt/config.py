@@ -6,10 +6,11 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from scaletrain.sections import MAX_FF, MAX_LAYERS, MAX_WIDTH, Section
+from scaletrain.models.start import PretrainedStart
+from scaletrain.sections import MAX_FF, MAX_LAYERS, MAX_WIDTH
 
 
-class GPTConfig(Section):
+class GPTConfig(PretrainedStart):
     task: ClassVar[str] = "language_modeling"  # trains on data.kind=text
 
     name: Literal["gpt"] = "gpt"

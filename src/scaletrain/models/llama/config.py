@@ -6,6 +6,7 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
+from scaletrain.models.start import PretrainedStart
 from scaletrain.sections import MAX_FF, MAX_LAYERS, MAX_SEQ_LEN, MAX_WIDTH, Section
 
 Positive = Annotated[float, Field(gt=0.0)]
@@ -28,7 +29,7 @@ class RopeScalingConfig(Section):
         return self
 
 
-class LlamaConfig(Section):
+class LlamaConfig(PretrainedStart):
     """A Llama 3 decoder (docs/models.md). The vocabulary and context come from `data:`."""
 
     task: ClassVar[str] = "language_modeling"  # trains on data.kind=text
