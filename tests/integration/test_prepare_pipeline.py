@@ -9,12 +9,13 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from functools import partial
 from pathlib import Path
 
 import pytest
 
 from scaletrain.data import corpus, pipeline, shards, stages
-from scaletrain.data.prepare_config import validate
+from scaletrain.data.prepare_config import task_size, validate
 from scaletrain.data.tokenizer import load_tokenizer
 from scaletrain.errors import UserError
 
@@ -228,7 +229,7 @@ def test_jsonl_and_parquet_mixture_with_bad_input(tmp_path: Path) -> None:
     assert stats["documents_in"] == stats["documents_out"] == 60
     expected = {"train": 0, "val": 0}
     for spec in pipeline._source_specs(cfg):
-        for task in sources.plan_tasks([spec], cfg.task_bytes):
+        for task in sources.plan_tasks([spec], partial(task_size, cfg)):
             for doc in sources.read_task(task, spec.field, 10**6, "replace", Counter(), Counter()):
                 doc_id = doc.id.replace("0:", f"{0 if spec.kind == 'jsonl' else 1}:", 1)
                 if stages.unit_hash(doc_id, 0, stages._SEED_SPLIT) < 0.2:

@@ -1,6 +1,7 @@
-"""The per-task stages of `scaletrain prepare`, run in worker processes.
+"""The per-task stages of `scaletrain prepare`, run in worker processes (local pool or Ray).
 
 scan(task):     read -> normalize -> filter -> exact hash, MinHash -> work/scan/{t}.*
+                (and the task's share of the tokenizer sample's candidates, in meta.npz)
 tokenize(task): cleaned text minus dedup removals -> train/val split -> mixture copies ->
                 token ids -> {split}-{t}_{k}.bin/.idx
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -38,12 +40,39 @@ def scan_paths(work: Path, t: int) -> dict[str, Path]:
     return {k: base.with_suffix(f".{k}") for k in ("txt", "meta.npz", "sig.npy", "parts.npz", "json")}
 
 
+WORKER_ENV = {"RAYON_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+FAULT = "SCALETRAIN_DATA_FAULT"
+
+
 def init_worker() -> None:
-    # One Rust thread per worker process: N processes are the parallelism, not N x threads.
-    os.environ["RAYON_NUM_THREADS"] = "1"
+    # One Rust thread per worker process: N processes are the parallelism, not N x threads
+    # (read once by the tokenizer's thread pool, at its first use: before any stage runs).
+    os.environ.update(WORKER_ENV)
 
 
-def scan(cfg: PrepareConfig, work: Path, task: sources.Task) -> dict[str, Any]:
+def maybe_fault(stage: str, work: Path, task: int) -> None:
+    """A test hook, not a setting: `SCALETRAIN_DATA_FAULT=kill:stage=tokenize:task=1` SIGKILLs the
+    worker process that starts that stage of that task, once per run (a marker in work/ says it
+    fired, so the retry runs clean): what a machine lost mid-run looks like to the engine."""
+    spec = os.environ.get(FAULT)
+    if not spec:
+        return
+    kind, *fields = spec.split(":")
+    args = dict(f.split("=", 1) for f in fields if "=" in f)
+    if kind != "kill" or args.get("stage") != stage or int(args.get("task", -1)) != task:
+        return
+    try:
+        fd = os.open(work / f"fault-{stage}-{task}", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return
+    os.close(fd)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def scan(cfg: PrepareConfig, work: Path, task: sources.Task, sample_rate: float = 0.0) -> dict[str, Any]:
+    """`sample_rate`: training documents whose sample hash falls below it are the tokenizer
+    sample's candidates (indices and byte ranges kept in meta.npz; the driver picks among them)."""
+    maybe_fault("scan", work, task.index)
     src = cfg.sources[task.source]
     c = cfg.clean
     cleaner = Cleaner(CleanSpec(None if c.normalize == "none" else c.normalize, c.min_chars,
@@ -73,11 +102,12 @@ def scan(cfg: PrepareConfig, work: Path, task: sources.Task) -> dict[str, Any]:
     p = scan_paths(work, task.index)
     offsets = np.cumsum([0] + [len(b) for b in blobs], dtype=np.int64)
     with atomic_open(p["txt"], "wb") as f:
-        for b in blobs:
-            f.write(b)
+        f.write(b"".join(blobs))
+    split_u, sample_u = np.array(split_u, np.float64), np.array(sample_u, np.float64)
+    candidates = np.flatnonzero((sample_u < sample_rate) & (split_u >= cfg.val_fraction))
     with atomic_open(p["meta.npz"], "wb") as f:
-        np.savez(f, offsets=offsets, split_u=np.array(split_u, np.float64),
-                 sample_u=np.array(sample_u, np.float64), copies=np.array(copies, np.uint32))
+        np.savez(f, offsets=offsets, split_u=split_u, sample_u=sample_u, copies=np.array(copies, np.uint32),
+                 sample_index=candidates.astype(np.int64), sample_key=sample_u[candidates])
     d = cfg.dedup
     exact = dedup.exact_hashes(blobs) if d.exact else None
     bands = has = None
@@ -90,11 +120,24 @@ def scan(cfg: PrepareConfig, work: Path, task: sources.Task) -> dict[str, Any]:
         with atomic_open(p["sig.npy"], "wb") as f:
             np.save(f, sig)
     dedup.write_partitions(p["parts.npz"], task.index, exact, bands, has, d.partitions)
+    n_val = int((split_u < cfg.val_fraction).sum())
     result = {"task": task.index, "source": task.source, "documents_in": n_in,
-              "documents_kept": len(blobs), "bytes_in": int(offsets[-1]), "removed": dict(removed),
+              "documents_kept": len(blobs), "val_documents": n_val, "train_documents": len(blobs) - n_val,
+              "bytes_in": int(offsets[-1]), "removed": dict(removed),
               "skipped": dict(skipped), "repaired": dict(repaired), "raw_xxh3_128": raw.hexdigest()}
     write_json_atomic(p["json"], result)
     return result
+
+
+def signature_rows(work: Path, ids: np.ndarray) -> np.ndarray:
+    """MinHash signature rows of sorted doc ids, read from each task's memory-mapped signatures."""
+    rows = []
+    task_of = ids >> dedup.TASK_SHIFT
+    for t in np.unique(task_of):
+        sig = np.load(scan_paths(work, int(t))["sig.npy"], mmap_mode="r")
+        local = (ids[task_of == t] & np.uint64(0xFFFFFFFF)).astype(np.int64)
+        rows.append(np.asarray(sig[local]))
+    return np.concatenate(rows) if rows else np.empty((0, 0), np.uint32)
 
 
 _TOKENIZERS: dict[str, Any] = {}
@@ -113,6 +156,7 @@ def _tokenizer(path: Path):
 def tokenize(cfg: PrepareConfig, out: Path, work: Path, task: sources.Task) -> dict[str, Any]:
     from scaletrain.data.tokenizer import eot_id
 
+    maybe_fault("tokenize", work, task.index)
     tok = _tokenizer(out / shards.TOKENIZER)
     dtype = shards.token_dtype(tok.get_vocab_size())
     eot = eot_id(tok)
