@@ -260,3 +260,12 @@ def test_bad_settings_name_the_key(tmp_path: Path, run_main) -> None:
     src, _ = make_corpus(tmp_path)
     rc, _, err = run_main("prepare", src, "--out", busy, "--vocab-size", "300")
     assert rc == 2 and "not an unfinished preparation" in err
+
+
+def test_engine_ray_without_ray_names_the_extra(tmp_path: Path, run_main, monkeypatch) -> None:
+    src, _ = make_corpus(tmp_path)
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` fails as if it were not installed
+    rc, _, err = run_main("prepare", src, "--out", tmp_path / "out", "--engine", "ray", "--no-progress")
+    assert rc == 2 and err.count("\n") == 1
+    assert "prepare --engine ray needs the package 'ray'" in err and "pip install 'scaletrain[ray]'" in err
+    assert not (tmp_path / "out").exists()

@@ -58,6 +58,11 @@ def _source_specs(cfg: PrepareConfig) -> list[sources.SourceSpec]:
     return out
 
 
+def source_kinds(cfg: PrepareConfig) -> list[str]:
+    """Each source's kind, `auto` resolved (by extension, or a directory's pattern)."""
+    return [s.kind for s in _source_specs(cfg)]
+
+
 def plan(cfg: PrepareConfig, shard: tuple[int, int] = (0, 1)) -> dict[str, Any]:
     """The tasks of this machine's share and a fingerprint of everything the output depends on:
     the settings, the recipe and library versions, and every input file's path, size and mtime."""

@@ -13,7 +13,6 @@ from scaletrain.config.schema import CleanConfig, DedupConfig  # shared with tra
 from scaletrain.errors import UserError
 
 PositiveFloat = Annotated[float, Field(gt=0)]
-Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
 class _Strict(BaseModel):

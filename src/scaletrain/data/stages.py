@@ -52,8 +52,9 @@ def init_worker() -> None:
 
 def maybe_fault(stage: str, work: Path, task: int) -> None:
     """A test hook, not a setting: `SCALETRAIN_DATA_FAULT=kill:stage=tokenize:task=1` SIGKILLs the
-    worker process that starts that stage of that task, once per run (a marker in work/ says it
-    fired, so the retry runs clean): what a machine lost mid-run looks like to the engine."""
+    worker process that starts that stage of that task, once per run (a marker, in work/ or at
+    `:marker=PATH`, says it fired, so the retry runs clean): what a machine lost mid-run looks like
+    to the engine."""
     spec = os.environ.get(FAULT)
     if not spec:
         return
@@ -62,7 +63,7 @@ def maybe_fault(stage: str, work: Path, task: int) -> None:
     if kind != "kill" or args.get("stage") != stage or int(args.get("task", -1)) != task:
         return
     try:
-        fd = os.open(work / f"fault-{stage}-{task}", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        fd = os.open(args.get("marker") or work / f"fault-{stage}-{task}", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
     except FileExistsError:
         return
     os.close(fd)
