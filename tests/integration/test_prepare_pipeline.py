@@ -106,7 +106,7 @@ def test_identical_output_for_1_and_2_workers(tmp_path: Path) -> None:
     s2 = pipeline.run_prepare(_cfg(src), two, workers=2, progress=False)
     assert s1["tasks"] > 3
     assert _files(one) == _files(two)
-    timing = ("seconds", "phase_seconds", "workers", "created")
+    timing = ("seconds", "phase_seconds", "workers", "created", "worker_peak_rss_bytes")
     assert {k: v for k, v in s1.items() if k not in timing} == {k: v for k, v in s2.items() if k not in timing}
 
 

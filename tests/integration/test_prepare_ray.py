@@ -18,7 +18,7 @@ from test_prepare_pipeline import MODULES, _cfg, _files, make_corpus
 ray = pytest.importorskip("ray")
 pytest.importorskip("ray.data")
 
-TIMING = ("seconds", "phase_seconds", "workers", "created", "engine")
+TIMING = ("seconds", "phase_seconds", "workers", "created", "engine", "worker_peak_rss_bytes")
 
 
 @pytest.fixture(scope="module")

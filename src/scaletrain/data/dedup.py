@@ -62,7 +62,7 @@ def write_partitions(path: Path, task: int, exact: np.ndarray | None, bands: np.
         part = rows[:, 1] % p
         for k in range(partitions):
             arrays[f"n{k}"] = rows[part == k]
-    with atomic_open(path, "wb") as f:
+    with atomic_open(path, "wb", durable=False) as f:  # scratch (see stages.scan)
         np.savez(f, **arrays)
 
 

@@ -34,7 +34,7 @@ import xxhash
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from scaletrain.atomic import check_target, new_folder, write_json_atomic
+from scaletrain.atomic import check_target, fsync_files, new_folder, write_json_atomic
 from scaletrain.data import dedup, minhash, shards, sources, stages
 from scaletrain.data.clean import FILTERS
 from scaletrain.data import tokenizer as tkz
@@ -212,7 +212,7 @@ def _prepare(cfg: PrepareConfig, out: Path, plan: dict[str, Any], engine, resume
     with _progress(progress) as bar:
         t = time.perf_counter()
         _run(engine, partial(stages.scan, cfg, work, sample_rate=plan["sample_rate"]), tasks,
-             lambda t: stages.scan_paths(work, t.index)["json"].is_file(), bar, "scan + hash")
+             lambda t: stages.scan_done(work, t.index), bar, "scan + hash")
         phase["scan"], t = time.perf_counter() - t, time.perf_counter()
         scans = [json.loads(stages.scan_paths(work, t.index)["json"].read_text()) for t in tasks]
         _check_documents(cfg, scans, tasks, plan["shard"])
@@ -227,19 +227,37 @@ def _prepare(cfg: PrepareConfig, out: Path, plan: dict[str, Any], engine, resume
             bar.update(pt, total=1, completed=1)
         phase["tokenizer"], t = time.perf_counter() - t, time.perf_counter()
         _run(engine, partial(stages.tokenize, cfg, out, work), tasks,
-             lambda t: (work / "tokenize" / f"{t.index:05d}.json").is_file(), bar, "tokenize")
+             lambda t: stages.tokenize_done(out, work, t.index), bar, "tokenize")
         phase["tokenize"] = time.perf_counter() - t
     toks = [json.loads((work / "tokenize" / f"{t.index:05d}.json").read_text()) for t in tasks]
     stats = _finish(cfg, out, work, plan, tasks, scans, toks)
+    stats["work_bytes"] = _work_bytes(work, tasks)
+    # The largest worker process (this one when the tasks ran here): memory per worker.
+    stats["worker_peak_rss_bytes"] = max(r.get("peak_rss_bytes", 0) for r in scans + toks)
     stats.update(seconds=round(time.perf_counter() - t0, 3), engine=engine.name, workers=engine.workers,
                  resumed=resumed, phase_seconds={k: round(v, 3) for k, v in phase.items()},
                  created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     write_json_atomic(out / STATS, stats)
     manifest = _manifest(cfg, out, plan, tasks, scans, toks)
     _remove_strays(out, manifest)
+    # The shards were written without an fsync each (that would put the disk on every task's
+    # path): all of them are made durable here, at once, before the manifest that vouches for them.
+    fsync_files([out / f[kind] for entry in manifest["splits"].values() for f in entry["files"]
+                 for kind in ("bin", "idx")])
     shards.write_manifest(out, manifest)  # with its own checksum
     shutil.rmtree(work, ignore_errors=True)
     return stats
+
+
+def _work_bytes(work: Path, tasks: list[sources.Task]) -> dict[str, int]:
+    """Bytes of the intermediate files, by kind: what one pass writes besides the shards."""
+    kinds = {"txt": "text", "sig.npy": "signatures", "parts.npz": "dedup_rows", "meta.npz": "meta"}
+    sizes = dict.fromkeys(kinds.values(), 0)
+    for t in tasks:
+        for key, path in stages.scan_paths(work, t.index).items():
+            if key in kinds and path.is_file():
+                sizes[kinds[key]] += path.stat().st_size
+    return sizes
 
 
 def _remove_strays(out: Path, manifest: dict[str, Any]) -> None:
@@ -355,6 +373,9 @@ def _finish(cfg, out, work, plan, tasks, scans, toks) -> dict[str, Any]:
         skipped.update(s["skipped"])
         repaired.update(s["repaired"])
     removed["exact_dedup"] = decisions["exact_dedup"]
+    rows = Counter()
+    for s in scans:
+        rows.update(s.get("dedup_rows", {}))
     removed["near_dedup"] = decisions["near_dedup"]
     split_totals = {}
     for split in ("train", "val"):
@@ -374,6 +395,7 @@ def _finish(cfg, out, work, plan, tasks, scans, toks) -> dict[str, Any]:
         "bytes": sum(v["bytes"] for v in split_totals.values()),
         "splits": split_totals,
         "near_dedup_pairs": {"candidate": decisions["candidate_pairs"], "verified": decisions["verified_pairs"]},
+        "dedup_rows": {"exact": rows["exact"], "band": rows["band"]},
         "tasks": len(tasks),
         "shard": plan["shard"],
     }

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 from collections import Counter
 from pathlib import Path
@@ -44,10 +45,42 @@ WORKER_ENV = {"RAYON_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 FAULT = "SCALETRAIN_DATA_FAULT"
 
 
-def init_worker() -> None:
-    # One Rust thread per worker process: N processes are the parallelism, not N x threads
-    # (read once by the tokenizer's thread pool, at its first use: before any stage runs).
+def peak_rss() -> int:
+    """This process's peak resident memory so far, in bytes (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def scan_done(work: Path, task: int) -> bool:
+    """The task's marker is there and every file it lists has the size it noted."""
+    p = scan_paths(work, task)
+    try:
+        sizes = json.loads(p["json"].read_text())["sizes"]
+        return all(p[k].stat().st_size == n for k, n in sizes.items())
+    except (OSError, ValueError, KeyError):
+        return False
+
+
+def tokenize_done(out: Path, work: Path, task: int) -> bool:
+    """The task's marker is there and every shard it lists has its size (tokens and documents)."""
+    try:
+        result = json.loads((work / "tokenize" / f"{task:05d}.json").read_text())
+        itemsize = np.dtype(result["dtype"]).itemsize
+        return all((out / f["bin"]).stat().st_size == f["tokens"] * itemsize
+                   and (out / f["idx"]).stat().st_size == f["documents"] * 8
+                   for entry in result["splits"].values() for f in entry["files"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def init_worker(fault: str = "") -> None:
+    """One Rust thread per worker process: N processes are the parallelism, not N x threads (read
+    once by the tokenizer's thread pool, at its first use: before any stage runs). `fault`: the
+    driver's SCALETRAIN_DATA_FAULT (a worker's environment may be older than the run)."""
     os.environ.update(WORKER_ENV)
+    if fault:
+        os.environ[FAULT] = fault
+    else:
+        os.environ.pop(FAULT, None)
 
 
 def maybe_fault(stage: str, work: Path, task: int) -> None:
@@ -102,11 +135,13 @@ def scan(cfg: PrepareConfig, work: Path, task: sources.Task, sample_rate: float 
         copies.append(int(w) + (unit_hash(doc.id, cfg.seed, _SEED_MIX) < w - int(w)))
     p = scan_paths(work, task.index)
     offsets = np.cumsum([0] + [len(b) for b in blobs], dtype=np.int64)
-    with atomic_open(p["txt"], "wb") as f:
+    # work/ is scratch: atomic (a reader sees all or nothing) but not fsynced; the marker notes
+    # every file's size, so a resume after a power loss redoes a task whose files came back short.
+    with atomic_open(p["txt"], "wb", durable=False) as f:
         f.write(b"".join(blobs))
     split_u, sample_u = np.array(split_u, np.float64), np.array(sample_u, np.float64)
     candidates = np.flatnonzero((sample_u < sample_rate) & (split_u >= cfg.val_fraction))
-    with atomic_open(p["meta.npz"], "wb") as f:
+    with atomic_open(p["meta.npz"], "wb", durable=False) as f:
         np.savez(f, offsets=offsets, split_u=split_u, sample_u=sample_u, copies=np.array(copies, np.uint32),
                  sample_index=candidates.astype(np.int64), sample_key=sample_u[candidates])
     d = cfg.dedup
@@ -118,15 +153,20 @@ def scan(cfg: PrepareConfig, work: Path, task: sources.Task, sample_rate: float 
         sig = hasher.signatures(sets)
         bands = hasher.band_hashes(sig)
         has = np.array([s.size > 0 for s in sets], dtype=bool)
-        with atomic_open(p["sig.npy"], "wb") as f:
+        with atomic_open(p["sig.npy"], "wb", durable=False) as f:
             np.save(f, sig)
     dedup.write_partitions(p["parts.npz"], task.index, exact, bands, has, d.partitions)
     n_val = int((split_u < cfg.val_fraction).sum())
     result = {"task": task.index, "source": task.source, "documents_in": n_in,
               "documents_kept": len(blobs), "val_documents": n_val, "train_documents": len(blobs) - n_val,
+              # Rows each task gives the global dedup (24 bytes each): what the Ray engine shuffles.
+              "dedup_rows": {"exact": 0 if exact is None else len(exact),
+                             "band": 0 if bands is None else int(has.sum()) * d.bands},
               "bytes_in": int(offsets[-1]), "removed": dict(removed),
               "skipped": dict(skipped), "repaired": dict(repaired), "raw_xxh3_128": raw.hexdigest()}
-    write_json_atomic(p["json"], result)
+    result["sizes"] = {k: p[k].stat().st_size for k in ("txt", "meta.npz", "sig.npy", "parts.npz") if p[k].is_file()}
+    result["peak_rss_bytes"] = peak_rss()
+    write_json_atomic(p["json"], result, durable=False)
     return result
 
 
@@ -182,10 +222,11 @@ def tokenize(cfg: PrepareConfig, out: Path, work: Path, task: sources.Task) -> d
         nbytes = int(((offsets[order + 1] - offsets[order]) * reps).sum())
         docs = _encoded(tok, blob, offsets, order, reps, dtype, eot)
         entries[split] = shards.write_split(out, split, docs, dtype, shard_tokens=cfg.shard_tokens,
-                                            source_bytes=nbytes, prefix=f"{split}-{task.index:05d}")
+                                            source_bytes=nbytes, prefix=f"{split}-{task.index:05d}",
+                                            durable=False)  # made durable together, before the manifest
         entries[split]["unique_documents"] = int(len(order))
-    result = {"task": task.index, "splits": entries}
-    write_json_atomic(work / "tokenize" / f"{task.index:05d}.json", result)
+    result = {"task": task.index, "dtype": dtype.name, "splits": entries, "peak_rss_bytes": peak_rss()}
+    write_json_atomic(work / "tokenize" / f"{task.index:05d}.json", result, durable=False)
     return result
 
 
