@@ -43,7 +43,7 @@ from scaletrain.atomic import write_json_atomic, write_text_atomic
 from scaletrain.config.load import load_config
 from scaletrain.data import shards
 from scaletrain.data.loader import PackedLoader, PreadTokens, SampleOrder, TokenWindows, data_fingerprint
-from scaletrain.data.prepare import TextSpec, ensure_prepared
+from scaletrain.data.cache import prepared, settings
 from scaletrain.hardware import machine_info
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,9 +54,7 @@ def corpus_dir(preset: str = "gpt") -> tuple[Path, int, int]:
     """The preset's prepared data (prepared once, then cached), its seq_len and batch size."""
     cfg = load_config(preset, ["log.progress=false"])
     d = cfg.data
-    spec = TextSpec(source="dir" if d.path else "stdlib", path=d.path, pattern=d.pattern,
-                    vocab_size=d.vocab_size, val_fraction=d.val_fraction, max_bytes=d.max_bytes)
-    return ensure_prepared(spec, Path(d.cache_dir).expanduser(), progress=False), d.seq_len, cfg.train.batch_size
+    return prepared(settings(d), Path(d.cache_dir).expanduser(), progress=False), d.seq_len, cfg.train.batch_size
 
 
 def make_loader(data_dir: Path, seq_len: int, document_mask: bool = False, seed: int = 1337) -> PackedLoader:

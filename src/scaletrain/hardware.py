@@ -22,7 +22,7 @@ import torch
 
 from scaletrain.atomic import write_json_atomic
 
-__all__ = ["machine_info", "matmul_peak_flops", "peak_memory_bytes", "mfu"]
+__all__ = ["machine_info", "cpu_flags", "matmul_peak_flops", "peak_memory_bytes", "mfu"]
 
 # CPUs saturate around n=1-2k; GPUs need bigger tiles to reach their tensor-core peak.
 _DEFAULT_SIZES = {"cpu": (1024, 2048), "cuda": (4096, 8192)}
@@ -43,6 +43,24 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown-cpu"
 
 
+@functools.lru_cache(maxsize=1)
+def cpu_flags() -> dict[str, bool]:
+    """The CPU features that decide how fast this machine encodes text and multiplies low-precision
+    matrices: AVX2, AVX512-BF16, AMX (tile units) and VNNI (int8 dot products, AVX512 or AVX)."""
+    flags: set[str] = set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    flags = set(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        pass
+    return {"avx2": "avx2" in flags, "avx512_bf16": "avx512_bf16" in flags,
+            "amx": any(f.startswith("amx") for f in flags),
+            "vnni": "avx512_vnni" in flags or "avx_vnni" in flags}
+
+
 def _cuda_name(device: str | torch.device = "cuda") -> str | None:
     if not torch.cuda.is_available():
         return None
@@ -52,6 +70,7 @@ def _cuda_name(device: str | torch.device = "cuda") -> str | None:
 def machine_info() -> dict:
     return {
         "cpu_model": _cpu_model(),
+        "cpu_flags": cpu_flags(),
         "logical_cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch_version": torch.__version__,

@@ -9,12 +9,13 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from functools import partial
 from pathlib import Path
 
 import pytest
 
 from scaletrain.data import corpus, pipeline, shards, stages
-from scaletrain.data.prepare_config import validate
+from scaletrain.data.prepare_config import task_size, validate
 from scaletrain.data.tokenizer import load_tokenizer
 from scaletrain.errors import UserError
 
@@ -105,7 +106,7 @@ def test_identical_output_for_1_and_2_workers(tmp_path: Path) -> None:
     s2 = pipeline.run_prepare(_cfg(src), two, workers=2, progress=False)
     assert s1["tasks"] > 3
     assert _files(one) == _files(two)
-    timing = ("seconds", "phase_seconds", "workers", "created")
+    timing = ("seconds", "phase_seconds", "workers", "created", "worker_peak_rss_bytes")
     assert {k: v for k, v in s1.items() if k not in timing} == {k: v for k, v in s2.items() if k not in timing}
 
 
@@ -228,7 +229,7 @@ def test_jsonl_and_parquet_mixture_with_bad_input(tmp_path: Path) -> None:
     assert stats["documents_in"] == stats["documents_out"] == 60
     expected = {"train": 0, "val": 0}
     for spec in pipeline._source_specs(cfg):
-        for task in sources.plan_tasks([spec], cfg.task_bytes):
+        for task in sources.plan_tasks([spec], partial(task_size, cfg)):
             for doc in sources.read_task(task, spec.field, 10**6, "replace", Counter(), Counter()):
                 doc_id = doc.id.replace("0:", f"{0 if spec.kind == 'jsonl' else 1}:", 1)
                 if stages.unit_hash(doc_id, 0, stages._SEED_SPLIT) < 0.2:
@@ -259,3 +260,12 @@ def test_bad_settings_name_the_key(tmp_path: Path, run_main) -> None:
     src, _ = make_corpus(tmp_path)
     rc, _, err = run_main("prepare", src, "--out", busy, "--vocab-size", "300")
     assert rc == 2 and "not an unfinished preparation" in err
+
+
+def test_engine_ray_without_ray_names_the_extra(tmp_path: Path, run_main, monkeypatch) -> None:
+    src, _ = make_corpus(tmp_path)
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` fails as if it were not installed
+    rc, _, err = run_main("prepare", src, "--out", tmp_path / "out", "--engine", "ray", "--no-progress")
+    assert rc == 2 and err.count("\n") == 1
+    assert "prepare --engine ray needs the package 'ray'" in err and "pip install 'scaletrain[ray]'" in err
+    assert not (tmp_path / "out").exists()

@@ -274,14 +274,14 @@ def manifest_changed(site: Site, change: Callable[[dict], None]) -> None:
 
 def manifest_path_parent(site: Site) -> None:
     """(vi) the manifest names ../stolen.bin: the shard moved out, beside the folder."""
-    os.replace(site.data / "train_00000.bin", site.root / "stolen.bin")
+    os.replace(site.data / "train-00000_00000.bin", site.root / "stolen.bin")
     manifest_changed(site, lambda m: m["splits"]["train"]["files"][0].update(bin="../stolen.bin"))
 
 
 def manifest_path_absolute(site: Site) -> None:
     """(vi) the manifest names an absolute path outside the folder."""
     site.outside.mkdir(exist_ok=True)
-    os.replace(site.data / "train_00000.idx", site.outside / "stolen.idx")
+    os.replace(site.data / "train-00000_00000.idx", site.outside / "stolen.idx")
     manifest_changed(site, lambda m: m["splits"]["train"]["files"][0].update(idx=str(site.outside / "stolen.idx")))
 
 
@@ -293,8 +293,8 @@ def manifest_etc_passwd(site: Site) -> None:
 def shard_symlink_out(site: Site) -> None:
     """(vi) a shard of the folder is a symlink to a file outside it."""
     site.outside.mkdir(exist_ok=True)
-    os.replace(site.data / "train_00000.bin", site.outside / "train_00000.bin")
-    (site.data / "train_00000.bin").symlink_to(site.outside / "train_00000.bin")
+    os.replace(site.data / "train-00000_00000.bin", site.outside / "train-00000_00000.bin")
+    (site.data / "train-00000_00000.bin").symlink_to(site.outside / "train-00000_00000.bin")
 
 
 def drop_safetensors(site: Site) -> None:
@@ -369,7 +369,7 @@ PAYLOADS = [
     Plant("(vi) manifest names ../stolen.bin", manifest_path_parent, "manifest", "stolen.bin"),
     Plant("(vi) manifest names an absolute path", manifest_path_absolute, "manifest", "stolen.idx"),
     Plant("(vi) manifest names /etc/passwd", manifest_etc_passwd, "manifest", "/etc/passwd"),
-    Plant("(vi) shard is a symlink leading out", shard_symlink_out, "manifest", "train_00000.bin"),
+    Plant("(vi) shard is a symlink leading out", shard_symlink_out, "manifest", "train-00000_00000.bin"),
     Plant("manifest.json nested 100,000 deep", deep_json("manifest.json"), "manifest", "manifest.json"),
 ]
 
@@ -485,7 +485,7 @@ def offsets_out_of_range(site: Site) -> None:
 
     from scaletrain.data import shards
 
-    idx = site.data / "train_00000.idx"
+    idx = site.data / "train-00000_00000.idx"
     starts = np.fromfile(idx, dtype="<i8")
     starts[1] = 10**12
     idx.write_bytes(starts.astype("<i8").tobytes())
@@ -498,7 +498,7 @@ def ids_beyond_vocabulary(site: Site) -> None:
 
     from scaletrain.data import shards
 
-    path = site.data / "train_00000.bin"
+    path = site.data / "train-00000_00000.bin"
     ids = np.fromfile(path, dtype="<u2")
     ids[:8] = 65000
     path.write_bytes(ids.tobytes())

@@ -148,10 +148,10 @@ def test_data_files_carrying_a_pickle_payload_are_never_unpickled(cache_dir, tmp
     payload = pickle.dumps(Payload(marker))
     data = tmp_path / "data"
     shutil.copytree(_prepared(cache_dir), data)
-    victim = data / "train_00000.bin"
+    victim = data / "train-00000_00000.bin"
     size = victim.stat().st_size
     victim.write_bytes((payload * (size // len(payload) + 1))[:size])  # same size: only content differs
-    assert any("train_00000.bin: checksum mismatch" in p for p in shards.verify(data))
+    assert any("train-00000_00000.bin: checksum mismatch" in p for p in shards.verify(data))
     # An attacker who also rewrites the manifest's checksum: the bytes are still only token ids.
     manifest = json.loads((data / "manifest.json").read_text())
     manifest["splits"]["train"]["files"][0]["xxh3_128"]["bin"] = shards.file_xxh3(victim)

@@ -1,7 +1,6 @@
-"""Corpus listing/splitting and the byte-level BPE tokenizer."""
+"""Corpus listing and the byte-level BPE tokenizer (the train/val split is by document id: test_prepare_pipeline)."""
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
 import pytest
@@ -46,26 +45,6 @@ def test_read_text_replaces_bad_utf8(tmp_path: Path) -> None:
     p = tmp_path / "bad.txt"
     p.write_bytes(b"ok \xff end")
     assert corpus.read_text(p) == "ok \ufffd end"
-
-
-def test_split_deterministic_disjoint_complete(tmp_path: Path) -> None:
-    files = _make_tree(tmp_path)
-    train, val = corpus.split_by_file(files, tmp_path, 0.25)
-    shuffled = files[:]
-    random.Random(1).shuffle(shuffled)
-    assert (train, val) == corpus.split_by_file(shuffled, tmp_path, 0.25)
-    assert not set(train) & set(val)
-    assert sorted(train + val) == sorted(files)
-    assert train and val
-
-
-def test_split_never_empty(tmp_path: Path) -> None:
-    files = _make_tree(tmp_path, 2)
-    for frac in (1e-9, 0.999999):
-        train, val = corpus.split_by_file(files, tmp_path, frac)
-        assert len(train) == 1 and len(val) == 1
-    with pytest.raises(UserError, match="val_fraction"):
-        corpus.split_by_file(files, tmp_path, 1.5)
 
 
 def test_select_max_bytes(tmp_path: Path) -> None:

@@ -123,3 +123,29 @@ def test_empty_documents_are_never_near_duplicates(tmp_path: Path) -> None:
     docs = ["", " ", "alpha beta gamma delta epsilon zeta"]
     exact, near = _run_dedup(tmp_path, docs, 1, 2)
     assert exact == set() and near == set()
+
+
+def test_min_label_finds_connected_components() -> None:
+    """Every node's label is the smallest node of its component (checked by a breadth-first search)."""
+    rng = np.random.default_rng(5)
+    for n, m in ((1, 0), (10, 4), (300, 200), (2000, 1900)):
+        edges = rng.integers(0, n, size=(m, 2))
+        label = dedup.min_label(n, edges)
+        neighbours = {i: set() for i in range(n)}
+        for a, b in edges.tolist():
+            neighbours[a].add(b)
+            neighbours[b].add(a)
+        expected = np.full(n, -1)
+        for start in range(n):
+            if expected[start] >= 0:
+                continue
+            seen, todo = {start}, [start]
+            while todo:
+                for j in neighbours[todo.pop()] - seen:
+                    seen.add(j)
+                    todo.append(j)
+            expected[list(seen)] = min(seen)
+        assert np.array_equal(label, expected)
+    # A long chain, linked in the worst order for label propagation.
+    chain = np.column_stack([np.arange(999, 0, -1), np.arange(998, -1, -1)])
+    assert np.array_equal(dedup.min_label(1000, chain), np.zeros(1000, np.int64))

@@ -96,6 +96,34 @@ def test_glob_and_kind_inference(tmp_path: Path) -> None:
     assert sources.infer_kind("dir") == "text"
 
 
+@pytest.mark.parametrize("suffix", [".gz", ".zst", ".bz2"])
+def test_compressed_jsonl_reads_like_plain(tmp_path: Path, suffix: str) -> None:
+    import pyarrow as pa
+
+    lines = [json.dumps({"text": f"doc {i} " + "z" * i}).encode() for i in range(50)]
+    lines[7] = b"{broken"
+    lines[9] = json.dumps({"text": "x" * 300}).encode()  # over max_doc_bytes
+    data = b"\n".join(lines) + b"\n"
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "packed").mkdir()
+    (tmp_path / "plain" / "a.jsonl").write_bytes(data)
+    with pa.output_stream(tmp_path / "packed" / f"a.jsonl{suffix}", compression="detect") as f:
+        f.write(data)
+    plain, s1, _ = _read(sources.SourceSpec("jsonl", str(tmp_path / "plain" / "a.jsonl")), task_bytes=64,
+                         max_doc_bytes=200)
+    spec = sources.SourceSpec("jsonl", str(tmp_path / "packed" / f"a.jsonl{suffix}"))
+    packed, s2, _ = _read(spec, task_bytes=64, max_doc_bytes=200)
+    assert len(sources.plan_tasks([spec], 64)) == 1  # no byte ranges in a compressed stream
+    assert [(d.id.replace(suffix, ""), d.text) for d in packed] == [(d.id, d.text) for d in plain]  # same offsets
+    assert s1 == s2 == {"bad_json": 1, "too_long": 1}
+    assert sources.infer_kind(f"x/a.jsonl{suffix}") == "jsonl"
+    assert sources.infer_kind(str(tmp_path / "packed"), f"**/*.jsonl{suffix}") == "jsonl"
+    # A damaged stream is counted, not raised: what was read before the damage is kept.
+    (tmp_path / "packed" / f"cut.jsonl{suffix}").write_bytes((tmp_path / "packed" / f"a.jsonl{suffix}").read_bytes()[:-9])
+    cut, s3, _ = _read(sources.SourceSpec("jsonl", str(tmp_path / "packed" / f"cut.jsonl{suffix}")), max_doc_bytes=200)
+    assert s3["unreadable"] == 1 and len(cut) < len(packed)
+
+
 def test_filters_and_normalization() -> None:
     c = clean.Cleaner(clean.CleanSpec(normalize="NFKC", min_chars=5, max_chars=100, max_line_chars=40,
                                       max_non_alnum_fraction=0.3, max_repeated_line_fraction=0.5))

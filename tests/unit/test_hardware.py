@@ -16,6 +16,19 @@ def test_machine_info():
     assert info["torch_threads"] == torch.get_num_threads()
     assert info["torch_version"] == torch.__version__
     assert {"python_version", "platform", "cuda_device"} <= info.keys()
+    assert set(info["cpu_flags"]) == {"avx2", "avx512_bf16", "amx", "vnni"}
+
+
+def test_cpu_flags_read_from_cpuinfo(tmp_path, monkeypatch):
+    fake = tmp_path / "cpuinfo"
+    fake.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_vnni amx_tile amx_bf16\n")
+    real_open = open
+    monkeypatch.setattr("builtins.open", lambda path, *a, **k: real_open(fake if path == "/proc/cpuinfo" else path, *a, **k))
+    hardware.cpu_flags.cache_clear()
+    try:
+        assert hardware.cpu_flags() == {"avx2": True, "avx512_bf16": False, "amx": True, "vnni": True}
+    finally:
+        hardware.cpu_flags.cache_clear()
 
 
 def test_matmul_peak_measures_then_caches(tmp_path, monkeypatch):

@@ -21,8 +21,12 @@ document is written floor(w) times plus once more with probability frac(w).
 Resume: every finished task leaves a marker under DIR/work; rerunning the same command after a
 crash or Ctrl-C redoes only unfinished work. A finished DIR (manifest.json) is refused.
 
-Several machines: run `--shard i/n --tokenizer TOK.json` on machine i = 0..n-1 (dedup is then
-within each machine's share), then `scaletrain prepare --merge DIR0 DIR1 ... --out DIR`.
+Several machines: `--engine ray` runs the same stages on Ray Data (`pip install
+'scaletrain[ray]'`): a local Ray of --workers CPUs by default, or the cluster at --ray-address /
+$RAY_ADDRESS, whose nodes all see --out; dedup is then global across the cluster, and the output
+is byte-identical to the local engine's. (`--shard i/n --tokenizer TOK.json` on machine i, then
+`scaletrain prepare --merge DIR0 DIR1 ... --out DIR`, also splits the work, but dedup is then
+within each machine's share.)
 DIR/stats.json reports documents_in, documents_out, removed per step, skipped bad input.
 """
 
@@ -42,7 +46,12 @@ def register(sub) -> None:
     p.add_argument("--config", help="YAML file with the settings (the keys of PrepareConfig); "
                    "command-line options override it")
     p.add_argument("--merge", action="store_true", help="merge the finished directories INPUT... into --out")
-    p.add_argument("--workers", type=int_in(1, MAX_THREADS), default=None, help="worker processes (default: all cores)")
+    p.add_argument("--workers", type=int_in(1, MAX_THREADS), default=None,
+                   help="worker processes, or Ray CPUs (default: all cores / the whole cluster)")
+    p.add_argument("--engine", choices=["local", "ray"], default="local",
+                   help="local: a process pool on this machine (default); ray: Ray Data, on a cluster")
+    p.add_argument("--ray-address", default=None, metavar="ADDR",
+                   help="--engine ray: join this Ray cluster (default $RAY_ADDRESS, else a local Ray)")
     p.add_argument("--shard", default=None, metavar="I/N", help="process share I of N (0-based)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
     g = p.add_argument_group("sources")
@@ -67,7 +76,10 @@ def register(sub) -> None:
     g.add_argument("--vocab-size", type=int_in(258, MAX_VOCAB), default=None, help="BPE vocabulary (default 8192)")
     g.add_argument("--tokenizer", default=None, help="reuse this tokenizer.json instead of training one")
     g.add_argument("--val-fraction", type=float_in(0.0, 1.0, high_open=True), default=None, help="validation share, by document (default 0.05)")
-    g.add_argument("--task-bytes", type=int_in(1), default=None, help="input bytes per task")
+    g.add_argument("--task-bytes", type=int_in(1), default=None,
+                   help="input bytes per task (default: a 64th of the input, between 1 and 64 MiB)")
+    g.add_argument("--tokenizer-sample-bytes", type=int_in(1), default=None,
+                   help="tokenizer training text (default: 1 KiB per vocabulary entry, at least 4 MiB)")
     p.set_defaults(func=cmd_prepare)
 
     data = sub.add_parser("data", help="check or describe prepared shards")
@@ -119,7 +131,7 @@ def _prepare_settings(args: argparse.Namespace) -> dict:
                      ("rows", "rows"), ("ngram", "ngram"), ("threshold", "threshold")):
         if getattr(args, arg) is not None:
             dd[key] = getattr(args, arg)
-    for key in ("vocab_size", "tokenizer", "val_fraction", "task_bytes"):
+    for key in ("vocab_size", "tokenizer", "val_fraction", "task_bytes", "tokenizer_sample_bytes"):
         if getattr(args, key) is not None:
             raw[key] = getattr(args, key)
     return raw
@@ -153,7 +165,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     cfg = validate(_prepare_settings(args))
     shard = _parse_shard(args.shard)
     try:
-        stats = run_prepare(cfg, Path(args.out), workers=args.workers, shard=shard, progress=args.progress)
+        stats = run_prepare(cfg, Path(args.out), workers=args.workers, shard=shard, progress=args.progress,
+                            engine=args.engine, ray_address=args.ray_address)
     except KeyboardInterrupt:
         print(f"interrupted: finished tasks are kept; rerun the same command to resume {args.out}",
               file=sys.stderr)

@@ -56,14 +56,50 @@ class MixtureSource(Section):
         return path
 
 
+UnitInterval = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class CleanConfig(Section):
+    """Document cleaning, the same for `scaletrain prepare` and `train`'s `data.clean`: Unicode
+    normalization, then optional quality filters (None: off)."""
+
+    normalize: Literal["NFC", "NFKC", "none"] = "NFC"
+    min_chars: NonNegInt | None = None
+    max_chars: PositiveInt | None = None
+    max_line_chars: PositiveInt | None = None
+    max_non_alnum_fraction: UnitInterval | None = None
+    max_repeated_line_fraction: UnitInterval | None = None
+
+
+class DedupConfig(Section):
+    """Exact (XXH3-128) and near (MinHash LSH) duplicate removal, the same for `scaletrain prepare`
+    and `train`'s `data.dedup`."""
+
+    exact: bool = True
+    near: bool = True
+    bands: Annotated[int, Field(ge=1, le=256)] = 14
+    rows: Annotated[int, Field(ge=1, le=64)] = 8
+    ngram: Annotated[int, Field(ge=1, le=32)] = 5  # words per shingle
+    # A candidate pair counts as a duplicate when its estimated Jaccard reaches this;
+    # None: the LSH threshold (1/bands)^(1/rows).
+    threshold: UnitInterval | None = None
+    partitions: Annotated[int, Field(ge=1, le=4096)] = 16  # hash partitions of the local engine (memory / partitions)
+    seed: int = 0
+
+
 class DataConfig(Section):
     """Where the training data comes from and how it is cut into samples."""
 
     kind: Literal["text", "images"] = "text"
-    # text: a directory of text files (None = the embedded stdlib corpus);
+    # text: a file or directory of text, JSONL (also compressed) or Parquet (None = the embedded
+    # stdlib corpus), prepared by the same pipeline as `scaletrain prepare`;
     # images: a directory of MNIST IDX files (None = the shipped 8x8 digits, UCI optdigits).
     path: str | None = None
-    pattern: str = "**/*.txt"  # which files of `path` are read (text only)
+    pattern: str = "**/*.txt"  # which files of a directory `path` are read (text only)
+    format: Literal["auto", "text", "jsonl", "parquet"] = "auto"  # auto: by the pattern's or file's extension
+    field: str = "text"  # JSONL key / Parquet column holding each document
+    clean: CleanConfig = CleanConfig()
+    dedup: DedupConfig = DedupConfig()
     vocab_size: Annotated[int, Field(ge=258, le=MAX_VOCAB)] = 8192  # 256 bytes + end-of-text + merges
     seq_len: Annotated[int, Field(gt=0, le=MAX_SEQ_LEN)] = 256
     val_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.05  # by file for text, stratified for images
@@ -92,8 +128,9 @@ class DataConfig(Section):
 
     @model_validator(mode="after")
     def _path_exists(self) -> "DataConfig":
-        if self.path is not None and not _exists(self.path, "dir"):
-            raise ValueError(f"data.path: directory {brief(self.path)} does not exist")
+        if self.path is not None and not _exists(self.path, "dir" if self.kind == "images" else "any"):
+            raise ValueError(f"data.path: {'directory ' if self.kind == 'images' else ''}{brief(self.path)} "
+                             "does not exist")
         if self.mixture is not None:
             if self.kind != "text" or self.path is not None:
                 raise ValueError("data.mixture: mixes prepared text directories; it replaces data.path "

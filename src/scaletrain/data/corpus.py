@@ -1,4 +1,4 @@
-"""Text corpora: list source files, read them, split train/val by file."""
+"""Text corpora: list source files, read them, pick a deterministic subset."""
 from __future__ import annotations
 
 import os
@@ -9,7 +9,6 @@ import xxhash
 
 from scaletrain.errors import UserError
 
-_BUCKETS = 10_000
 _EXCLUDED_DIRS = {"site-packages", "dist-packages"}
 
 
@@ -59,38 +58,6 @@ def read_text(path: str | Path) -> str:
 
 def _path_hash(rel: str) -> int:
     return xxhash.xxh64(rel.encode("utf-8")).intdigest()
-
-
-def split_by_file(
-    paths: list[Path], root: Path, val_fraction: float
-) -> tuple[list[Path], list[Path]]:
-    """Deterministic (train, val) split by hashing each file's relative path; both sorted.
-
-    Hashing the relative path (not the order or absolute path) keeps a file in the same split
-    on every machine and when files are added or removed.
-    """
-    if not 0.0 <= val_fraction < 1.0:
-        raise UserError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    root = Path(root)
-    keyed = sorted(((_path_hash(_rel(Path(p), root)), _rel(Path(p), root), Path(p)) for p in paths))
-    threshold = val_fraction * _BUCKETS
-    val = [k for k in keyed if k[0] % _BUCKETS < threshold]
-    train = [k for k in keyed if k[0] % _BUCKETS >= threshold]
-    if val_fraction > 0 and len(keyed) >= 2:
-        # Tiny corpora can hash entirely to one side; a split must never be empty.
-        if not val:
-            smallest = min(train, key=lambda k: (k[0], k[1]))
-            train.remove(smallest)
-            val.append(smallest)
-        elif not train:
-            largest = max(val, key=lambda k: (k[0], k[1]))
-            val.remove(largest)
-            train.append(largest)
-
-    def by_rel(items: list[tuple[int, str, Path]]) -> list[Path]:
-        return [p for _, _, p in sorted(items, key=lambda k: k[1])]
-
-    return by_rel(train), by_rel(val)
 
 
 def select_max_bytes(

@@ -1,14 +1,20 @@
-"""`scaletrain prepare`: a resumable, parallel pipeline in four phases.
+"""`scaletrain prepare`: a resumable, parallel pipeline in four phases, on one of two engines.
 
 1. plan      inputs -> tasks (work/plan.json, with a fingerprint of the settings and inputs)
-2. scan      per task, in N workers: read, clean, hash (marker work/scan/{t}.json)
-3. dedup     global, in this process: exact then near duplicates, one hash partition at a time
-             (marker work/dedup.json); then the tokenizer, trained once (tokenizer.json)
+2. scan      per task, in N workers: read, clean, hash (marker work/scan/{t}.json); each task also
+             notes its candidates for the tokenizer sample
+3. dedup     global: exact then near duplicates (marker work/dedup.json); then the tokenizer,
+             trained once, on all cores, on a bounded sample (tokenizer.json)
 4. tokenize  per task, in N workers: token shards (marker work/tokenize/{t}.json)
 then stats.json and manifest.json (written last: it marks the directory finished); work/ is removed.
 
+Engines: `local` (`local_engine.py`: a process pool; dedup reads hash partitions one at a time)
+and `ray` (`ray_engine.py`: the same stage functions as Ray Data maps, dedup grouped by key with
+Ray's shuffle, over a cluster). Both run the same stages and take the same decisions, so the
+output is byte-identical.
+
 A rerun on an unfinished directory skips every task whose marker exists; a finished directory
-is refused. Outputs depend only on the tasks and settings, never on N or on scheduling.
+is refused. Outputs depend only on the tasks and settings, never on N, the engine or scheduling.
 """
 from __future__ import annotations
 
@@ -18,11 +24,8 @@ import os
 import shutil
 import time
 from collections import Counter
-from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from datetime import datetime, timezone
 from functools import partial
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -31,13 +34,18 @@ import xxhash
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from scaletrain.atomic import check_target, new_folder, write_json_atomic
+from scaletrain.atomic import check_target, fsync_files, new_folder, write_json_atomic
 from scaletrain.data import dedup, minhash, shards, sources, stages
 from scaletrain.data.clean import FILTERS
 from scaletrain.data import tokenizer as tkz
-from scaletrain.data.prepare_config import PrepareConfig
+from scaletrain.data.prepare_config import PrepareConfig, task_size, tokenizer_sample_size
 from scaletrain.errors import UserError
 
+# Bump when a change of the recipe changes the output for the same settings: the plan's
+# fingerprint (and so the trainer's cache key) changes with it.
+RECIPE_VERSION = 2
+ENGINES = ("local", "ray")
+SAMPLE_OVERDRAW = 2  # the scan notes twice the tokenizer sample's share; the driver cuts at the bound
 WORK = "work"
 STATS = "stats.json"
 
@@ -45,17 +53,28 @@ STATS = "stats.json"
 def _source_specs(cfg: PrepareConfig) -> list[sources.SourceSpec]:
     out = []
     for s in cfg.sources:
-        kind = sources.infer_kind(s.path or "") if s.kind == "auto" else s.kind
+        kind = sources.infer_kind(s.path or "", s.pattern) if s.kind == "auto" else s.kind
         out.append(sources.SourceSpec(kind, s.path, s.pattern, s.field, s.weight, s.max_bytes))
     return out
 
 
-def _plan(cfg: PrepareConfig, shard: tuple[int, int]) -> dict[str, Any]:
-    tasks = sources.plan_tasks(_source_specs(cfg), cfg.task_bytes)
+def source_kinds(cfg: PrepareConfig) -> list[str]:
+    """Each source's kind, `auto` resolved (by extension, or a directory's pattern)."""
+    return [s.kind for s in _source_specs(cfg)]
+
+
+def plan(cfg: PrepareConfig, shard: tuple[int, int] = (0, 1)) -> dict[str, Any]:
+    """The tasks of this machine's share and a fingerprint of everything the output depends on:
+    the settings, the recipe and library versions, and every input file's path, size and mtime."""
+    import tokenizers
+
+    tasks = sources.plan_tasks(_source_specs(cfg), partial(task_size, cfg))
     if not tasks:
         raise UserError("the inputs hold no files to prepare")
     h = xxhash.xxh3_128(cfg.model_dump_json().encode())
-    h.update(f"shard {shard}".encode())
+    h.update(f"shard {shard} recipe {RECIPE_VERSION} tokenizers {tokenizers.__version__}".encode())
+    if cfg.tokenizer is not None:  # what the given tokenizer is, not only where it lies
+        h.update(shards.file_xxh3(Path(cfg.tokenizer)).encode())
     for t in tasks:
         for f in t.files:
             st = os.stat(f)
@@ -63,7 +82,11 @@ def _plan(cfg: PrepareConfig, shard: tuple[int, int]) -> dict[str, Any]:
     i, n = shard
     # Contiguous blocks: machine i gets tasks [i*T/n, (i+1)*T/n); ids stay global task indices.
     mine = [t for t in tasks if t.index * n // len(tasks) == i]
-    return {"fingerprint": h.hexdigest(), "shard": f"{i}/{n}",
+    # The scan notes the documents whose sample hash falls below this rate: about SAMPLE_OVERDRAW
+    # times the tokenizer sample (estimated from the planned input bytes), cut exactly later.
+    planned = sum(t.nbytes for t in mine)
+    rate = 0.0 if cfg.tokenizer else min(1.0, SAMPLE_OVERDRAW * tokenizer_sample_size(cfg) / max(planned, 1))
+    return {"fingerprint": h.hexdigest(), "shard": f"{i}/{n}", "sample_rate": rate,
             "tasks": [t.__dict__ for t in mine]}
 
 
@@ -72,25 +95,10 @@ def _progress(enabled: bool) -> Progress:
                     TimeElapsedColumn(), console=Console(stderr=True), disable=not enabled)
 
 
-def _run(fn: Callable, tasks: list[sources.Task], done: Callable[[sources.Task], bool],
-         pool: ProcessPoolExecutor | None, bar: Progress, label: str) -> None:
+def _run(engine, fn, tasks: list[sources.Task], done, bar: Progress, label: str) -> None:
     todo = [t for t in tasks if not done(t)]
     pt = bar.add_task(label, total=len(tasks), completed=len(tasks) - len(todo))
-    if pool is None:
-        stages.init_worker()
-        for t in todo:
-            fn(t)
-            bar.advance(pt)
-        return
-    futures = [pool.submit(fn, t) for t in todo]
-    try:
-        for fut in as_completed(futures):
-            fut.result()
-            bar.advance(pt)
-    except BaseException:
-        for fut in futures:
-            fut.cancel()
-        raise
+    engine.run(fn, todo, lambda: bar.advance(pt))
 
 
 def _check_out(out: Path) -> None:
@@ -102,12 +110,12 @@ def _check_tokenizer(cfg: PrepareConfig) -> None:
     """--tokenizer is read only in the third phase: a missing or corrupt file is found now."""
     if cfg.tokenizer is not None:
         try:
-            tkz.eot_id(tkz.load_tokenizer(cfg.tokenizer))
+            tkz.eot_id(tkz.load_tokenizer(cfg.tokenizer), cfg.eot)
         except UserError as exc:
             raise UserError(f"--tokenizer: {exc}") from None
 
 
-def _check_documents(cfg: PrepareConfig, work: Path, tasks: list[sources.Task], plan_shard: str) -> None:
+def _check_documents(cfg: PrepareConfig, scans: list[dict], tasks: list[sources.Task], plan_shard: str) -> None:
     """Bad input that only reading shows: a source that yields no document at all (a 0-byte file,
     a JSONL field that is never a string), or nothing left after cleaning. Training on the
     result would "finish" on 0 tokens."""
@@ -115,8 +123,7 @@ def _check_documents(cfg: PrepareConfig, work: Path, tasks: list[sources.Task], 
     kept = 0
     skipped: dict[int, Counter] = {}
     removed: Counter = Counter()
-    for t in tasks:
-        scan = json.loads(stages.scan_paths(work, t.index)["json"].read_text())
+    for t, scan in zip(tasks, scans):
         read[t.source] = read.get(t.source, 0) + scan["documents_in"]
         skipped.setdefault(t.source, Counter()).update(scan["skipped"])
         removed.update(scan["removed"])
@@ -160,118 +167,142 @@ def _open_out(out: Path, plan: dict[str, Any], resumed: bool) -> None:
 
 
 def run_prepare(cfg: PrepareConfig, out: str | Path, workers: int | None = None,
-                shard: tuple[int, int] = (0, 1), progress: bool = True) -> dict[str, Any]:
-    """Prepare `cfg`'s sources into `out`; returns the stats written to out/stats.json."""
+                shard: tuple[int, int] = (0, 1), progress: bool = True, engine: str = "local",
+                ray_address: str | None = None) -> dict[str, Any]:
+    """Prepare `cfg`'s sources into `out`; returns the stats written to out/stats.json.
+    `engine="ray"` runs the stages on Ray (a local Ray of `workers` CPUs, or the cluster at
+    `ray_address` / $RAY_ADDRESS, whose nodes must all see `out`)."""
     t0 = time.perf_counter()
     out = Path(out)
-    workers = workers or os.cpu_count() or 1
+    if engine not in ENGINES:
+        raise UserError(f"--engine: one of {', '.join(ENGINES)}, got {engine!r}")
     if shard[1] > 1 and cfg.tokenizer is None:
         raise UserError("--shard i/n with n > 1 needs --tokenizer (one vocabulary for every machine)")
     # Everything that can be checked before reading the inputs is, before anything is written.
     _check_out(out)
     _check_tokenizer(cfg)
-    plan = _plan(cfg, shard)
-    resumed = _resuming(out, plan)
-    # Bad input found while reading it (a source with no document): a new start leaves nothing
-    # behind. Any other stop (a crash, Ctrl-C) keeps work/ to resume from.
-    with contextlib.nullcontext() if resumed else new_folder(out, undo_on=UserError):
-        _open_out(out, plan, resumed)
-        return _prepare(cfg, out, plan, workers, resumed, progress, t0)
+    runner = None
+    try:
+        if engine == "ray":
+            from scaletrain.data.ray_engine import RayEngine
+
+            runner = RayEngine(workers, ray_address)  # a missing `ray` is found before the inputs are read
+        work_plan = plan(cfg, shard)
+        resumed = _resuming(out, work_plan)
+        if engine == "local":
+            from scaletrain.data.local_engine import LocalEngine
+
+            runner = LocalEngine(workers or os.cpu_count() or 1, len(work_plan["tasks"]))
+        # Bad input found while reading it (a source with no document): a new start leaves nothing
+        # behind. Any other stop (a crash, Ctrl-C) keeps work/ to resume from.
+        with contextlib.nullcontext() if resumed else new_folder(out, undo_on=UserError):
+            _open_out(out, work_plan, resumed)
+            return _prepare(cfg, out, work_plan, runner, resumed, progress, t0)
+    finally:
+        if runner is not None:
+            runner.close()
 
 
-def _prepare(cfg: PrepareConfig, out: Path, plan: dict[str, Any], workers: int, resumed: bool,
+def _prepare(cfg: PrepareConfig, out: Path, plan: dict[str, Any], engine, resumed: bool,
              progress: bool, t0: float) -> dict[str, Any]:
     work = out / WORK
     tasks = [sources.Task(**{**t, "files": tuple(t["files"]), "rel": tuple(t["rel"])}) for t in plan["tasks"]]
-    # The tokenizer is trained in this process; its Rust pool may use every worker's core.
-    os.environ.setdefault("RAYON_NUM_THREADS", str(workers))
-    # One pool for both parallel phases: spawning workers costs about a second each time.
-    # More processes than tasks would only add start-up time.
-    procs = min(workers, len(tasks))
-    pool = (ProcessPoolExecutor(procs, mp_context=get_context("spawn"), initializer=stages.init_worker)
-            if procs > 1 else None)
+    # The tokenizer is trained in this process while the workers wait: its Rust pool gets their
+    # cores (workers x tokenizer threads never exceed the cores; each worker runs one thread).
+    os.environ.setdefault("RAYON_NUM_THREADS", str(engine.workers))
     phase: dict[str, float] = {}  # seconds of this invocation per phase: where the time goes
-    try:
-        with _progress(progress) as bar:
-            t = time.perf_counter()
-            _run(partial(stages.scan, cfg, work), tasks,
-                 lambda t: stages.scan_paths(work, t.index)["json"].is_file(), pool, bar, "scan + hash")
-            phase["scan"], t = time.perf_counter() - t, time.perf_counter()
-            _check_documents(cfg, work, tasks, plan["shard"])
-            if not (work / "dedup.json").is_file():
-                pt = bar.add_task("dedup", total=None)
-                _decide(cfg, work, tasks)
-                bar.update(pt, total=1, completed=1)
-            phase["dedup"], t = time.perf_counter() - t, time.perf_counter()
-            if not (out / shards.TOKENIZER).is_file():
-                pt = bar.add_task("tokenizer", total=None)
-                _tokenizer(cfg, out, work, tasks)
-                bar.update(pt, total=1, completed=1)
-            phase["tokenizer"], t = time.perf_counter() - t, time.perf_counter()
-            _run(partial(stages.tokenize, cfg, out, work), tasks,
-                 lambda t: (work / "tokenize" / f"{t.index:05d}.json").is_file(), pool, bar, "tokenize")
-            phase["tokenize"] = time.perf_counter() - t
-    finally:
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
-    scans = [json.loads(stages.scan_paths(work, t.index)["json"].read_text()) for t in tasks]
+    with _progress(progress) as bar:
+        t = time.perf_counter()
+        _run(engine, partial(stages.scan, cfg, work, sample_rate=plan["sample_rate"]), tasks,
+             lambda t: stages.scan_done(work, t.index), bar, "scan + hash")
+        phase["scan"], t = time.perf_counter() - t, time.perf_counter()
+        scans = [json.loads(stages.scan_paths(work, t.index)["json"].read_text()) for t in tasks]
+        _check_documents(cfg, scans, tasks, plan["shard"])
+        if not (work / "dedup.json").is_file():
+            pt = bar.add_task("dedup", total=None)
+            _decide(cfg, work, tasks, scans, engine)
+            bar.update(pt, total=1, completed=1)
+        phase["dedup"], t = time.perf_counter() - t, time.perf_counter()
+        if not (out / shards.TOKENIZER).is_file():
+            pt = bar.add_task("tokenizer", total=None)
+            _tokenizer(cfg, out, work, tasks)
+            bar.update(pt, total=1, completed=1)
+        phase["tokenizer"], t = time.perf_counter() - t, time.perf_counter()
+        _run(engine, partial(stages.tokenize, cfg, out, work), tasks,
+             lambda t: stages.tokenize_done(out, work, t.index), bar, "tokenize")
+        phase["tokenize"] = time.perf_counter() - t
     toks = [json.loads((work / "tokenize" / f"{t.index:05d}.json").read_text()) for t in tasks]
     stats = _finish(cfg, out, work, plan, tasks, scans, toks)
-    stats.update(seconds=round(time.perf_counter() - t0, 3), workers=workers, resumed=resumed,
-                 phase_seconds={k: round(v, 3) for k, v in phase.items()},
+    stats["work_bytes"] = _work_bytes(work, tasks)
+    # The largest worker process (this one when the tasks ran here): memory per worker.
+    stats["worker_peak_rss_bytes"] = max(r.get("peak_rss_bytes", 0) for r in scans + toks)
+    stats.update(seconds=round(time.perf_counter() - t0, 3), engine=engine.name, workers=engine.workers,
+                 resumed=resumed, phase_seconds={k: round(v, 3) for k, v in phase.items()},
                  created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     write_json_atomic(out / STATS, stats)
-    shards.write_manifest(out, _manifest(cfg, out, plan, tasks, scans, toks))  # with its own checksum
+    manifest = _manifest(cfg, out, plan, tasks, scans, toks)
+    _remove_strays(out, manifest)
+    # The shards were written without an fsync each (that would put the disk on every task's
+    # path): all of them are made durable here, at once, before the manifest that vouches for them.
+    fsync_files([out / f[kind] for entry in manifest["splits"].values() for f in entry["files"]
+                 for kind in ("bin", "idx")])
+    shards.write_manifest(out, manifest)  # with its own checksum
     shutil.rmtree(work, ignore_errors=True)
     return stats
 
 
-def _decide(cfg: PrepareConfig, work: Path, tasks: list[sources.Task]) -> None:
+def _work_bytes(work: Path, tasks: list[sources.Task]) -> dict[str, int]:
+    """Bytes of the intermediate files, by kind: what one pass writes besides the shards."""
+    kinds = {"txt": "text", "sig.npy": "signatures", "parts.npz": "dedup_rows", "meta.npz": "meta"}
+    sizes = dict.fromkeys(kinds.values(), 0)
+    for t in tasks:
+        for key, path in stages.scan_paths(work, t.index).items():
+            if key in kinds and path.is_file():
+                sizes[kinds[key]] += path.stat().st_size
+    return sizes
+
+
+def _remove_strays(out: Path, manifest: dict[str, Any]) -> None:
+    """Temp files a killed worker left in `out` (its retry wrote the real file under another
+    temp name): the finished folder holds what its manifest lists, nothing else of ours."""
+    for p in out.iterdir():
+        if p.is_file() and p.name.startswith(".") and p.name.endswith(".tmp"):
+            p.unlink(missing_ok=True)
+
+
+def _decide(cfg: PrepareConfig, work: Path, tasks: list[sources.Task], scans: list[dict], engine) -> None:
     """Global dedup decisions and the train/val overrides; work/dedup.json written last."""
     d = cfg.dedup
     parts = [stages.scan_paths(work, t.index)["parts.npz"] for t in tasks]
-    exact = dedup.exact_duplicates(parts, d.partitions) if d.exact else np.empty(0, np.uint64)
+    exact = engine.exact_duplicates(parts, d.partitions) if d.exact else np.empty(0, np.uint64)
     near, pair_counts = np.empty(0, np.uint64), {"candidate_pairs": 0, "verified_pairs": 0}
     if d.near:
         threshold = d.threshold if d.threshold is not None else minhash.threshold(d.bands, d.rows)
-        near, pair_counts = dedup.near_duplicates(parts, d.partitions, exact, threshold,
-                                                  partial(_signatures, work))
+        near, pair_counts = engine.near_duplicates(parts, d.partitions, exact, threshold,
+                                                   partial(stages.signature_rows, work))
     removed = np.union1d(exact, near).astype(np.uint64)
-    overrides = _split_overrides(cfg, work, tasks, removed)
+    overrides = _split_overrides(cfg, work, tasks, scans, removed)
     np.save(work / "removed.npy", removed)
     write_json_atomic(work / "dedup.json", {"exact_dedup": int(len(exact)), "near_dedup": int(len(near)),
                                             **pair_counts, "overrides": overrides})
 
 
-def _signatures(work: Path, ids: np.ndarray) -> np.ndarray:
-    """Signature rows of sorted doc ids, read from each task's memory-mapped signature file."""
-    rows = []
-    task_of = ids >> dedup.TASK_SHIFT
-    for t in np.unique(task_of):
-        sig = np.load(stages.scan_paths(work, int(t))["sig.npy"], mmap_mode="r")
-        local = (ids[task_of == t] & np.uint64(0xFFFFFFFF)).astype(np.int64)
-        rows.append(np.asarray(sig[local]))
-    return np.concatenate(rows)
-
-
-def _kept_meta(work: Path, tasks: list[sources.Task], removed: np.ndarray, key: str):
-    """(ids, values of `key`, utf-8 sizes) of the documents that survive cleaning and dedup."""
-    for t in tasks:
-        with np.load(stages.scan_paths(work, t.index)["meta.npz"]) as z:
-            values, offsets = z[key], z["offsets"]
-        ids = dedup.doc_ids(t.index, len(values))
-        keep = ~np.isin(ids, removed)
-        yield t, ids[keep], values[keep], np.diff(offsets)[keep]
-
-
-def _split_overrides(cfg: PrepareConfig, work: Path, tasks: list[sources.Task],
+def _split_overrides(cfg: PrepareConfig, work: Path, tasks: list[sources.Task], scans: list[dict],
                      removed: np.ndarray) -> dict[str, str]:
     """A tiny corpus can hash entirely to one split; neither split may then be empty."""
     if cfg.val_fraction == 0:
         return {}
+    if (sum(s["val_documents"] for s in scans) > len(removed)
+            and sum(s["train_documents"] for s in scans) > len(removed)):
+        return {}  # both splits keep documents whatever dedup removed: no need to read them all
     best_val = best_train = None  # (split_u, id)
     n_val = n_train = 0
-    for _, ids, u, _ in _kept_meta(work, tasks, removed, "split_u"):
+    for t in tasks:
+        with np.load(stages.scan_paths(work, t.index)["meta.npz"]) as z:
+            u = z["split_u"]
+        ids = dedup.doc_ids(t.index, len(u))
+        keep = ~np.isin(ids, removed)
+        ids, u = ids[keep], u[keep]
         val = u < cfg.val_fraction
         n_val += int(val.sum())
         n_train += int((~val).sum())
@@ -290,32 +321,47 @@ def _split_overrides(cfg: PrepareConfig, work: Path, tasks: list[sources.Task],
     return {}
 
 
+def tokenizer_sample(cfg: PrepareConfig, work: Path, tasks: list[sources.Task]) -> list[str]:
+    """The tokenizer's training text: the training documents left after cleaning and dedup with the
+    lowest sample hash (a hash of the id: a uniform, deterministic draw over the whole corpus),
+    up to tokenizer_sample_size(cfg) bytes (at least one document), in document order.
+
+    The scan noted the candidates (about twice the bound, from the planned input bytes), so only
+    they are read; if cleaning or dedup removed more than half, the sample is all of them."""
+    removed = np.load(work / "removed.npy")
+    overrides = json.loads((work / "dedup.json").read_text())["overrides"]
+    to_val = np.array([int(k) for k, v in overrides.items() if v == "val"], np.uint64)
+    keys, ids, starts, sizes = [], [], [], []
+    for t in tasks:
+        with np.load(stages.scan_paths(work, t.index)["meta.npz"]) as z:
+            index, key, offsets = z["sample_index"], z["sample_key"], z["offsets"]
+        doc = (np.uint64(t.index) << np.uint64(32)) | index.astype(np.uint64)
+        keep = ~np.isin(doc, removed) & ~np.isin(doc, to_val)
+        keys.append(key[keep])
+        ids.append(doc[keep])
+        starts.append(offsets[index[keep]])
+        sizes.append(offsets[index[keep] + 1] - offsets[index[keep]])
+    keys, ids, starts, sizes = (np.concatenate(x) for x in (keys, ids, starts, sizes))
+    order = np.lexsort((ids, keys))
+    within = np.cumsum(sizes[order]) <= tokenizer_sample_size(cfg)
+    within[:1] = True
+    chosen = np.sort(order[within])  # ids are sorted within each task and tasks come in order
+    texts = []
+    by_task = ids[chosen] >> np.uint64(32)
+    for t in np.unique(by_task):
+        with open(stages.scan_paths(work, int(t))["txt"], "rb") as f:
+            for i in chosen[by_task == t]:
+                f.seek(int(starts[i]))
+                texts.append(f.read(int(sizes[i])).decode("utf-8"))
+    return texts
+
+
 def _tokenizer(cfg: PrepareConfig, out: Path, work: Path, tasks: list[sources.Task]) -> None:
     if cfg.tokenizer is not None:
         tok = tkz.load_tokenizer(cfg.tokenizer)
         tkz.save_tokenizer(tok, out / shards.TOKENIZER)
         return
-    removed = np.load(work / "removed.npy")
-    overrides = json.loads((work / "dedup.json").read_text())["overrides"]
-    total = 0
-    for _, ids, u, sizes in _kept_meta(work, tasks, removed, "split_u"):
-        total += int(sizes[u >= cfg.val_fraction].sum())
-    # A deterministic sample spread over the whole corpus, not its first files.
-    rate = min(1.0, cfg.tokenizer_sample_bytes / max(total, 1))
-
-    def texts():
-        for t, ids, _, _ in _kept_meta(work, tasks, removed, "split_u"):
-            p = stages.scan_paths(work, t.index)
-            with np.load(p["meta.npz"]) as z:
-                offsets, split_u, sample_u = z["offsets"], z["split_u"], z["sample_u"]
-            blob = p["txt"].read_bytes()
-            for doc in ids:
-                i = int(doc & 0xFFFFFFFF)
-                val = overrides.get(str(int(doc)), "val" if split_u[i] < cfg.val_fraction else "train")
-                if val == "train" and sample_u[i] < rate:
-                    yield blob[offsets[i] : offsets[i + 1]].decode("utf-8")
-
-    tok = tkz.train_tokenizer(texts(), cfg.vocab_size)
+    tok = tkz.train_tokenizer(tokenizer_sample(cfg, work, tasks), cfg.vocab_size)
     tkz.save_tokenizer(tok, out / shards.TOKENIZER)
 
 
@@ -329,6 +375,9 @@ def _finish(cfg, out, work, plan, tasks, scans, toks) -> dict[str, Any]:
         skipped.update(s["skipped"])
         repaired.update(s["repaired"])
     removed["exact_dedup"] = decisions["exact_dedup"]
+    rows = Counter()
+    for s in scans:
+        rows.update(s.get("dedup_rows", {}))
     removed["near_dedup"] = decisions["near_dedup"]
     split_totals = {}
     for split in ("train", "val"):
@@ -348,6 +397,7 @@ def _finish(cfg, out, work, plan, tasks, scans, toks) -> dict[str, Any]:
         "bytes": sum(v["bytes"] for v in split_totals.values()),
         "splits": split_totals,
         "near_dedup_pairs": {"candidate": decisions["candidate_pairs"], "verified": decisions["verified_pairs"]},
+        "dedup_rows": {"exact": rows["exact"], "band": rows["band"]},
         "tasks": len(tasks),
         "shard": plan["shard"],
     }
@@ -375,7 +425,7 @@ def _manifest(cfg, out, plan, tasks, scans, toks) -> dict[str, Any]:
         "schema_version": shards.SCHEMA_VERSION,
         "dtype": shards.token_dtype(vocab).name,
         "vocab_size": vocab,
-        "eot_id": tkz.eot_id(tok),
+        "eot_id": tkz.eot_id(tok, cfg.eot),
         "tokenizer_fingerprint": tkz.tokenizer_fingerprint(tok),
         "tokenizer_xxh3_128": shards.file_xxh3(out / shards.TOKENIZER),
         "inputs_fingerprint": plan["fingerprint"],

@@ -9,10 +9,10 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from scaletrain.config.schema import CleanConfig, DedupConfig  # shared with train's `data` section
 from scaletrain.errors import UserError
 
 PositiveFloat = Annotated[float, Field(gt=0)]
-Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
 class _Strict(BaseModel):
@@ -35,37 +35,17 @@ class SourceConfig(_Strict):
         return self
 
 
-class CleanConfig(_Strict):
-    normalize: Literal["NFC", "NFKC", "none"] = "NFC"
-    min_chars: Annotated[int, Field(ge=0)] | None = None
-    max_chars: Annotated[int, Field(gt=0)] | None = None
-    max_line_chars: Annotated[int, Field(gt=0)] | None = None
-    max_non_alnum_fraction: Fraction | None = None
-    max_repeated_line_fraction: Fraction | None = None
-
-
-class DedupConfig(_Strict):
-    exact: bool = True
-    near: bool = True
-    bands: Annotated[int, Field(ge=1, le=256)] = 14
-    rows: Annotated[int, Field(ge=1, le=64)] = 8
-    ngram: Annotated[int, Field(ge=1, le=32)] = 5  # words per shingle
-    # A candidate pair counts as a duplicate when its estimated Jaccard reaches this;
-    # None: the LSH threshold (1/bands)^(1/rows).
-    threshold: Fraction | None = None
-    partitions: Annotated[int, Field(ge=1, le=4096)] = 16  # hash partitions (memory / partitions)
-    seed: int = 0
-
-
 class PrepareConfig(_Strict):
     sources: list[SourceConfig] = Field(default_factory=lambda: [SourceConfig(kind="stdlib")])
     clean: CleanConfig = CleanConfig()
     dedup: DedupConfig = DedupConfig()
     vocab_size: Annotated[int, Field(ge=258, le=2**31 - 1)] = 8192
     tokenizer: str | None = None  # reuse this tokenizer.json instead of training one
-    tokenizer_sample_bytes: Annotated[int, Field(gt=0)] = 256 << 20  # training text for BPE
+    eot: str | None = None  # with `tokenizer`: the token that ends each document (None: <|endoftext|>)
+    # Training text for BPE, drawn by a hash of each id (None: tokenizer_sample_size's rule).
+    tokenizer_sample_bytes: Annotated[int, Field(gt=0)] | None = None
     val_fraction: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.05  # by document id
-    task_bytes: Annotated[int, Field(gt=0)] = 8 << 20  # input per task
+    task_bytes: Annotated[int, Field(gt=0)] | None = None  # input per task (None: task_size's rule)
     max_doc_bytes: Annotated[int, Field(gt=0)] = 64 << 20  # longer documents/lines are skipped
     undecodable: Literal["replace", "skip"] = "replace"
     shard_tokens: Annotated[int, Field(gt=0)] = 1 << 26
@@ -78,6 +58,30 @@ class PrepareConfig(_Strict):
         if self.tokenizer is not None and not Path(self.tokenizer).is_file():
             raise ValueError(f"tokenizer: file {self.tokenizer!r} not found")
         return self
+
+
+MiB = 1 << 20
+SAMPLE_BYTES_PER_TOKEN = 1024  # tokenizer sample: 1 KiB of text per vocabulary entry...
+MIN_SAMPLE_BYTES = 4 * MiB  # ...and never less than this
+MIN_TASK_BYTES, MAX_TASK_BYTES, TASKS_PER_CORPUS = 1 * MiB, 64 * MiB, 64
+
+
+def tokenizer_sample_size(cfg: PrepareConfig) -> int:
+    """Bytes of training text the tokenizer is trained on, at most. BPE training costs about as much
+    CPU per byte as encoding, and its gains flatten early (docs/data.md: 1.4 % fewer tokens for 8x
+    the text), so the sample is bounded rather than the whole corpus."""
+    if cfg.tokenizer_sample_bytes is not None:
+        return cfg.tokenizer_sample_bytes
+    return max(MIN_SAMPLE_BYTES, SAMPLE_BYTES_PER_TOKEN * cfg.vocab_size)
+
+
+def task_size(cfg: PrepareConfig, input_bytes: int) -> int:
+    """Input bytes per task: a 64th of the input, between 1 and 64 MiB. Many tasks per worker keep
+    every core busy to the end of a phase (the last task of a phase runs alone); a function of
+    the input only, never of the number of workers, so the output does not depend on them."""
+    if cfg.task_bytes is not None:
+        return cfg.task_bytes
+    return int(min(MAX_TASK_BYTES, max(MIN_TASK_BYTES, input_bytes // TASKS_PER_CORPUS)))
 
 
 def validate(raw: dict) -> PrepareConfig:

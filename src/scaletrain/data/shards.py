@@ -47,7 +47,8 @@ def file_xxh3(path: Path) -> str:
 class _ShardWriter:
     """One shard being written: hashes as it goes, so nothing is re-read afterwards."""
 
-    def __init__(self, out_dir: Path, name: str) -> None:
+    def __init__(self, out_dir: Path, name: str, durable: bool = True) -> None:
+        self.durable = durable
         self.path = out_dir / name
         self.tmp = out_dir / f".{name}.tmp"
         self.f: IO[bytes] = open(self.tmp, "wb")
@@ -64,11 +65,12 @@ class _ShardWriter:
 
     def close(self, idx_name: str) -> dict[str, Any]:
         self.f.flush()
-        os.fsync(self.f.fileno())
+        if self.durable:
+            os.fsync(self.f.fileno())
         self.f.close()
         os.replace(self.tmp, self.path)
         idx = np.asarray(self.starts, dtype=_IDX_DTYPE).tobytes()
-        write_bytes_atomic(self.path.parent / idx_name, idx)
+        write_bytes_atomic(self.path.parent / idx_name, idx, durable=self.durable)
         return {
             "bin": self.path.name,
             "idx": idx_name,
@@ -90,6 +92,7 @@ def write_split(
     shard_tokens: int = 2**24,
     source_bytes: int = 0,
     prefix: str | None = None,
+    durable: bool = True,
 ) -> dict[str, Any]:
     """Write `docs` (1-D token arrays) as shards of at most `shard_tokens` tokens.
 
@@ -97,6 +100,8 @@ def write_split(
     entry for the split; `source_bytes` is the utf-8 size of the text it came from. Files are
     named `{prefix}_{k:05d}.bin/.idx` (prefix defaults to the split name; the parallel
     preparation gives each task its own prefix so tasks never write the same file).
+    `durable=False`: no fsync per file (the caller makes them all durable at once, before its
+    manifest: `atomic.fsync_files`).
     """
     prefix = prefix or split
     out_dir = Path(out_dir)
@@ -120,7 +125,7 @@ def write_split(
                 files.append(writer.close(f"{prefix}_{len(files):05d}.idx"))
                 writer = None
             if writer is None:
-                writer = _ShardWriter(out_dir, f"{prefix}_{len(files):05d}.bin")
+                writer = _ShardWriter(out_dir, f"{prefix}_{len(files):05d}.bin", durable)
             writer.add(doc.astype(dtype, copy=False))
         if writer is not None:
             files.append(writer.close(f"{prefix}_{len(files):05d}.idx"))

@@ -1,16 +1,18 @@
-"""Input sources for `scaletrain prepare`: text files, JSONL, Parquet, the embedded stdlib corpus.
+"""Input sources for `scaletrain prepare`: text files, JSONL (plain or compressed), Parquet, the
+embedded stdlib corpus.
 
-A source is planned into tasks (a group of text files, a byte range of a JSONL file, one Parquet
-row group); a task is read in one worker and yields documents with a stable id
-(source index, file, line offset / row). Bad input is counted per kind, never raised: a corpus
+A source is planned into tasks (a group of text files, a byte range of a JSONL file, a whole
+compressed JSONL file, one Parquet row group); a task is read in one worker and yields documents
+with a stable id (source index, file, line offset / row). Bad input is counted per kind, never raised: a corpus
 far larger than memory always has a few broken lines, and one must not stop a long run.
 """
 from __future__ import annotations
 
 import glob
+import io
 import json
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +21,10 @@ from scaletrain.errors import UserError
 from scaletrain.extras import require
 
 KINDS = ("text", "jsonl", "parquet", "stdlib")
+# Compressed JSONL, decompressed as a stream by pyarrow (no byte ranges: one task per file).
+COMPRESSED = (".gz", ".zst", ".bz2", ".lz4", ".br")
+# Planning estimate of text bytes per compressed byte (for the tokenizer sample's rate only).
+COMPRESSION_ESTIMATE = 4
 
 
 @dataclass(frozen=True)
@@ -44,14 +50,26 @@ class Task:
     rel: tuple[str, ...]  # the same paths relative to the source root: part of document ids
     start: int = 0  # jsonl: byte range [start, stop); parquet: row group
     stop: int = 0
+    nbytes: int = 0  # planned input bytes (text after decompression, estimated for compressed files)
 
 
-def infer_kind(path: str) -> str:
-    """Source kind from a path's extension (a directory or other file is text)."""
-    p = path.lower()
-    if p.endswith((".jsonl", ".ndjson")):
+def compressed(path: str) -> bool:
+    return path.lower().endswith(COMPRESSED)
+
+
+def infer_kind(path: str, pattern: str | None = None) -> str:
+    """Source kind from a path's extension, or for a directory from its file pattern's (`**/*.jsonl`);
+    anything else is text. A compression suffix (`.jsonl.gz`, `.jsonl.zst`) is looked through."""
+    name = path.lower()
+    if pattern is not None and Path(path).is_dir():
+        name = pattern.lower()
+    for suffix in COMPRESSED:
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    if name.endswith((".jsonl", ".ndjson")):
         return "jsonl"
-    if p.endswith((".parquet", ".pq")):
+    if name.endswith((".parquet", ".pq")):
         return "parquet"
     return "text"
 
@@ -94,11 +112,14 @@ def _rel(p: Path, root: Path) -> str:
         return p.as_posix()
 
 
-def plan_tasks(sources: list[SourceSpec], task_bytes: int) -> list[Task]:
-    """Split every source into tasks of about `task_bytes` of input; deterministic order."""
+def plan_tasks(sources: list[SourceSpec], task_bytes: int | Callable[[int], int]) -> list[Task]:
+    """Split every source into tasks of about `task_bytes` of input (or `task_bytes(total input
+    bytes)`); deterministic order."""
+    listed = [(spec, *_files(spec)) for spec in sources]
+    if callable(task_bytes):
+        task_bytes = task_bytes(sum(p.stat().st_size for _, _, files in listed for p in files))
     tasks: list[Task] = []
-    for s, spec in enumerate(sources):
-        root, files = _files(spec)
+    for s, (spec, root, files) in enumerate(listed):
         if spec.kind in ("text", "stdlib"):
             group: list[Path] = []
             size = 0
@@ -106,30 +127,35 @@ def plan_tasks(sources: list[SourceSpec], task_bytes: int) -> list[Task]:
                 group.append(p)
                 size += p.stat().st_size
                 if size >= task_bytes:
-                    tasks.append(_text_task(len(tasks), s, spec.kind, group, root))
+                    tasks.append(_text_task(len(tasks), s, spec.kind, group, root, size))
                     group, size = [], 0
             if group:
-                tasks.append(_text_task(len(tasks), s, spec.kind, group, root))
+                tasks.append(_text_task(len(tasks), s, spec.kind, group, root, size))
         elif spec.kind == "jsonl":
             for p in files:
                 size = p.stat().st_size
+                if compressed(p.name):
+                    tasks.append(Task(len(tasks), s, "jsonl", (str(p),), (_rel(p, root),), 0, size,
+                                      size * COMPRESSION_ESTIMATE))
+                    continue
                 for lo in range(0, max(size, 1), task_bytes):
-                    tasks.append(Task(len(tasks), s, "jsonl", (str(p),), (_rel(p, root),), lo,
-                                      min(lo + task_bytes, size)))
+                    hi = min(lo + task_bytes, size)
+                    tasks.append(Task(len(tasks), s, "jsonl", (str(p),), (_rel(p, root),), lo, hi, hi - lo))
         elif spec.kind == "parquet":
             for p in files:
-                for rg in range(_row_groups(p, spec.field)):
-                    tasks.append(Task(len(tasks), s, "parquet", (str(p),), (_rel(p, root),), rg, rg + 1))
+                for rg, nbytes in enumerate(_row_groups(p, spec.field)):
+                    tasks.append(Task(len(tasks), s, "parquet", (str(p),), (_rel(p, root),), rg, rg + 1, nbytes))
         else:
             raise UserError(f"source kind must be one of {', '.join(KINDS)}, got {spec.kind!r}")
     return tasks
 
 
-def _text_task(i: int, s: int, kind: str, group: list[Path], root: Path) -> Task:
-    return Task(i, s, kind, tuple(str(p) for p in group), tuple(_rel(p, root) for p in group))
+def _text_task(i: int, s: int, kind: str, group: list[Path], root: Path, size: int) -> Task:
+    return Task(i, s, kind, tuple(str(p) for p in group), tuple(_rel(p, root) for p in group), nbytes=size)
 
 
-def _row_groups(path: Path, column: str) -> int:
+def _row_groups(path: Path, column: str) -> list[int]:
+    """Uncompressed bytes of `column` in each row group (from the footer; nothing else is read)."""
     pa = require("pyarrow", "parquet", "reading Parquet files")
     pq = require("pyarrow.parquet", "parquet", "reading Parquet files")
 
@@ -143,7 +169,8 @@ def _row_groups(path: Path, column: str) -> int:
     t = schema.field(column).type
     if not (pa.types.is_string(t) or pa.types.is_large_string(t)):
         raise UserError(f"{path}: column {column!r} has type {t}, expected a string column")
-    return f.num_row_groups
+    meta, i = f.metadata, schema.get_field_index(column)
+    return [meta.row_group(rg).column(i).total_uncompressed_size for rg in range(f.num_row_groups)]
 
 
 @dataclass
@@ -200,9 +227,10 @@ def _read_text(task, max_doc_bytes, undecodable, skipped, repaired, raw_hash) ->
 def _read_jsonl(task, field, max_doc_bytes, undecodable, skipped, repaired, raw_hash) -> Iterator[Doc]:
     """Lines that start in [start, stop): each line belongs to exactly one task."""
     path, rel = task.files[0], task.rel[0]
+    packed = compressed(path)
     try:
-        f = open(path, "rb")
-    except OSError:
+        f = _open_jsonl(path, packed)
+    except (OSError, ValueError):  # ValueError: pyarrow's ArrowInvalid (an unknown codec)
         skipped["unreadable"] += 1
         return
     with f:
@@ -214,17 +242,24 @@ def _read_jsonl(task, field, max_doc_bytes, undecodable, skipped, repaired, raw_
             f.seek(pos - 1)
             if f.read(1) != b"\n":  # mid-line: that line belongs to the previous task
                 pos = _skip_line(f, max_doc_bytes)
-        f.seek(pos)
-        while pos < task.stop:
-            line = f.readline(max_doc_bytes + 1)
+        if not packed:
+            f.seek(pos)
+        # A compressed file is one task, read to its end; offsets count decompressed bytes.
+        while packed or pos < task.stop:
+            try:
+                line = f.readline(max_doc_bytes + 1)
+                start, pos = pos, pos + len(line)
+                if len(line) > max_doc_bytes and not line.endswith(b"\n"):
+                    skipped["too_long"] += 1
+                    pos = _skip_line(f, max_doc_bytes, pos)
+                    if not packed:
+                        f.seek(pos)
+                    continue
+            except (OSError, EOFError, ValueError):  # a truncated or corrupt compressed stream
+                skipped["unreadable"] += 1
+                break
             if not line:
                 break
-            start, pos = pos, pos + len(line)
-            if len(line) > max_doc_bytes and not line.endswith(b"\n"):
-                skipped["too_long"] += 1
-                pos = _skip_line(f, max_doc_bytes)
-                f.seek(pos)
-                continue
             if raw_hash is not None:
                 raw_hash.update(line)
             if not line.strip():
@@ -248,12 +283,26 @@ def _read_jsonl(task, field, max_doc_bytes, undecodable, skipped, repaired, raw_
             yield Doc(f"{task.source}:{rel}:{start}", value)
 
 
-def _skip_line(f, chunk: int) -> int:
-    """Advance past the next newline without holding the line; returns the new position."""
+def _open_jsonl(path: str, packed: bool):
+    if not packed:
+        return open(path, "rb")
+    import pyarrow as pa
+
+    try:
+        return io.BufferedReader(pa.input_stream(path, compression="detect"), 1 << 20)
+    except pa.ArrowException as e:
+        raise ValueError(str(e)) from None
+
+
+def _skip_line(f, chunk: int, pos: int | None = None) -> int:
+    """Advance past the next newline without holding the line; returns the new position
+    (counted from `pos` when given: a decompressing stream cannot tell)."""
     while True:
         block = f.readline(chunk)
+        if pos is not None:
+            pos += len(block)
         if not block or block.endswith(b"\n"):
-            return f.tell()
+            return f.tell() if pos is None else pos
 
 
 def _read_parquet(task, column, skipped, raw_hash) -> Iterator[Doc]:

@@ -1,6 +1,7 @@
-"""The per-task stages of `scaletrain prepare`, run in worker processes.
+"""The per-task stages of `scaletrain prepare`, run in worker processes (local pool or Ray).
 
 scan(task):     read -> normalize -> filter -> exact hash, MinHash -> work/scan/{t}.*
+                (and the task's share of the tokenizer sample's candidates, in meta.npz)
 tokenize(task): cleaned text minus dedup removals -> train/val split -> mixture copies ->
                 token ids -> {split}-{t}_{k}.bin/.idx
 
@@ -12,6 +13,8 @@ from __future__ import annotations
 
 import json
 import os
+import resource
+import signal
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -38,12 +41,72 @@ def scan_paths(work: Path, t: int) -> dict[str, Path]:
     return {k: base.with_suffix(f".{k}") for k in ("txt", "meta.npz", "sig.npy", "parts.npz", "json")}
 
 
-def init_worker() -> None:
-    # One Rust thread per worker process: N processes are the parallelism, not N x threads.
-    os.environ["RAYON_NUM_THREADS"] = "1"
+WORKER_ENV = {"RAYON_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+FAULT = "SCALETRAIN_DATA_FAULT"
 
 
-def scan(cfg: PrepareConfig, work: Path, task: sources.Task) -> dict[str, Any]:
+def peak_rss() -> int:
+    """This process's peak resident memory so far, in bytes (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def scan_done(work: Path, task: int) -> bool:
+    """The task's marker is there and every file it lists has the size it noted."""
+    p = scan_paths(work, task)
+    try:
+        sizes = json.loads(p["json"].read_text())["sizes"]
+        return all(p[k].stat().st_size == n for k, n in sizes.items())
+    except (OSError, ValueError, KeyError):
+        return False
+
+
+def tokenize_done(out: Path, work: Path, task: int) -> bool:
+    """The task's marker is there and every shard it lists has its size (tokens and documents)."""
+    try:
+        result = json.loads((work / "tokenize" / f"{task:05d}.json").read_text())
+        itemsize = np.dtype(result["dtype"]).itemsize
+        return all((out / f["bin"]).stat().st_size == f["tokens"] * itemsize
+                   and (out / f["idx"]).stat().st_size == f["documents"] * 8
+                   for entry in result["splits"].values() for f in entry["files"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def init_worker(fault: str = "") -> None:
+    """One Rust thread per worker process: N processes are the parallelism, not N x threads (read
+    once by the tokenizer's thread pool, at its first use: before any stage runs). `fault`: the
+    driver's SCALETRAIN_DATA_FAULT (a worker's environment may be older than the run)."""
+    os.environ.update(WORKER_ENV)
+    if fault:
+        os.environ[FAULT] = fault
+    else:
+        os.environ.pop(FAULT, None)
+
+
+def maybe_fault(stage: str, work: Path, task: int) -> None:
+    """A test hook, not a setting: `SCALETRAIN_DATA_FAULT=kill:stage=tokenize:task=1` SIGKILLs the
+    worker process that starts that stage of that task, once per run (a marker, in work/ or at
+    `:marker=PATH`, says it fired, so the retry runs clean): what a machine lost mid-run looks like
+    to the engine."""
+    spec = os.environ.get(FAULT)
+    if not spec:
+        return
+    kind, *fields = spec.split(":")
+    args = dict(f.split("=", 1) for f in fields if "=" in f)
+    if kind != "kill" or args.get("stage") != stage or int(args.get("task", -1)) != task:
+        return
+    try:
+        fd = os.open(args.get("marker") or work / f"fault-{stage}-{task}", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return
+    os.close(fd)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def scan(cfg: PrepareConfig, work: Path, task: sources.Task, sample_rate: float = 0.0) -> dict[str, Any]:
+    """`sample_rate`: training documents whose sample hash falls below it are the tokenizer
+    sample's candidates (indices and byte ranges kept in meta.npz; the driver picks among them)."""
+    maybe_fault("scan", work, task.index)
     src = cfg.sources[task.source]
     c = cfg.clean
     cleaner = Cleaner(CleanSpec(None if c.normalize == "none" else c.normalize, c.min_chars,
@@ -72,12 +135,15 @@ def scan(cfg: PrepareConfig, work: Path, task: sources.Task) -> dict[str, Any]:
         copies.append(int(w) + (unit_hash(doc.id, cfg.seed, _SEED_MIX) < w - int(w)))
     p = scan_paths(work, task.index)
     offsets = np.cumsum([0] + [len(b) for b in blobs], dtype=np.int64)
-    with atomic_open(p["txt"], "wb") as f:
-        for b in blobs:
-            f.write(b)
-    with atomic_open(p["meta.npz"], "wb") as f:
-        np.savez(f, offsets=offsets, split_u=np.array(split_u, np.float64),
-                 sample_u=np.array(sample_u, np.float64), copies=np.array(copies, np.uint32))
+    # work/ is scratch: atomic (a reader sees all or nothing) but not fsynced; the marker notes
+    # every file's size, so a resume after a power loss redoes a task whose files came back short.
+    with atomic_open(p["txt"], "wb", durable=False) as f:
+        f.write(b"".join(blobs))
+    split_u, sample_u = np.array(split_u, np.float64), np.array(sample_u, np.float64)
+    candidates = np.flatnonzero((sample_u < sample_rate) & (split_u >= cfg.val_fraction))
+    with atomic_open(p["meta.npz"], "wb", durable=False) as f:
+        np.savez(f, offsets=offsets, split_u=split_u, sample_u=sample_u, copies=np.array(copies, np.uint32),
+                 sample_index=candidates.astype(np.int64), sample_key=sample_u[candidates])
     d = cfg.dedup
     exact = dedup.exact_hashes(blobs) if d.exact else None
     bands = has = None
@@ -87,14 +153,32 @@ def scan(cfg: PrepareConfig, work: Path, task: sources.Task) -> dict[str, Any]:
         sig = hasher.signatures(sets)
         bands = hasher.band_hashes(sig)
         has = np.array([s.size > 0 for s in sets], dtype=bool)
-        with atomic_open(p["sig.npy"], "wb") as f:
+        with atomic_open(p["sig.npy"], "wb", durable=False) as f:
             np.save(f, sig)
     dedup.write_partitions(p["parts.npz"], task.index, exact, bands, has, d.partitions)
+    n_val = int((split_u < cfg.val_fraction).sum())
     result = {"task": task.index, "source": task.source, "documents_in": n_in,
-              "documents_kept": len(blobs), "bytes_in": int(offsets[-1]), "removed": dict(removed),
+              "documents_kept": len(blobs), "val_documents": n_val, "train_documents": len(blobs) - n_val,
+              # Rows each task gives the global dedup (24 bytes each): what the Ray engine shuffles.
+              "dedup_rows": {"exact": 0 if exact is None else len(exact),
+                             "band": 0 if bands is None else int(has.sum()) * d.bands},
+              "bytes_in": int(offsets[-1]), "removed": dict(removed),
               "skipped": dict(skipped), "repaired": dict(repaired), "raw_xxh3_128": raw.hexdigest()}
-    write_json_atomic(p["json"], result)
+    result["sizes"] = {k: p[k].stat().st_size for k in ("txt", "meta.npz", "sig.npy", "parts.npz") if p[k].is_file()}
+    result["peak_rss_bytes"] = peak_rss()
+    write_json_atomic(p["json"], result, durable=False)
     return result
+
+
+def signature_rows(work: Path, ids: np.ndarray) -> np.ndarray:
+    """MinHash signature rows of sorted doc ids, read from each task's memory-mapped signatures."""
+    rows = []
+    task_of = ids >> dedup.TASK_SHIFT
+    for t in np.unique(task_of):
+        sig = np.load(scan_paths(work, int(t))["sig.npy"], mmap_mode="r")
+        local = (ids[task_of == t] & np.uint64(0xFFFFFFFF)).astype(np.int64)
+        rows.append(np.asarray(sig[local]))
+    return np.concatenate(rows) if rows else np.empty((0, 0), np.uint32)
 
 
 _TOKENIZERS: dict[str, Any] = {}
@@ -113,9 +197,10 @@ def _tokenizer(path: Path):
 def tokenize(cfg: PrepareConfig, out: Path, work: Path, task: sources.Task) -> dict[str, Any]:
     from scaletrain.data.tokenizer import eot_id
 
+    maybe_fault("tokenize", work, task.index)
     tok = _tokenizer(out / shards.TOKENIZER)
     dtype = shards.token_dtype(tok.get_vocab_size())
-    eot = eot_id(tok)
+    eot = eot_id(tok, cfg.eot)
     p = scan_paths(work, task.index)
     blob = p["txt"].read_bytes()
     with np.load(p["meta.npz"]) as z:
@@ -137,10 +222,11 @@ def tokenize(cfg: PrepareConfig, out: Path, work: Path, task: sources.Task) -> d
         nbytes = int(((offsets[order + 1] - offsets[order]) * reps).sum())
         docs = _encoded(tok, blob, offsets, order, reps, dtype, eot)
         entries[split] = shards.write_split(out, split, docs, dtype, shard_tokens=cfg.shard_tokens,
-                                            source_bytes=nbytes, prefix=f"{split}-{task.index:05d}")
+                                            source_bytes=nbytes, prefix=f"{split}-{task.index:05d}",
+                                            durable=False)  # made durable together, before the manifest
         entries[split]["unique_documents"] = int(len(order))
-    result = {"task": task.index, "splits": entries}
-    write_json_atomic(work / "tokenize" / f"{task.index:05d}.json", result)
+    result = {"task": task.index, "dtype": dtype.name, "splits": entries, "peak_rss_bytes": peak_rss()}
+    write_json_atomic(work / "tokenize" / f"{task.index:05d}.json", result, durable=False)
     return result
 
 

@@ -18,7 +18,7 @@ import torch
 
 from scaletrain.config.schema import Config
 from scaletrain.data import images
-from scaletrain.data.prepare import TextSpec, ensure_prepared
+from scaletrain.data.cache import prepared, settings
 from scaletrain.data.loader import PackedLoader, PreadTokens, SampleOrder, TokenWindows, data_fingerprint
 from scaletrain.data.mixture import ConcatWindows, Mixture
 from scaletrain.data.shards import TokenShards, read_manifest
@@ -76,12 +76,15 @@ def _text_task(cfg: Config, progress: bool):
     d = cfg.data
     if d.mixture:
         return _mixture_task(cfg)
-    # A pretrained model's data is tokenized with the model's own tokenizer, when its folder has one.
+    # The same pipeline as `scaletrain prepare` (sources, data.clean, data.dedup), cached by a
+    # fingerprint of the inputs and settings. A pretrained model's data is tokenized with the
+    # model's own tokenizer, when its folder has one.
     own = pretrained.folder_tokenizer(cfg)
-    spec = TextSpec(source="dir" if d.path else "stdlib", path=d.path, pattern=d.pattern,
-                    vocab_size=d.vocab_size, val_fraction=d.val_fraction, max_bytes=d.max_bytes,
-                    tokenizer=str(own.path) if own else None, eot=own.eot if own else None)
-    data_dir = ensure_prepared(spec, Path(d.cache_dir).expanduser(), progress=progress)
+    prep = settings(d)
+    if own:
+        prep = prep.model_copy(update={"tokenizer": str(own.path), "eot": own.eot})
+    data_dir = prepared(prep, Path(d.cache_dir).expanduser(), progress=progress,
+                        what="data.path" if d.path else "data")
     # verify: every shard's checksum (XXH3 reads ~7 GB/s here): a bit flipped in the cache since it
     # was prepared is refused, naming the file, instead of being trained on.
     train, val = TokenShards(data_dir, "train", verify=True), TokenShards(data_dir, "val", verify=True)
