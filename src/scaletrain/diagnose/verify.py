@@ -44,7 +44,10 @@ _QUIET = ["train.eval_every=0", "train.checkpoint_every=0", "train.final_eval_ba
 
 def tolerance(cfg: Config) -> tuple[float, float]:
     family = "sgd" if cfg.optim.name in _SGD_LIKE else "adaptive"
-    precision = "fp32" if cfg.train.precision == "fp32" else "bf16"
+    from scaletrain.hardware import choose_precision
+
+    device = cfg.train.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    precision = "fp32" if choose_precision(cfg.train.precision, device)[0] == "fp32" else "bf16"
     return TOLERANCES[(family, precision)]
 
 

@@ -76,6 +76,10 @@ class LanguageModeling:
     def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
 
+    def eval_sample_count(self, batches: int, batch_size: int) -> int:
+        """Windows `evaluate(batches=..., batch_size=...)` reads (0 batches: the whole split)."""
+        return min(batches * batch_size, len(self.val)) if batches else len(self.val)
+
     @torch.no_grad()
     def evaluate(self, model: nn.Module, *, batches: int, batch_size: int, device: torch.device,
                  autocast: AbstractContextManager) -> dict[str, float]:
@@ -140,6 +144,9 @@ class Classification:
 
     def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits.float(), y)
+
+    def eval_sample_count(self, batches: int, batch_size: int) -> int:
+        return len(self.val_set)  # every evaluation reads the whole validation split
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, *, batches: int, batch_size: int, device: torch.device,

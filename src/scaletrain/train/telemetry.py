@@ -148,6 +148,12 @@ class Telemetry:
             )
             self._progress.start()
 
+    def set_total(self, total_steps: int) -> None:
+        """The run's step count changed (schedule.budget=time fitted it): the progress bar follows."""
+        self.total_steps = total_steps
+        if self._progress is not None and self._task is not None:
+            self._progress.update(self._task, total=total_steps)
+
     # ------------------------------------------------------------------ logging
 
     def _write(self, record: dict) -> None:
