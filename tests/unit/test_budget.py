@@ -65,18 +65,21 @@ def test_time_budget_fits_after_timing_then_refits_at_an_evaluation():
                  checkpoint_every=10, samples_per_step=16, sample_tokens=40)
     clock = FixedClock(step=1.0, eval_sample=0.01, checkpoint=0.5, startup=2.0)
     b = TimeBudget(plan, start=0.0, clock=clock)
-    lines = [b.after_step(s) for s in range(1, 7)]
+    assert not b.wants_probe and b.after_step(1) is None
+    assert b.wants_probe  # after the first step: one evaluation batch is timed
+    b.probed(0.5, 16)
+    assert not b.wants_probe
+    lines = [b.after_step(s) for s in range(2, 7)]
     # Timed from the end of step 1; 5 timed steps take 5 s > 3 % of 60 s: the fit comes at step 6.
-    assert lines[:5] == [None] * 5 and "fitted at step 6" in lines[5]
-    first = fit_steps(plan, Costs(step=1.0, eval_sample=budget.EVAL_SAMPLE_FRACTION / 16, checkpoint=0.5),
-                      done=6, elapsed_s=2.0 + 6.0)
+    assert lines[:4] == [None] * 4 and "fitted at step 6" in lines[4]
+    first = fit_steps(plan, Costs(step=1.0, eval_sample=0.01, checkpoint=0.5), done=6, elapsed_s=2.0 + 6.0 + 0.16)
     assert b.total() == first and b.fits == 1
     for s in range(7, 11):
         b.after_step(s)
     line = b.evaluated(10, seconds=0.123, samples=64)  # elapsed 12.64 s > 10 % of 60 s: the second fit
     assert "re-fitted" in line and b.settled
     second = fit_steps(plan, Costs(step=1.0, eval_sample=0.01, checkpoint=0.5), done=10,
-                       elapsed_s=2.0 + 10.0 + 0.64, evaluated=True)
+                       elapsed_s=2.0 + 10.0 + 0.16 + 0.64, evaluated=True)
     assert b.total() == second
     assert b.evaluated(20, seconds=0.1, samples=64) is None and b.total() == second  # no third fit
 
@@ -86,6 +89,14 @@ def test_a_resumed_budget_keeps_its_count():
     assert b.settled and b.total() == 1234
     assert all(b.after_step(s) is None for s in range(1, 50))
     assert b.evaluated(500, 1.0, 256) is None and b.total() == 1234
+
+
+def test_without_a_probe_an_evaluated_sample_costs_a_third_of_a_trained_one():
+    plan = _plan(budget_s=60.0, warmup_steps=0, samples_per_step=16)
+    b = TimeBudget(plan, start=0.0, clock=FixedClock(step=1.0))
+    for s in range(1, 7):
+        b.after_step(s)
+    assert b.history[0]["eval_sample_seconds"] == pytest.approx(budget.EVAL_SAMPLE_FRACTION / 16)
 
 
 def test_no_evaluation_settles_after_one_fit():

@@ -8,12 +8,13 @@ How a run uses it (the trainer holds one `TimeBudget`):
    compiles). The fit comes after at least MIN_TIMED_STEPS timed steps, at the end of the warm-up
    or once FIT_FRACTION of the budget went into timing, whichever is first: during the warm-up the
    lr does not depend on the total, so the steps before the fit follow the schedule whatever the
-   total turns out to be (without a warm-up they follow train.max_steps' until the fit).
+   total turns out to be (without a warm-up they follow train.max_steps' until the fit). After the
+   first step, one evaluation batch is timed (a probe: the final evaluation of the whole validation
+   split can be a tenth of the budget, and its cost per sample is not the training step's).
 2. The fit fixes the total N: the largest N (<= train.max_steps) whose remaining steps,
    evaluations, checkpoints and final evaluation fit the time left, less a reserve for the
-   end-of-run work (`fit_steps`). Before any evaluation ran, an evaluated sample is assumed to cost
-   a third of a trained one (a forward pass without the backward), a checkpoint its state's bytes
-   at CHECKPOINT_BYTES_PER_S.
+   end-of-run work (`fit_steps`). A checkpoint is assumed to cost its state's bytes at
+   CHECKPOINT_BYTES_PER_S until one was timed.
 3. Right after the first intermediate evaluation once REFIT_FRACTION of the budget is spent
    (before that step's checkpoint, so that the checkpoint holds the result), N is fitted once more
    with what was measured since: the steps' mean time and the evaluation's own cost. The second fit
@@ -178,6 +179,20 @@ class TimeBudget:
         self._eval_sample: float | None = None
         self._checkpoint: float | None = None
         self.history: list[dict] = []  # each fit: step, total and the costs it used
+
+    @property
+    def wants_probe(self) -> bool:
+        """Whether the trainer should time one evaluation batch now (`probed`): once, before the
+        first fit. Every rank decides the same (the fit count is shared), so a probe that is a
+        collective (FSDP, TP) runs on all of them."""
+        return not self.settled and self.fits == 0 and self._eval_sample is None and self._timed_from is not None
+
+    def probed(self, seconds: float, samples: int) -> None:
+        """One evaluation batch of `samples` took `seconds` (not step time)."""
+        self._add_edge(seconds)
+        self._eval_sample = self.clock.evaluation(seconds, samples)
+        if isinstance(self.clock, FixedClock):
+            self.clock.spent += samples * self.clock.eval_sample
 
     @property
     def settled(self) -> bool:

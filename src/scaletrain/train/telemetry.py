@@ -1,8 +1,10 @@
 """Training telemetry: metrics.jsonl, TensorBoard scalars, a rich progress bar and console lines.
 
 The trainer calls this at loop edges only, so the per-call cost must stay tiny: one buffered
-write + flush per record (no fsync), TensorBoard's own background flushing, and a progress bar
-refreshed at most 4 times a second by rich's thread rather than on every update.
+write + flush per record (no fsync), TensorBoard events handed to its writer thread in bursts (at
+most every TB_EVERY_S seconds: each hand-off wakes that thread, which then takes the GIL from the
+training loop), and a progress bar refreshed at most 4 times a second by rich's thread rather than
+on every update.
 Only rank 0 should pass enabled=True; other ranks get cheap no-ops and touch nothing on disk.
 """
 
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +28,8 @@ from rich.progress import (
 from scaletrain.atomic import write_text_atomic
 
 __all__ = ["Telemetry", "humanize"]
+
+TB_EVERY_S = 2.0  # TensorBoard reloads every few seconds anyway; metrics.jsonl is written at once
 
 _UNITS = {"tokens": ("tokens_per_second", "tok/s"), "samples": ("samples_per_second", "samples/s")}
 
@@ -106,6 +111,8 @@ class Telemetry:
         self._writer = None
         self._progress: Progress | None = None
         self._task = None
+        self._events: list = []  # TensorBoard summaries not yet handed to the writer: (summary, step)
+        self._events_since = time.monotonic()
         if not enabled:
             return
 
@@ -169,7 +176,16 @@ class Telemetry:
         values = [S.Value(tag=f"{prefix}/{k}", simple_value=f)
                   for k, v in metrics.items() if (f := _scalar(v)) is not None]
         if values:
-            self._writer.file_writer.add_summary(S(value=values), global_step=step)
+            self._events.append((S(value=values), step))
+        if time.monotonic() - self._events_since >= TB_EVERY_S:
+            self._hand_events()
+
+    def _hand_events(self) -> None:
+        """Give the pending TensorBoard events to its writer thread, in one burst."""
+        for summary, step in self._events:
+            self._writer.file_writer.add_summary(summary, global_step=step)
+        self._events.clear()
+        self._events_since = time.monotonic()
 
     def log_train(self, step: int, metrics: dict) -> None:
         if not self.enabled or self._closed:
@@ -222,6 +238,7 @@ class Telemetry:
         if self._file is not None:
             self._file.close()
         if self._writer is not None:
+            self._hand_events()
             self._writer.close()  # flushes pending events
 
     def __enter__(self) -> Telemetry:

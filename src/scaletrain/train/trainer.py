@@ -192,7 +192,9 @@ class Trainer:
         try:
             with tel:
                 stopped_by = self._loop(layout, optimizer, tel, wall_start)
+                began = time.perf_counter()
                 final = self._evaluate(tel, t.final_eval_batches, final=True)
+                self._final_eval_seconds = time.perf_counter() - began
                 self._save(optimizer)
                 ckpt.finish_pending_save()  # checkpoint.async_save: the last one is in place at the end
         except RuntimeError as exc:  # a collective that timed out, or a peer that died
@@ -329,6 +331,9 @@ class Trainer:
                 meter.add(loss, units)
             if self._budget is not None:
                 self._budget_fit(tel, lambda: self._budget.after_step(st.step))
+                if self._budget.wants_probe:
+                    with meter.paused():
+                        self._budget_probe()
 
             time_up = bool(t.max_minutes) and time.perf_counter() - wall_start > 60 * t.max_minutes
             if layout.distributed and t.max_minutes:  # rank 0's clock decides for all (one broadcast per
@@ -466,6 +471,17 @@ class Trainer:
         if line:
             tel.message(line)
 
+    def _budget_probe(self) -> None:
+        """Time one evaluation batch for the budget's fit (every rank: the forward may be a collective)."""
+        t = self.cfg.train
+        eval_bs = t.eval_batch_size or t.batch_size
+        model = self.layout.full_model()
+        began = time.perf_counter()
+        model.eval()
+        self.task.evaluate(model, batches=1, batch_size=eval_bs, device=self.device, autocast=self.layout.autocast)
+        model.train()
+        self._budget.probed(time.perf_counter() - began, time_budget.eval_samples(self.task, 1, eval_bs))
+
     def _warn_slow_bf16(self, tel: Telemetry) -> None:
         """CPUs without native bf16 (AVX2-only, no AVX512-BF16/AMX) run bf16 matmuls ~50x slower."""
         if self.device.type != "cpu" or self.precision != "bf16":
@@ -570,7 +586,7 @@ class Trainer:
         }
         if self._budget is not None:
             summary["budget"] = {"max_minutes": cfg.train.max_minutes, "fitted_steps": st.fitted_steps,
-                                 "fits": self._budget.history}
+                                 "fits": self._budget.history, "final_eval_seconds": self._final_eval_seconds}
         if sample is not None:
             summary["sample"] = sample
         if sample_error is not None:
