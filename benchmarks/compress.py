@@ -93,9 +93,10 @@ def table(results: dict) -> str:
 
 
 def write(results: dict) -> None:
-    from scaletrain.atomic import write_json_atomic, write_text_atomic
+    from docs_out import write_results
+    from scaletrain.atomic import write_text_atomic
 
-    write_json_atomic(RESULTS, results)
+    write_results(RESULTS, results)
     if DOC.is_file():
         text = DOC.read_text()
         block = f"<!-- bench:start -->\n{table(results)}\n<!-- bench:end -->"

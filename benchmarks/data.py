@@ -135,7 +135,7 @@ def main() -> None:
     import tokenizers
 
     import scaletrain
-    from scaletrain.atomic import write_json_atomic, write_text_atomic
+    from scaletrain.atomic import write_text_atomic
     from scaletrain.data import tokenizer as tkz
 
     work = Path(tempfile.mkdtemp(prefix="bench-data-"))
@@ -197,9 +197,9 @@ def main() -> None:
         "command": "python benchmarks/data.py " + " ".join(sys.argv[1:]),
     }
     # Read-modify-write: other benchmarks own other keys of the same file.
-    existing = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
-    existing["prepare_speedup_vs_hf"] = record
-    write_json_atomic(RESULTS, existing)
+    from docs_out import merge_results
+
+    merge_results(RESULTS, {"prepare_speedup_vs_hf": record})
     write_text_atomic(PERF, _with_section(PERF.read_text() if PERF.is_file() else "# Performance\n",
                                           _table(record)))
     print(f"speedup vs HF datasets (2 workers each): {record['speedup']:.2f}x")
