@@ -30,8 +30,11 @@ def git_commit() -> str | None:
 
 
 def git_dirty() -> bool | None:
-    """Whether tracked source files differ from that commit (the figure then describes uncommitted code)."""
-    status = _git("status", "--porcelain", "--untracked-files=no", "--", str(_SOURCE))
+    """Whether the tracked code (the package, and the benchmarks beside it in a checkout) differs
+    from that commit: the figure then describes uncommitted code. Docs are left out: the
+    benchmarks themselves rewrite them."""
+    paths = [str(p) for p in (_SOURCE, _SOURCE.parents[1] / "benchmarks") if p.is_dir()]
+    status = _git("status", "--porcelain", "--untracked-files=no", "--", *paths)
     return None if status is None else bool(status)
 
 
