@@ -19,7 +19,7 @@ the "Main job" section of docs/performance.md, docs/time_to_quality.png and the 
 `tokens_per_second`, `time_to_quality` of docs/results/performance.json (each stamped with git
 commit, time and CPU flags).
 
-    python benchmarks/main_job.py                                   # about 8 minutes
+    python benchmarks/main_job.py [--keep-run DIR]                  # about 8 minutes
     python benchmarks/main_job.py --minutes 0.2 --nanogpt-seconds 5  # a smoke run (figures meaningless)
 """
 
@@ -230,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--minutes", type=float, default=None,
                    help="train.max_minutes for the scaletrain run (default: the preset's; a smoke run: 0.2)")
     p.add_argument("--nanogpt-seconds", type=float, default=60.0, help="seconds per plain-loop run (default 60)")
+    p.add_argument("--keep-run", type=Path, default=None,
+                   help="move the trained run folder here (a new folder): benchmarks/compress.py's GPT source")
     a = p.parse_args(argv)
     command = " ".join(["python benchmarks/main_job.py", *(sys.argv[1:] if argv is None else argv)])
 
@@ -259,6 +261,11 @@ def main(argv: list[str] | None = None) -> int:
     block = readme_block(result, stamp)
     write_section(ROOT / "README.md", README_START, README_END, block)
     print(block)
+    if a.keep_run is not None:
+        import shutil
+
+        a.keep_run.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(work / "run"), str(a.keep_run))
     return 0
 
 
