@@ -60,7 +60,8 @@ def figures(summary: dict, seconds: float) -> dict:
     r["latency_ms"] = {row["model"]: row["latency_ms"] for row in rows}
     r["quality"] = {row["model"]: row["quality"] for row in rows}
     r["size_bytes"] = {row["model"]: row["size_bytes"] for row in rows}
-    for key in ("onnx_max_abs_diff", "onnx_int8_max_abs_diff", "student"):
+    for key in ("onnx_max_abs_diff", "onnx_int8_max_abs_diff", "student", "int8_backend", "int8_backend_reason",
+                "warnings"):
         if key in summary:
             r[key] = summary[key]
     for key in ("sparsity", "ranks", "hidden", "layer_heads", "layer_d_ff", "finetune_steps", "steps"):
@@ -121,6 +122,7 @@ def main() -> int:
 
     from scaletrain.compress import METHODS, compress
     from scaletrain.compress.report import versions
+    from scaletrain.provenance import stamp
 
     results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
     results.update({"date": datetime.date.today().isoformat(), "threads": 1, "versions": versions(),
@@ -145,6 +147,7 @@ def main() -> int:
             summary = compress(run, method, out, **opts)
             r = figures(summary, time.perf_counter() - start)
             r["targets"] = targets(preset, method, r)
+            r["provenance"] = stamp("python benchmarks/compress.py " + " ".join(sys.argv[1:]))  # per row: reruns mix
             results["presets"].setdefault(preset, {})[method] = r
             write(results)
             print(f"{preset} {method}: size {r['size_ratio']:.3f} speedup b1 {r['speedup_b1']:.2f} "
