@@ -60,7 +60,8 @@ def figures(summary: dict, seconds: float) -> dict:
     r["latency_ms"] = {row["model"]: row["latency_ms"] for row in rows}
     r["quality"] = {row["model"]: row["quality"] for row in rows}
     r["size_bytes"] = {row["model"]: row["size_bytes"] for row in rows}
-    for key in ("onnx_max_abs_diff", "onnx_int8_max_abs_diff", "student"):
+    for key in ("onnx_max_abs_diff", "onnx_int8_max_abs_diff", "student", "int8_backend", "int8_backend_reason",
+                "warnings"):
         if key in summary:
             r[key] = summary[key]
     for key in ("sparsity", "ranks", "hidden", "layer_heads", "layer_d_ff", "finetune_steps", "steps"):
@@ -93,9 +94,10 @@ def table(results: dict) -> str:
 
 
 def write(results: dict) -> None:
-    from scaletrain.atomic import write_json_atomic, write_text_atomic
+    from docs_out import write_results
+    from scaletrain.atomic import write_text_atomic
 
-    write_json_atomic(RESULTS, results)
+    write_results(RESULTS, results)
     if DOC.is_file():
         text = DOC.read_text()
         block = f"<!-- bench:start -->\n{table(results)}\n<!-- bench:end -->"
@@ -120,6 +122,7 @@ def main() -> int:
 
     from scaletrain.compress import METHODS, compress
     from scaletrain.compress.report import versions
+    from scaletrain.provenance import stamp
 
     results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
     results.update({"date": datetime.date.today().isoformat(), "threads": 1, "versions": versions(),
@@ -144,6 +147,7 @@ def main() -> int:
             summary = compress(run, method, out, **opts)
             r = figures(summary, time.perf_counter() - start)
             r["targets"] = targets(preset, method, r)
+            r["provenance"] = stamp("python benchmarks/compress.py " + " ".join(sys.argv[1:]))  # per row: reruns mix
             results["presets"].setdefault(preset, {})[method] = r
             write(results)
             print(f"{preset} {method}: size {r['size_ratio']:.3f} speedup b1 {r['speedup_b1']:.2f} "

@@ -3,8 +3,9 @@ a torch DataLoader over the same memory map, and resident memory as the corpus g
 
 (b) Throughput: samples/s of `task.train_batch(position, B)` (what the trainer calls per
     micro-batch: permutation lookup, memory-mapped reads, tensors; with and without document ids),
-    against the trainer's consumption in samples/s (the main job's measured tokens/s from README.md,
-    or `--run DIR`'s summary.json, divided by seq_len), and against `torch.utils.data.DataLoader`
+    against the trainer's consumption in samples/s (the main job's tokens/s as benchmarks/main_job.py
+    measured it into docs/results/performance.json, or `--run DIR`'s summary.json, divided by
+    seq_len), and against `torch.utils.data.DataLoader`
     with a `RandomSampler` over a map-style dataset reading the same windows from the same memmap
     (0 and 2 worker processes). Each side reads the same number of samples, after a warm-up.
 (c) Resident memory: a fresh process opens the corpus (the `gpt` preset's prepared training split)
@@ -24,7 +25,6 @@ import contextlib
 import fcntl
 import json
 import os
-import re
 import shutil
 import statistics
 import subprocess
@@ -39,7 +39,7 @@ import torch
 import xxhash
 
 import scaletrain
-from scaletrain.atomic import write_json_atomic, write_text_atomic
+from scaletrain.atomic import write_text_atomic
 from scaletrain.config.load import load_config
 from scaletrain.data import shards
 from scaletrain.data.loader import PackedLoader, PreadTokens, SampleOrder, TokenWindows, data_fingerprint
@@ -68,11 +68,12 @@ def consumption(seq_len: int, run: str | None) -> tuple[float, str]:
     if run:
         summary = json.loads((Path(run) / "summary.json").read_text())
         return summary["tokens_per_second"] / seq_len, f"`{run}/summary.json` tokens_per_second"
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    m = re.search(r"\|\s*tokens/s \(training steps\)\s*\|\s*([\d,]+)", readme)
-    if not m:
-        raise SystemExit("README.md has no measured main-job tokens/s; pass --run RUN_DIR")
-    return int(m.group(1).replace(",", "")) / seq_len, "README.md's measured main job (tokens/s)"
+    results = ROOT / "docs" / "results" / "performance.json"
+    figure = json.loads(results.read_text()).get("tokens_per_second") if results.is_file() else None
+    if not isinstance(figure, (int, float)) or figure <= 0:
+        raise SystemExit("docs/results/performance.json has no main-job tokens_per_second: run "
+                         "`python benchmarks/main_job.py` first (make bench does), or pass --run RUN_DIR")
+    return figure / seq_len, "the main job's tokens_per_second in results/performance.json (benchmarks/main_job.py)"
 
 
 def time_loader(loader: PackedLoader, batch: int, samples: int) -> float:
@@ -195,10 +196,10 @@ def _lock_path(path: Path) -> Path:
 
 def merge_results(path: Path, updates: dict) -> None:
     """Read-modify-write docs/results/data.json under a lock: other benchmarks own other keys."""
+    import docs_out
+
     with _locked(_lock_path(path)):
-        current = json.loads(path.read_text()) if path.exists() else {}
-        current.update(updates)
-        write_json_atomic(path, current)
+        docs_out.merge_results(path, updates)
 
 
 def merge_section(path: Path, section: str) -> None:

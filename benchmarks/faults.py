@@ -474,9 +474,10 @@ def main() -> None:
         results.update(stamp)
         results.pop("reruns", None)
     results_path.parent.mkdir(parents=True, exist_ok=True)
-    from scaletrain.atomic import write_json_atomic, write_text_atomic
+    from docs_out import write_results
+    from scaletrain.atomic import write_text_atomic
 
-    write_json_atomic(results_path, _printable(results))
+    write_results(results_path, _printable(results))
     write_text_atomic(ROOT / "docs" / "reliability.md", render(_printable(results)))
     log(f"wrote {results_path} and docs/reliability.md in {results['seconds']:.0f} s")
 

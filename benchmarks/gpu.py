@@ -48,7 +48,7 @@ CASES = {
 # checkpoint until the end), one log window per `--log-every` steps.
 COMMON = ["train.device=cuda", "train.precision=bf16", "train.compile=true", "log.progress=false",
           "log.tensorboard=false", "log.sample_tokens=0", "train.eval_every=0", "train.final_eval_batches=1",
-          "train.checkpoint_every=0", "train.grad_accum=1", "train.max_minutes=30"]
+          "train.checkpoint_every=0", "train.grad_accum=1", "train.max_minutes=30", "schedule.budget=steps"]
 
 
 _LOCAL = ("train.run_dir=", "data.cache_dir=")  # this machine's paths: not part of the command shown

@@ -66,7 +66,7 @@ PROBE = ROOT / "tests" / "distributed" / "collective_probe.py"
 WORK = Path("/tmp/scaletrain-gpu-check")
 
 QUIET = ["log.progress=false", "log.tensorboard=false", "log.sample_tokens=0", "train.eval_every=0",
-         "train.final_eval_batches=2", "train.device=cuda"]
+         "train.final_eval_batches=2", "train.device=cuda", "schedule.budget=steps"]
 BF16_COMPILE = ["train.precision=bf16", "train.compile=true"]
 CPU_SMOKE = ["train.device=cpu", "train.precision=fp32", "train.compile=false", "train.threads=1"]  # --device cpu
 

@@ -36,7 +36,7 @@ MODEL = ["model.d_model=1024", "model.n_layer=16", "model.n_head=16"]
 QUICK_MODEL = ["model.d_model=128", "model.n_layer=2", "model.n_head=4"]
 COMMON = ["log.progress=false", "log.sample_tokens=0", "log.tensorboard=false", "train.eval_every=0",
           "train.checkpoint_every=0", "train.final_eval_batches=1", "train.eval_batch_size=8",
-          "train.precision=fp32", "schedule.warmup_steps=0", "optim.name=adamw"]
+          "train.precision=fp32", "schedule.warmup_steps=0", "schedule.budget=steps", "optim.name=adamw"]
 # (name, strategy, ranks, activation checkpointing)
 LAYOUTS = [("single", "single", 1, False), ("single + AC", "single", 1, True),
            ("ddp", "ddp", 2, False), ("ddp + AC", "ddp", 2, True),

@@ -275,8 +275,9 @@ def section(r: dict) -> str:
                   "and a drift of the machine shifts every row's median alike). Tokens/s at steady state from the "
                   "trainer's own clock (metrics.jsonl), leaving out warm-up steps (and so compilation), set-up "
                   "and evaluation; each figure is the median of the row's runs (of two, their mean), every run's "
-                  "tokens/s beside it. MFU against the same fp32 peak for every row (for bf16 too: the fastest "
-                  "this machine multiplies). \"vs preset\" divides by the preset's median. ⚠: the row's runs "
+                  "tokens/s beside it. MFU against the fp32 peak, except a bf16 row on a CPU with native bf16 "
+                  "(AVX512-BF16 or AMX), which is measured against the bf16 peak (without native bf16, bf16 is "
+                  "emulated and its peak is no ceiling). \"vs preset\" divides by the preset's median. ⚠: the row's runs "
                   "differ by more than the preset's own runs do"
                   + (f" ({100 * spread:.1f} %)" if spread is not None else "") + ".", "",
                   "| setting | tokens/step | timed steps | ms/step | tokens/s | runs (tokens/s) | vs preset | "

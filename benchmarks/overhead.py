@@ -48,8 +48,7 @@ from scaletrain.optim.param_groups import param_groups
 from scaletrain.optim.registry import build_optimizer
 from scaletrain.optim.schedules import lr_multiplier
 from scaletrain.train.build import build_task
-from scaletrain.atomic import write_json_atomic
-from docs_out import merge_results, write_section
+from docs_out import merge_results, write_results, write_section
 from scaletrain.train.trainer import Trainer, resolve_device
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -445,7 +444,7 @@ def section(report: dict, native: bool | None) -> str:
 
 
 def write_docs(report: dict, native: bool | None, docs: Path) -> None:
-    write_json_atomic(docs / "results" / "overhead.json", report)
+    write_results(docs / "results" / "overhead.json", report)
     # The key in performance.json: the ratio per row (details stay in overhead.json).
     merge_results(docs / "results" / "performance.json", {"overhead_ratio": {
         **{model: {row: {"separate_runs": d["ratio"], "interleaved": d.get("ratio_interleaved")}

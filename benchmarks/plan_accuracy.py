@@ -197,14 +197,16 @@ def run_one(name: str, overrides: dict) -> dict:
 def write_outputs(rows: list[dict], out_md: Path, out_json: Path) -> None:
     import torch
 
-    from scaletrain.atomic import write_json_atomic, write_text_atomic
+    from scaletrain.atomic import write_text_atomic
     from scaletrain.hardware import machine_info
 
     within = sum(r["within_15pct"] for r in rows)
     meta = {"date": datetime.date.today().isoformat(), "machine": machine_info(),
             "torch": torch.__version__, "python": platform.python_version()}
-    write_json_atomic(out_json, {**meta, "configs": rows, "within_15pct": within, "total": len(rows),
-                                 "fraction_within_15pct": within / len(rows)})
+    from docs_out import write_results
+
+    write_results(out_json, {**meta, "configs": rows, "within_15pct": within, "total": len(rows),
+                             "fraction_within_15pct": within / len(rows)})
     mib = 2**20
     table = [f"Measured on {meta['date']} ({meta['machine']['cpu_model']}, {meta['machine']['logical_cores']} "
              f"cores, torch {meta['torch']}): **{within} of {len(rows)} configurations within ±15 %** "

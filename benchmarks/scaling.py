@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 START, END = "<!-- scaling:start -->", "<!-- scaling:end -->"
 QUIET = ["log.progress=false", "log.sample_tokens=0", "log.tensorboard=false", "train.eval_every=0",
          "train.checkpoint_every=0", "train.final_eval_batches=1", "train.precision=fp32",
-         "model.n_head=4", "schedule.warmup_steps=0"]
+         "model.n_head=4", "schedule.warmup_steps=0", "schedule.budget=steps"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
 
 

@@ -22,7 +22,7 @@ import torch
 
 from scaletrain.atomic import write_json_atomic
 
-__all__ = ["machine_info", "cpu_flags", "matmul_peak_flops", "peak_memory_bytes", "mfu"]
+__all__ = ["machine_info", "cpu_features", "matmul_peak_flops", "choose_precision", "peak_memory_bytes", "mfu"]
 
 # CPUs saturate around n=1-2k; GPUs need bigger tiles to reach their tensor-core peak.
 _DEFAULT_SIZES = {"cpu": (1024, 2048), "cuda": (4096, 8192)}
@@ -43,22 +43,33 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown-cpu"
 
 
+# The instruction-set features that decide precision and int8 kernels, as /proc/cpuinfo names them.
+_FEATURES = {
+    "avx2": ("avx2",),
+    "avx512f": ("avx512f",),
+    "avx512_bf16": ("avx512_bf16",),  # bf16 dot products (Cooper Lake, Zen 4 and later)
+    "amx": ("amx_bf16", "amx_tile"),  # Advanced Matrix Extensions (Sapphire Rapids and later)
+    "vnni": ("avx512_vnni", "avx_vnni"),  # int8 dot products
+}
+
+
 @functools.lru_cache(maxsize=1)
-def cpu_flags() -> dict[str, bool]:
-    """The CPU features that decide how fast this machine encodes text and multiplies low-precision
-    matrices: AVX2, AVX512-BF16, AMX (tile units) and VNNI (int8 dot products, AVX512 or AVX)."""
-    flags: set[str] = set()
+def _cpu_flags() -> frozenset[str]:
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             for line in f:
-                if line.startswith(("flags", "Features")):
-                    flags = set(line.split(":", 1)[1].split())
-                    break
+                if line.startswith(("flags", "Features")):  # x86, ARM
+                    return frozenset(line.split(":", 1)[1].split())
     except OSError:
         pass
-    return {"avx2": "avx2" in flags, "avx512_bf16": "avx512_bf16" in flags,
-            "amx": any(f.startswith("amx") for f in flags),
-            "vnni": "avx512_vnni" in flags or "avx_vnni" in flags}
+    return frozenset()
+
+
+def cpu_features() -> dict[str, bool]:
+    """Which of AVX2, AVX512F, AVX512-BF16, AMX and VNNI this CPU reports (all False where the
+    flags cannot be read, e.g. off Linux)."""
+    flags = _cpu_flags()
+    return {name: any(f in flags for f in names) for name, names in _FEATURES.items()}
 
 
 def _cuda_name(device: str | torch.device = "cuda") -> str | None:
@@ -70,13 +81,14 @@ def _cuda_name(device: str | torch.device = "cuda") -> str | None:
 def machine_info() -> dict:
     return {
         "cpu_model": _cpu_model(),
-        "cpu_flags": cpu_flags(),
+        "cpu_flags": cpu_features(),
         "logical_cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch_version": torch.__version__,
         "python_version": platform.python_version(),
         "platform": platform.platform(),
         "cuda_device": _cuda_name(),
+        "cpu_features": cpu_features(),
     }
 
 
@@ -190,6 +202,55 @@ def matmul_peak_flops(
     except OSError as e:  # read-only home etc.: the number is still valid for this run
         logging.getLogger(__name__).warning("warning: could not write matmul peak cache %s: %s", path, e)
     return peak
+
+
+# bf16 is chosen on a CPU only when its measured matmul peak beats fp32's by this factor: native
+# bf16 runs about 1.5-2x fp32 (AVX512-BF16) or far more (AMX), an emulated one 30-50x slower.
+BF16_MIN_SPEEDUP = 1.2
+
+
+def choose_precision(requested: str, device: str | torch.device = "cpu", *,
+                     cache_path: Path | None = None) -> tuple[str, str]:
+    """(precision, why) for `train.precision=requested`: "auto" becomes bf16 where the device
+    multiplies bf16 natively and faster than fp32, fp32 elsewhere; any other value stays as set.
+
+    A CUDA device: bf16 when it has native bf16 (Ampere and later). A CPU: bf16 only when it reports
+    AVX512-BF16 or AMX *and* the measured bf16 matmul peak (cached per machine, see
+    `matmul_peak_flops`) is at least BF16_MIN_SPEEDUP x the fp32 one, so a flag the library does
+    not use, or a hypervisor that hides the units, cannot make training slower. CPUs without either
+    flag are not measured at all (fp32 at once: their bf16 path is emulated).
+    """
+    if requested != "auto":
+        return requested, f"train.precision={requested} as set"
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        name = _cuda_name(dev) or "this GPU"
+        if torch.cuda.is_bf16_supported(including_emulation=False):
+            return "bf16", f"auto: {name} has native bf16"
+        return "fp32", f"auto: {name} has no native bf16"
+    if dev.type != "cpu":
+        return "fp32", f"auto: fp32 on {dev.type}"
+    feats = cpu_features()
+    units = [name for name, key in (("AMX", "amx"), ("AVX512-BF16", "avx512_bf16")) if feats[key]]
+    if not units:
+        return "fp32", "auto: this CPU has no native bf16 (no AVX512-BF16, no AMX): bf16 would be emulated, far slower"
+    bf16 = matmul_peak_flops(torch.bfloat16, "cpu", cache_path=cache_path)
+    fp32 = matmul_peak_flops(torch.float32, "cpu", cache_path=cache_path)
+    ratio = bf16 / fp32 if fp32 > 0 else 0.0
+    measured = f"bf16 matmuls measured at {ratio:.2f}x fp32 ({bf16 / 1e9:.0f} vs {fp32 / 1e9:.0f} GFLOP/s)"
+    if ratio >= BF16_MIN_SPEEDUP:
+        return "bf16", f"auto: this CPU has {' and '.join(units)}; {measured}"
+    return "fp32", (f"auto: this CPU reports {' and '.join(units)} but {measured}, below the "
+                    f"{BF16_MIN_SPEEDUP}x that bf16 must gain")
+
+
+def bf16_is_native(device: str | torch.device = "cpu") -> bool:
+    """Whether this device multiplies bf16 natively (flags or CUDA capability; no measurement)."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
+    feats = cpu_features()
+    return dev.type == "cpu" and (feats["avx512_bf16"] or feats["amx"])
 
 
 def peak_memory_bytes(device: str) -> int:

@@ -120,3 +120,25 @@ def test_device_cuda_without_a_gpu_is_refused_before_anything_is_written(mlp_run
                                     "--out", out, *QUICK)[::2])
     assert "--device cuda" in line
     assert not out.exists()
+
+
+def test_a_compression_slower_than_the_original_warns_in_the_console_and_the_report(mlp_run, tmp_path, monkeypatch):
+    from scaletrain.compress import latency
+
+    def slow(models, make_input, **kw):  # every compressed model twice as slow as the original
+        return {name: {"b1": 1.0 if name == "original" else 2.0, "b64": 3.0 if name == "original" else 6.0}
+                for name in models}
+
+    monkeypatch.setattr(latency, "measure", slow)
+    out = tmp_path / "int8"
+    rc, stdout, err = run_main("compress", mlp_run, "--method", "int8-weight", "--out", out, *QUICK)
+    assert rc == 0, err
+    assert "warning: int8-weight is slower than the original at batch 64: 0.50x" in err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["warnings"] and "0.50x" in summary["warnings"][0]
+    assert "**warning: int8-weight is slower" in (out / "report.md").read_text()
+
+
+def test_backend_is_only_for_int8_dynamic(mlp_run):
+    rc, _, err = run_main("compress", mlp_run, "--method", "onnx-int8", "--backend", "torchao")
+    assert "error: --backend: only --method int8-dynamic" in one_error_line(rc, err)

@@ -16,7 +16,7 @@ def test_machine_info():
     assert info["torch_threads"] == torch.get_num_threads()
     assert info["torch_version"] == torch.__version__
     assert {"python_version", "platform", "cuda_device"} <= info.keys()
-    assert set(info["cpu_flags"]) == {"avx2", "avx512_bf16", "amx", "vnni"}
+    assert set(info["cpu_flags"]) == {"avx2", "avx512f", "avx512_bf16", "amx", "vnni"}
 
 
 def test_cpu_flags_read_from_cpuinfo(tmp_path, monkeypatch):
@@ -24,11 +24,11 @@ def test_cpu_flags_read_from_cpuinfo(tmp_path, monkeypatch):
     fake.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_vnni amx_tile amx_bf16\n")
     real_open = open
     monkeypatch.setattr("builtins.open", lambda path, *a, **k: real_open(fake if path == "/proc/cpuinfo" else path, *a, **k))
-    hardware.cpu_flags.cache_clear()
+    hardware._cpu_flags.cache_clear()
     try:
-        assert hardware.cpu_flags() == {"avx2": True, "avx512_bf16": False, "amx": True, "vnni": True}
+        assert hardware.cpu_features() == {"avx2": True, "avx512f": True, "avx512_bf16": False, "amx": True, "vnni": True}
     finally:
-        hardware.cpu_flags.cache_clear()
+        hardware._cpu_flags.cache_clear()
 
 
 def test_matmul_peak_measures_then_caches(tmp_path, monkeypatch):
@@ -81,3 +81,49 @@ def test_refresh_keeps_the_larger_peak(tmp_path, monkeypatch):
     monkeypatch.setattr(hardware, "_measure_peak", lambda *a, **k: 9.0e10)
     assert hardware.matmul_peak_flops(torch.float32, cache_path=cache, sizes=(256,), refresh=True) == 1.5e11
     assert hardware.matmul_peak_flops(torch.float32, cache_path=cache, sizes=(256,)) == 1.5e11
+
+
+def _flags(monkeypatch, **on):
+    feats = {"avx2": True, "avx512f": False, "avx512_bf16": False, "amx": False, "vnni": False, **on}
+    monkeypatch.setattr(hardware, "cpu_features", lambda: feats)
+
+
+def _peaks(monkeypatch, bf16: float, fp32: float, calls: list):
+    def peak(dtype, device="cpu", **kw):
+        calls.append(dtype)
+        return bf16 if dtype == torch.bfloat16 else fp32
+
+    monkeypatch.setattr(hardware, "matmul_peak_flops", peak)
+
+
+def test_auto_precision_without_native_bf16_is_fp32_unmeasured(monkeypatch):
+    calls = []
+    _flags(monkeypatch)
+    _peaks(monkeypatch, 9e11, 1e11, calls)  # even a (bogus) fast bf16 figure is not consulted
+    precision, why = hardware.choose_precision("auto", "cpu")
+    assert precision == "fp32" and "no AVX512-BF16, no AMX" in why and calls == []
+
+
+@pytest.mark.parametrize("bf16,fp32,expected", [(2.0e11, 1.0e11, "bf16"), (1.1e11, 1.0e11, "fp32"),
+                                                (3.0e9, 1.0e11, "fp32")])
+def test_auto_precision_with_the_flag_follows_the_measurement(monkeypatch, bf16, fp32, expected):
+    calls = []
+    _flags(monkeypatch, avx512_bf16=True)
+    _peaks(monkeypatch, bf16, fp32, calls)
+    precision, why = hardware.choose_precision("auto", "cpu")
+    assert precision == expected and "AVX512-BF16" in why and f"{bf16 / fp32:.2f}x" in why
+    assert set(calls) == {torch.bfloat16, torch.float32}
+
+
+def test_amx_counts_as_native_and_a_set_precision_stays(monkeypatch):
+    _flags(monkeypatch, amx=True)
+    _peaks(monkeypatch, 8e11, 1e11, [])
+    assert hardware.choose_precision("auto", "cpu")[0] == "bf16" and hardware.bf16_is_native("cpu")
+    assert hardware.choose_precision("fp32", "cpu") == ("fp32", "train.precision=fp32 as set")
+    assert hardware.choose_precision("bf16", "cpu")[0] == "bf16"
+
+
+def test_cpu_features_reads_the_flags(monkeypatch):
+    monkeypatch.setattr(hardware, "_cpu_flags", lambda: frozenset({"avx2", "avx512_vnni", "amx_tile"}))
+    assert hardware.cpu_features() == {"avx2": True, "avx512f": False, "avx512_bf16": False, "amx": True,
+                                       "vnni": True}

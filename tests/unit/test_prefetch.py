@@ -102,12 +102,25 @@ def test_slow_batches_switch_to_the_background_after_a_window():
         time.sleep(0.003)
         return threading.current_thread().name
 
+    timed = Prefetcher.WINDOW * Prefetcher.WINDOWS
     with Prefetcher(produce, depth=1, inline_below=0.001) as p:
-        first = [p.get(i) for i in range(Prefetcher.WINDOW)]
+        first = [p.get(i) for i in range(timed)]
         assert set(first) == {threading.current_thread().name}  # timed in the caller first ...
         assert not p.inline
-        later = [p.get(i) for i in range(Prefetcher.WINDOW, Prefetcher.WINDOW + 4)]
+        later = [p.get(i) for i in range(timed, timed + 4)]
         assert all(name.startswith("scaletrain-prefetch") for name in later)  # ... then ahead
+
+
+def test_a_burst_of_load_does_not_decide():
+    """Most builds of every window stretched (another process had the core), one fast each time."""
+    def produce(i):
+        if i % Prefetcher.WINDOW:
+            time.sleep(0.02)
+        return i
+
+    with Prefetcher(produce, depth=1, inline_below=0.01) as p:
+        assert [p.get(i) for i in range(3 * Prefetcher.WINDOW)] == list(range(3 * Prefetcher.WINDOW))
+        assert p.inline and p._pool is None
 
 
 def test_one_slow_build_does_not_decide():

@@ -1,4 +1,5 @@
-"""The package structure the design promises (shared picture: DESIGN.md's "The core"):
+"""The package structure the design promises (the core: packages in layers, model code free of
+parallelism, one train step):
 
 - no import cycle between scaletrain's packages, counting imports inside functions too (a hidden
   cycle is still a cycle: it only moves the failure from import time to call time);

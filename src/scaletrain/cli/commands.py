@@ -116,8 +116,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
                         f"its configured data is tokenized into {vocab}: not this run's data")
     model.to(device).eval()
     batch_size = cfg.train.eval_batch_size or cfg.train.batch_size
+    from scaletrain.hardware import choose_precision
+
+    precision, _ = choose_precision(cfg.train.precision, device)  # "auto": what this machine runs best
     metrics = task.evaluate(model, batches=args.batches, batch_size=batch_size, device=device,
-                            autocast=autocast_context(device, cfg.train.precision))
+                            autocast=autocast_context(device, precision))
     print(json.dumps(metrics, indent=2))
     return 0
 

@@ -42,6 +42,9 @@ def register(sub) -> None:
     p.add_argument("--latency-rounds", type=int_in(1, 10_000), default=7)
     p.add_argument("--threads", type=int_in(1, MAX_THREADS), default=1, help="threads for every latency measurement")
     p.add_argument("--no-onnx", action="store_true", help="skip the ONNX export check")
+    p.add_argument("--backend", choices=("auto", "torchao", "onnxruntime"), default="auto",
+                   help="int8-dynamic: the int8 runtime (default auto: the fastest on this CPU, from its "
+                   "flags and a measured probe)")
     p.add_argument("--device", choices=("cpu", "cuda"), help="where --finetune-steps and distill train "
                    "(default: the run's train.device, else CUDA when available); evaluation and "
                    "latency are measured on the CPU")
@@ -70,7 +73,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
                  distill_steps=args.distill_steps, temperature=args.temperature, alpha=args.alpha,
                  baseline=not args.no_baseline, eval_batches=args.eval_batches,
                  latency_rounds=args.latency_rounds, threads=args.threads, onnx=not args.no_onnx,
-                 device=args.device)
+                 device=args.device, backend=args.backend)
     q = s["quality_metric"]
     for row in s["rows"]:
         print(f"{row['model']:>16}: {row['parameters']:>10,} params  {row['size_bytes'] / 1e6:8.3f} MB  "

@@ -47,7 +47,19 @@ def export_onnx(model: nn.Module, path: Path) -> Path:
             torch.no_grad():
         torch.onnx.export(model, (x,), str(tmp), input_names=[name], output_names=["logits"],
                           dynamic_shapes={name: dims}, dynamo=True, external_data=False)
+        _strip(tmp)
     return path
+
+
+def _strip(path: Path) -> None:
+    """Drop the exporter's per-node stack traces and module paths (local paths, ~10 % of a small file)."""
+    import onnx
+
+    from scaletrain.compress.onnx_tidy import strip_metadata
+
+    model = onnx.load(str(path))
+    strip_metadata(model)
+    onnx.save(model, str(path))
 
 
 @contextlib.contextmanager
@@ -62,13 +74,18 @@ def _quiet(logger: str):
 
 
 def quantize_onnx_int8(src: Path, dst: Path, per_channel: bool = True) -> Path:
-    """ORT dynamic quantization: MatMul weights (and a GPT's embedding Gather) to int8."""
+    """ORT dynamic quantization: MatMul weights (and a GPT's embedding Gather) to int8, then the
+    rewrites of `onnx_tidy` (a tied head in int8 over the embedding's table, rotary tables computed
+    in the graph, no exporter metadata)."""
     quantization = require("onnxruntime.quantization", "compress", "compress --method onnx-int8")
     QuantType, quantize_dynamic = quantization.QuantType, quantization.quantize_dynamic
+
+    from scaletrain.compress.onnx_tidy import tidy_int8
 
     with atomic_path(dst) as tmp, _quiet("root"):  # "consider pre-processing": shape inference is
         quantize_dynamic(str(src), str(tmp), weight_type=QuantType.QInt8,  # not needed for MatMul/Gather
                          per_channel=per_channel, op_types_to_quantize=["MatMul", "Gemm", "Gather"])
+        tidy_int8(tmp)
     return dst
 
 

@@ -167,7 +167,23 @@ def distill(method, src, task, cfg, opts, out) -> Result:
     return result
 
 
-_APPLY = {"int8-dynamic": quantize_torchao, "int8-weight": quantize_torchao, "onnx-int8": quantize_ort,
+def quantize_dynamic(method, src, task, cfg, opts, out) -> Result:
+    """int8 weights and activations with the runtime that is fastest on this CPU (compress.backend):
+    torchao's files and runtime, or ONNX Runtime's (as onnx-int8)."""
+    from scaletrain.compress.backend import choose
+
+    backend, why = choose(opts.backend)
+    if backend == "torchao":
+        result = quantize_torchao(method, src, task, cfg, opts, out)
+    else:
+        result = quantize_ort(method, src, task, cfg, opts, out)
+        result.rows[0].name = method
+    result.summary.update(int8_backend=backend, int8_backend_reason=why)
+    result.notes["backend"] = f"{backend}: {why}"
+    return result
+
+
+_APPLY = {"int8-dynamic": quantize_dynamic, "int8-weight": quantize_torchao, "onnx-int8": quantize_ort,
           "prune": prune_unstructured, "prune-structured": prune_channels, "lowrank": lowrank,
           "distill": distill}
 

@@ -63,6 +63,9 @@ def write_report(out: Path, summary: dict) -> None:
     lat = summary["latency"]
     lines += ["", f"Latency: CPU, {lat['threads']} thread(s), median of {lat['rounds']} interleaved rounds, "
               f"input {lat['input']}. Quality: {summary['eval']}.", ""]
+    for text in summary.get("warnings", []):
+        lines.append(f"**{text}**")
+        lines.append("")
     for key, text in summary.get("notes", {}).items():
         lines.append(f"- {key}: {text}")
     lines += ["", "Files: " + ", ".join(f"`{f}`" for f in summary["files"]), "",

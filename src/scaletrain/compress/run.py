@@ -7,6 +7,7 @@ method files (`model_int8.safetensors`, `model.onnx`, `model_int8.onnx`), traini
 """
 from __future__ import annotations
 
+import logging
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,6 +19,8 @@ from scaletrain.atomic import check_target, new_folder, write_bytes_atomic
 from scaletrain.errors import UserError
 
 from scaletrain.compress.names import METHODS  # noqa: F401 (re-exported)
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -38,6 +41,7 @@ class Options:
     onnx: bool = True               # export the result to ONNX and check it under ONNX Runtime
     checkpoint: str | None = None   # read the weights from this DCP checkpoint / run folder
     device: str | None = None       # where fine-tuning and distillation train; None: the run's (finetune.training_device)
+    backend: str = "auto"           # int8-dynamic: auto (fastest on this CPU), torchao or onnxruntime
 
     def check(self, method: str) -> None:
         if method not in METHODS:
@@ -57,11 +61,29 @@ class Options:
             raise UserError(f"--distill-steps must be >= 1, got {self.distill_steps}")
         if not 0.0 <= self.alpha <= 1.0 or self.temperature <= 0:
             raise UserError("--alpha must be in [0, 1] and --temperature > 0")
+        if self.backend not in ("auto", "torchao", "onnxruntime"):
+            raise UserError(f"--backend: expected auto, torchao or onnxruntime, got {self.backend!r}")
+        if self.backend != "auto" and method != "int8-dynamic":
+            raise UserError(f"--backend: only --method int8-dynamic chooses a runtime (this is {method})")
         if self.device not in (None, "cpu", "cuda"):
             raise UserError(f"--device: expected cpu or cuda, got {self.device!r}")
         if self.finetune_steps and method in ("int8-dynamic", "int8-weight", "onnx-int8"):
             raise UserError(f"--finetune-steps: not available for {method} (quantization-aware "
                             "fine-tuning is not built); use it with prune, prune-structured or lowrank")
+
+
+def slower_than_original(method: str, original: dict, row: dict, backend: str | None) -> list[str]:
+    """A warning line when the compressed model runs slower than the original at batch 64: a
+    compression that costs speed must never pass unnoticed."""
+    speed = row["speedup_b64"]
+    if speed >= 1.0:
+        return []
+    hint = ""
+    if method in ("int8-dynamic", "int8-weight") and backend != "onnxruntime":
+        hint = ("; torchao's int8 kernels are slow on this CPU: try --method onnx-int8"
+                + (" or --backend onnxruntime" if method == "int8-dynamic" else ""))
+    return [f"warning: {row['model']} is slower than the original at batch 64: {speed:.2f}x "
+            f"({row['latency_ms']['b64']:.1f} ms against {original['latency_ms']['b64']:.1f} ms){hint}"]
 
 
 def _params(m: nn.Module) -> int:
@@ -184,6 +206,9 @@ def _compress(method: str, src, task, cfg, opts: Options, out: Path) -> dict:
     add_ratios(rows)
     qk = quality_key(rows[0]["quality"])
     main = rows[1]
+    warnings = slower_than_original(method, rows[0], main, result.summary.get("int8_backend"))
+    for text in warnings:
+        log.warning("%s", text)
     shape = "[b, seq_len] token ids" if hasattr(src.model.args, "vocab_size") else "[b, features]"
     summary = {
         "method": method, "source": str(src.run_dir), "weights": str(src.weights),
@@ -195,7 +220,7 @@ def _compress(method: str, src, task, cfg, opts: Options, out: Path) -> dict:
         "latency": {"threads": opts.threads, "rounds": opts.latency_rounds, "input": shape},
         "eval": (f"validation split, {opts.eval_batches or 'all'} batches" if qk == "val_ppl"
                  else "whole validation split"),
-        "notes": result.notes, "files": sorted(p.name for p in out.iterdir() if not p.name.startswith(".")),
+        "warnings": warnings, "notes": result.notes, "files": sorted(p.name for p in out.iterdir() if not p.name.startswith(".")),
         "versions": versions(),
     }
     summary["files"] = sorted(set(summary["files"]) | {"report.md", "compression.png", "summary.json"})

@@ -154,6 +154,9 @@ class ScheduleConfig(Section):
     min_lr_ratio: Annotated[float, Field(ge=0.0, le=1.0)] = 0.1
     decay_fraction: Fraction = 0.2  # wsd: the share of steps spent cooling down
     cooldown: Literal["linear", "1-sqrt"] = "linear"
+    # steps: the schedule spans train.max_steps. time: it spans train.max_minutes: the step count
+    # is fitted from the first steps' measured time (train/budget.py), at most train.max_steps.
+    budget: Literal["steps", "time"] = "steps"
 
 
 Steps = Annotated[int, Field(ge=0, le=MAX_STEPS)]
@@ -164,7 +167,10 @@ class TrainConfig(Section):
     max_steps: Annotated[int, Field(gt=0, le=MAX_STEPS)] = 1000
     batch_size: Batch = 32  # micro-batch per rank
     grad_accum: Annotated[int, Field(gt=0, le=MAX_GRAD_ACCUM)] = 1
-    precision: Literal["fp32", "bf16", "fp16"] = "bf16"
+    # auto: bf16 where the device has it natively (CUDA with bf16; a CPU with AVX512-BF16 or AMX
+    # whose measured bf16 matmuls beat fp32), fp32 elsewhere; the choice and why go in the log and
+    # summary.json (hardware.choose_precision).
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     grad_clip: Annotated[float, Field(ge=0.0)] = 1.0  # 0 turns clipping off
     eval_every: Steps = 200  # 0: only at the end
     eval_batches: Annotated[int, Field(gt=0, le=MAX_STEPS)] = 20
@@ -178,7 +184,8 @@ class TrainConfig(Section):
     device: Literal["cpu", "cuda"] | None = None  # None: cuda when available
     threads: Annotated[int, Field(gt=0, le=MAX_THREADS)] | None = None  # intra-op threads; None: torch's default
     compile: bool = False
-    max_minutes: Annotated[float, Field(gt=0.0)] | None = None  # a wall-clock guard, checked per step
+    # A wall-clock guard, checked per step; with schedule.budget=time also the budget the step count is fitted to.
+    max_minutes: Annotated[float, Field(gt=0.0)] | None = None
     # An exponential moving average of the weights, updated after every step and saved beside the
     # final ones (model_ema.safetensors); its state is in the checkpoints. None: no EMA.
     ema_decay: Annotated[float, Field(gt=0.0, lt=1.0)] | None = None
@@ -315,6 +322,9 @@ class Config(Section):
                 f"schedule.warmup_steps: {self.schedule.warmup_steps} must be below "
                 f"train.max_steps ({self.train.max_steps})"
             )
+        if self.schedule.budget == "time" and not self.train.max_minutes:
+            raise ValueError("schedule.budget=time needs train.max_minutes (the budget the step count is "
+                             "fitted to); set it, or use schedule.budget=steps")
         if self.data.kind == "text":
             for key in ("batch_size", "eval_batch_size"):
                 batch = getattr(self.train, key)

@@ -34,8 +34,8 @@ KNOWN_DEVICES: dict[str, Device] = {
     "a100": Device("a100", 80 * GB, {"bf16": 312e12, "fp32": 19.5e12}, 300 * GB, 32 * GB, 0.4),
 }
 
-# gloo all-reduce between 2 local ranks over loopback measured ~1-2 GiB/s on this project's
-# machine (shared/PLATFORM.md); 1.5e9 is the middle of that range.
+# gloo all-reduce between 2 local ranks over loopback measured ~1-2 GiB/s on a 2-core CPU machine
+# (benchmarks/scaling.py records it as gloo_bus_bandwidth_bytes_per_second); 1.5e9 is the middle.
 CPU_LINK_BYTES_PER_S = 1.5e9
 # The main job measured 0.53 MFU against the fp32 matmul peak (README); small models reach less.
 CPU_EFFICIENCY = 0.5

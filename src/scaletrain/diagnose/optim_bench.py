@@ -145,7 +145,10 @@ def _flat(results: dict) -> dict:
 def write_outputs(results: dict, out: Path) -> None:
     out = Path(out)
     (out / "results").mkdir(parents=True, exist_ok=True)
-    raw = {"machine": results["machine"], "date": results["date"], "versions": results["versions"],
+    from scaletrain.provenance import stamp
+
+    raw = {**stamp("scaletrain bench optim"),
+           "machine": results["machine"], "date": results["date"], "versions": results["versions"],
            "steps": {task: t["steps"] for task, t in results["tasks"].items()},
            "optimizers": _flat(results),
            "curves": {task: {n: r["curve"] for n, r in t["optimizers"].items()}

@@ -187,8 +187,10 @@ def layouts(s: ModelSpec, world: int) -> list[tuple[str, ParallelDims]]:
     return out
 
 
-def candidates(cfg: Config, s: ModelSpec, device: Device, world: int) -> tuple[list[Candidate], int]:
+def candidates(cfg: Config, s: ModelSpec, device: Device, world: int,
+               precision: str | None = None) -> tuple[list[Candidate], int]:
     t = cfg.train
+    precision = precision or t.precision
     # train.batch_size is the micro-batch of one data-parallel rank: with every rank data-parallel
     # the run reads batch_size x grad_accum x world samples per step. Every candidate keeps that
     # global batch, so the plan never changes the maths of training, only how the batch is split.
@@ -205,9 +207,9 @@ def candidates(cfg: Config, s: ModelSpec, device: Device, world: int) -> tuple[l
             for offload in ([False, True] if name == "fsdp" and device.kind != "cpu" else [False]):
                 for micro in micros:
                     accum = per_rank // micro
-                    mem = memory(s, cfg.optim.name, dims, micro, accum, t.precision, ac, offload, device.kind,
+                    mem = memory(s, cfg.optim.name, dims, micro, accum, precision, ac, offload, device.kind,
                                  reshard)
-                    comp, comm_s, comm_b = step_time(s, device, dims, micro, accum, t.precision, ac, offload,
+                    comp, comm_s, comm_b = step_time(s, device, dims, micro, accum, precision, ac, offload,
                                                      reshard)
                     c = Candidate(name, ac, offload, micro, accum, mem, comp + comm_s, comp, comm_s, comm_b,
                                   tp_size=dims.tp, dp_size=dp)
@@ -229,15 +231,28 @@ def plan(cfg: Config, *, world_size: int | None = None, device: str | None = Non
     if cfg.train.precision == "fp16":
         raise UserError("train.precision=fp16: plan models fp32 and bf16 only")
     dev = with_memory(get_device(device, cfg.train.threads), device_memory_bytes)
+    precision = planned_precision(cfg.train.precision, dev)
     s = model_spec(cfg)
-    cands, global_batch = candidates(cfg, s, dev, world)
+    cands, global_batch = candidates(cfg, s, dev, world, precision)
     if not cands:
         raise UserError(f"no layout splits the global batch of {global_batch} samples over {world} ranks; "
                         "change train.batch_size/grad_accum or --world-size")
     fitting = [c for c in cands if c.fits]
     # Fastest; among equals the larger micro-batch (bigger matmuls run closer to the peak).
     best = min(fitting, key=lambda c: (round(c.step_seconds, 9), -c.micro_batch, c.memory["peak"]), default=None)
-    return Plan(dev, world, global_batch, cfg.train.precision, cfg.optim.name, s, cands, best)
+    return Plan(dev, world, global_batch, precision, cfg.optim.name, s, cands, best)
+
+
+def planned_precision(precision: str, device: Device) -> str:
+    """train.precision as a run on `device` would take it: "auto" is this CPU's choice
+    (hardware.choose_precision), or bf16 on a device whose bf16 peak is above its fp32 one."""
+    if precision != "auto":
+        return precision
+    if device.kind == "cpu":
+        from scaletrain import hardware
+
+        return hardware.choose_precision("auto", "cpu")[0]
+    return "bf16" if device.peak_flops.get("bf16", 0.0) > device.peak_flops["fp32"] else "fp32"
 
 
 def _gib(x: float) -> str:

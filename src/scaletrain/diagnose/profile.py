@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from scaletrain import hardware
 from scaletrain.config.schema import Config
 from scaletrain.errors import UserError
 from scaletrain.parallel.dims import ParallelDims
@@ -46,7 +47,8 @@ def _build(cfg: Config):
     task, args, _, _ = build_task(cfg, info.device, progress=False)
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model.name, args)
-    layout = build_layout(model, get_family(cfg.model.name), cfg.parallel, info, precision=cfg.train.precision,
+    precision, _ = hardware.choose_precision(cfg.train.precision, info.device)  # as the trainer decides it
+    layout = build_layout(model, get_family(cfg.model.name), cfg.parallel, info, precision=precision,
                           compile=cfg.train.compile, loss_fn=task.loss)
     t = cfg.train
     optimizer = layout_optimizer(layout, cfg.optim, t.batch_size * t.grad_accum * layout.dp_world)

@@ -104,7 +104,7 @@ def shutdown(*objects_to_drop) -> None:
     gloo processes sometimes abort at interpreter exit ("terminate called without an active
     exception") after correct training, and torchrun then reports a failure and would restart a
     finished job; dropping the wrapped model/optimizer and destroying the group first avoids it
-    (PLATFORM.md: 26/26 clean runs).
+    (measured with torch 2.13 on CPU: 26 runs of 26 exited cleanly this way).
     """
     del objects_to_drop
     gc.collect()

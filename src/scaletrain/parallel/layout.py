@@ -26,6 +26,8 @@ from scaletrain.parallel.parallelize import parallelize
 def autocast_context(device: torch.device, precision: str) -> AbstractContextManager:
     if precision == "fp32":
         return nullcontext()
+    if precision not in ("bf16", "fp16"):  # "auto" is decided before (hardware.choose_precision)
+        raise ValueError(f"precision {precision!r}: expected fp32, bf16 or fp16")
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype)
 

@@ -338,6 +338,7 @@ _LOOP_FIELDS = {  # trainer.json: key -> (types, minimum); LoopState's fields an
     "step": (int, 0), "position": (int, 0), "best_val": ((int, float), None), "best_step": (int, -1),
     "bad_evals": (int, 0), "units_seen": (int, 0), "train_seconds": ((int, float), 0),
     "evals": (list, None), "skipped_steps": (int, 0), "rollbacks": (int, 0), "lr_scale": ((int, float), None),
+    "fitted_steps": (int, 0), "budget_fits": (int, 0),
 }
 
 

@@ -25,6 +25,8 @@ class LoopState:
     skipped_steps: int = 0  # steps whose update the guard dropped (NaN/Inf, spike)
     rollbacks: int = 0
     lr_scale: float = 1.0  # lowered by each rollback (guard.lr_factor)
+    fitted_steps: int = 0  # schedule.budget=time: the step count fitted to the budget (0: not yet)
+    budget_fits: int = 0  # how many fits were made (train/budget.py: two at most)
 
 
 class Rollback(Exception):

@@ -119,6 +119,10 @@ class LanguageModeling:
     def loss(self, output, y: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits_of(output).flatten(0, 1).float(), y.flatten())
 
+    def eval_sample_count(self, batches: int, batch_size: int) -> int:
+        """Windows `evaluate(batches=..., batch_size=...)` reads (0 batches: the whole split)."""
+        return min(batches * batch_size, len(self.val)) if batches else len(self.val)
+
     @torch.no_grad()
     def evaluate(self, model: nn.Module, *, batches: int, batch_size: int, device: torch.device,
                  autocast: AbstractContextManager) -> dict[str, float]:
@@ -272,6 +276,9 @@ class CausalLanguageModeling:
 
     def loss(self, output, y: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits_of(output).flatten(0, 1).float(), y.flatten())
+
+    def eval_sample_count(self, batches: int, batch_size: int) -> int:
+        return len(self.val_set)  # every evaluation reads the whole validation split
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, *, batches: int, batch_size: int, device: torch.device,

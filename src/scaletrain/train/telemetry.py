@@ -1,7 +1,7 @@
 """Training telemetry: metrics.jsonl, the trackers (log.trackers), a progress bar and log lines.
 
 The trainer calls this at loop edges only, so the per-call cost must stay tiny: one buffered
-write + flush per record (no fsync), the trackers' own background writers, and a progress bar
+write + flush per record (no fsync), the trackers' own background writers (TensorBoard's events handed over in bursts), and a progress bar
 refreshed at most 4 times a second by rich's thread rather than on every update.
 Only rank 0 should pass enabled=True; other ranks get cheap no-ops and touch nothing on disk.
 
@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +102,8 @@ class Telemetry:
         self.trackers = trackers  # scaletrain.train.trackers.Trackers, or None
         self._progress: Progress | None = None
         self._task = None
+        self._events: list = []  # TensorBoard summaries not yet handed to the writer: (summary, step)
+        self._events_since = time.monotonic()
         if not enabled:
             return
 
@@ -138,6 +141,12 @@ class Telemetry:
     def bar(self) -> bool:
         """Whether a live progress bar is shown (else step lines are logged)."""
         return self._progress is not None
+
+    def set_total(self, total_steps: int) -> None:
+        """The run's step count changed (schedule.budget=time fitted it): the progress bar follows."""
+        self.total_steps = total_steps
+        if self._progress is not None and self._task is not None:
+            self._progress.update(self._task, total=total_steps)
 
     # ------------------------------------------------------------------ logging
 

@@ -33,6 +33,7 @@ from scaletrain.parallel import faults
 from scaletrain.parallel.dims import ParallelDims
 from scaletrain.parallel.dist import DistInfo, shutdown
 from scaletrain.parallel.layout import Layout, build_layout, wrap_optimizer
+from scaletrain.train import budget as time_budget
 from scaletrain.train import ranks, resume
 from scaletrain.train.step import NonfiniteCheck, micro_batches, no_phase, plain_forward_backward, train_step
 from scaletrain.train.shadow import Shadows, Swapped, trained_params
@@ -68,6 +69,9 @@ class Trainer:
         self.run_files = run_files or {}
         self.device = self.dist_info.device
         self.scaler = torch.amp.GradScaler("cuda") if cfg.train.precision == "fp16" else None
+        # train.precision as run ("auto" decided in _fit) and why: the log and summary.json say both.
+        self.precision, self.precision_reason = cfg.train.precision, ""
+        self._budget: time_budget.TimeBudget | None = None  # schedule.budget=time
         self.state = LoopState()
         # A loop-edge callback after every optimizer step: step_hook(trainer, step, loss) (verify).
         self.step_hook = None
@@ -130,9 +134,13 @@ class Trainer:
         total = self.global_batch(layout)
         return batches, [n / total * layout.dp_world for _, n in plan]
 
+    def total_steps(self) -> int:
+        """The run's step count: train.max_steps, or the count fitted to the time budget."""
+        return self.state.fitted_steps or self.cfg.train.max_steps
+
     def _lr_multiplier(self, step: int) -> float:
         s = self.cfg.schedule
-        return lr_multiplier(s.name, step, self.cfg.train.max_steps, s.warmup_steps, s.min_lr_ratio,
+        return lr_multiplier(s.name, step, self.total_steps(), s.warmup_steps, s.min_lr_ratio,
                              s.decay_fraction, s.cooldown)
 
     def _flops_per_unit(self) -> float:
@@ -160,6 +168,9 @@ class Trainer:
         wall_start = time.perf_counter()
         if t.threads:
             torch.set_num_threads(t.threads)
+        # After the thread count: the measured matmul check is cached per thread count. Rank 0
+        # decides for all (every rank must run the same precision).
+        self.precision, self.precision_reason = ranks.on_main(hardware.choose_precision, t.precision, self.device)
         dims = ParallelDims.from_config(cfg.parallel, self.dist_info.world)
         if self.model_factory is None and dims.sharded_params and not dims.pp_enabled and main:
             # Rank 0 rebuilds the plain module at export from a meta-device skeleton taken before
@@ -173,7 +184,7 @@ class Trainer:
         self._faults = faults.Injector(self.dist_info.rank, lambda: self.state.step + 1) if faults.enabled() else None
         if self._faults is not None:
             self.loss_fn = self._faults.loss(self.loss_fn)
-        layout = build_layout(self.model, self.family, cfg.parallel, self.dist_info, precision=t.precision,
+        layout = build_layout(self.model, self.family, cfg.parallel, self.dist_info, precision=self.precision,
                               compile=t.compile, loss_fn=self.loss_fn, dims=dims)
         self.layout = layout
         optimizer = self._build_optimizer(layout)
@@ -187,7 +198,7 @@ class Trainer:
         resume_from, damaged = self._resume(layout, optimizer)
         tel = ranks.main_only(self._open_run_folder, resume_from)
         if tel is None:  # the other ranks log nothing
-            tel = Telemetry(self.run_dir, enabled=False, total_steps=t.max_steps, unit=self.task.unit)
+            tel = Telemetry(self.run_dir, enabled=False, total_steps=self.total_steps(), unit=self.task.unit)
         if resume_from is not None and t.resume == "auto":  # a checkpoint set aside is back in place
             resume_from = self.run_dir / "checkpoints" / resume_from.name.removeprefix(".old-")
         st = self.state
@@ -200,7 +211,9 @@ class Trainer:
         if layout.distributed:
             tel.message(f"{self.dist_info.world} ranks, parallel.strategy={layout.dims.strategy}, "
                         f"global batch {self.global_batch(layout)} samples")
+        tel.message(f"precision: {self.precision} ({self.precision_reason})")
         self._warn_slow_bf16(tel)
+        self._budget = self._make_budget(layout, wall_start)
         self._state_bytes: int | None = None
         self._guard = Guard(cfg.guard, layout.distributed)
         try:
@@ -211,7 +224,9 @@ class Trainer:
                 self._save(optimizer)
                 ckpt.finish_pending_save()  # checkpoint.async_save: the last one is in place at the end
                 self._restore_best(tel)
+                began = time.perf_counter()
                 final = self._evaluate(tel, t.final_eval_batches, final=True)
+                self._final_eval_seconds = time.perf_counter() - began
         except RuntimeError as exc:  # a collective that timed out, or a peer that died
             if watchdog is None:
                 raise
@@ -265,7 +280,7 @@ class Trainer:
                 write_bytes_atomic(run_dir / name, data)
         self._trackers = Trackers(cfg.log.trackers, run_dir, config=cfg.model_dump(mode="json"),
                                   project=cfg.log.project, resume=resume_from is not None)
-        return Telemetry(run_dir, enabled=True, total_steps=t.max_steps, start_step=self.state.step,
+        return Telemetry(run_dir, enabled=True, total_steps=self.total_steps(), start_step=self.state.step,
                          unit=self.task.unit, trackers=self._trackers, progress=cfg.log.progress)
 
     def _loop(self, layout: Layout, optimizer, tel: Telemetry, wall_start: float) -> str:
@@ -320,14 +335,14 @@ class Trainer:
         clock = self._clock
         per_step = self.global_batch(layout)
 
-        while st.step < t.max_steps:
+        while st.step < self.total_steps():
             step_began = time.perf_counter()
             apply_lr(optimizer, self._lr_multiplier(st.step) * st.lr_scale)
             waited = time.perf_counter()
             batches, weights = prefetch.get(st.step)
             meter.data_seconds += time.perf_counter() - waited
             st.position += per_step
-            log_step = (st.step + 1) % cfg.log.every == 0 or st.step + 1 == t.max_steps
+            log_step = (st.step + 1) % cfg.log.every == 0 or st.step + 1 == self.total_steps()
             measure_hook = self._measure_hook(optimizer) if self._state_bytes is None else None
             if clock is not None:  # this rank's own time: until its first forward, and its forwards
                 clock.start(step_began)
@@ -351,11 +366,16 @@ class Trainer:
             st.units_seen += units
             if not bad:  # a dropped step's loss (NaN, a spike) stays out of the logged mean
                 meter.add(loss, units)
+            if self._budget is not None:
+                self._budget_fit(tel, lambda: self._budget.after_step(st.step))
+                if self._budget.wants_probe:
+                    with meter.paused():
+                        self._budget_probe()
 
             time_up = bool(t.max_minutes) and time.perf_counter() - wall_start > 60 * t.max_minutes
             if layout.distributed and t.max_minutes:  # rank 0's clock decides for all (one broadcast per
                 time_up = bool(ranks.on_main(lambda: time_up))  # step, only when the guard is set)
-            last = st.step == t.max_steps or time_up
+            last = st.step >= self.total_steps() or time_up
             if st.step % cfg.log.every == 0 or last:
                 steps_in_window, data_seconds, busy = len(meter.losses), meter.data_seconds, meter.busy_seconds
                 mean_loss, seconds, window_units = meter.read(layout.global_mean)  # one sync per window
@@ -379,11 +399,19 @@ class Trainer:
                 return "max_minutes"
             if t.eval_every and st.step % t.eval_every == 0 and not last:
                 with meter.paused():
-                    if self._evaluate(tel, t.eval_batches):
+                    began = time.perf_counter()
+                    stop = self._evaluate(tel, t.eval_batches)
+                    if self._budget is not None:  # the second fit, before this step's checkpoint
+                        seconds, samples = time.perf_counter() - began, self._budget.plan.eval_samples
+                        self._budget_fit(tel, lambda: self._budget.evaluated(st.step, seconds, samples))
+                    if stop:
                         return "early_stopping"
             if t.checkpoint_every and st.step % t.checkpoint_every == 0 and not last:
                 with meter.paused():
+                    began = time.perf_counter()
                     self._save(optimizer)
+                    if self._budget is not None:
+                        self._budget.checkpointed(time.perf_counter() - began)
         return "max_steps"
 
     # ---- guard rails -------------------------------------------------------------------------
@@ -422,6 +450,8 @@ class Trainer:
         saved.update(keep)
         bad_step = st.step + 1
         self.state = LoopState(step=int(path.name.split("_")[1]), **saved)
+        if self._budget is not None:  # the checkpoint's count: the schedule it was saved with
+            self._budget.fitted_steps, self._budget.fits = self.state.fitted_steps, self.state.budget_fits
         tel.message(f"warning: step {bad_step}: {reason}; rolled back to {path.name}, learning rate x "
                     f"{self.state.lr_scale:g} (guard.action=rollback)")
 
@@ -450,9 +480,50 @@ class Trainer:
 
         return measure
 
+    def _make_budget(self, layout: Layout, wall_start: float) -> time_budget.TimeBudget | None:
+        """schedule.budget=time: the run's fits of its step count (train/budget.py)."""
+        cfg, t = self.cfg, self.cfg.train
+        if cfg.schedule.budget != "time":
+            return None
+        eval_bs = t.eval_batch_size or t.batch_size
+        plan = time_budget.Plan(
+            budget_s=60 * t.max_minutes, max_steps=t.max_steps, warmup_steps=cfg.schedule.warmup_steps,
+            samples_per_step=self.global_batch(layout), eval_every=t.eval_every,
+            eval_samples=time_budget.eval_samples(self.task, t.eval_batches, eval_bs),
+            final_eval_samples=time_budget.eval_samples(self.task, t.final_eval_batches, eval_bs),
+            checkpoint_every=t.checkpoint_every, sample_tokens=cfg.log.sample_tokens if self.sampler else 0)
+        return time_budget.TimeBudget(plan, start=wall_start, fitted_steps=self.state.fitted_steps,
+                                      fits=self.state.budget_fits)
+
+    def _budget_fit(self, tel: Telemetry, fit) -> None:
+        """Run one of the budget's fits (`fit() -> log line or None`): on rank 0, which decides for
+        all while the count is still open (one broadcast per step then); keep the count in the state."""
+        b, st = self._budget, self.state
+        b.checkpoint_bytes = self._state_bytes or 0
+        if self.layout.distributed and not b.settled:
+            line, b.fitted_steps, b.fits = ranks.on_main(lambda: (fit(), b.fitted_steps, b.fits))
+        else:
+            line = fit()
+        if (b.fitted_steps, b.fits) != (st.fitted_steps, st.budget_fits):
+            st.fitted_steps, st.budget_fits = b.fitted_steps, b.fits
+            tel.set_total(self.total_steps())
+        if line:
+            tel.message(line)
+
+    def _budget_probe(self) -> None:
+        """Time one evaluation batch for the budget's fit (every rank: the forward may be a collective)."""
+        t = self.cfg.train
+        eval_bs = t.eval_batch_size or t.batch_size
+        model = self.layout.full_model()
+        began = time.perf_counter()
+        model.eval()
+        self.task.evaluate(model, batches=1, batch_size=eval_bs, device=self.device, autocast=self.layout.autocast)
+        model.train()
+        self._budget.probed(time.perf_counter() - began, time_budget.eval_samples(self.task, 1, eval_bs))
+
     def _warn_slow_bf16(self, tel: Telemetry) -> None:
         """CPUs without native bf16 (AVX2-only, no AVX512-BF16/AMX) run bf16 matmuls ~50x slower."""
-        if self.device.type != "cpu" or self.cfg.train.precision != "bf16":
+        if self.device.type != "cpu" or self.precision != "bf16":
             return
         bf16 = hardware.matmul_peak_flops(torch.bfloat16, "cpu")
         fp32 = hardware.matmul_peak_flops(torch.float32, "cpu")
@@ -521,9 +592,11 @@ class Trainer:
         records = read_metrics(self.run_dir / "metrics.jsonl")
         train_losses = [r["loss"] for r in records if r.get("split") == "train"]
         throughput = st.units_seen / st.train_seconds if st.train_seconds else 0.0
-        precision_dtype = torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32
-        if cfg.train.precision == "fp16":
-            precision_dtype = torch.float16
+        # MFU against the peak of the precision the matmuls ran at; bf16 only where it is native
+        # (an emulated bf16 "peak" is no ceiling: MFU against it can exceed 1).
+        precision_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision, torch.float32)
+        if precision_dtype == torch.bfloat16 and not hardware.bf16_is_native(self.device):
+            precision_dtype = torch.float32
         world = self.dist_info.world  # each rank's peak, at its own thread count, times the ranks
         peak = hardware.matmul_peak_flops(precision_dtype, self.device.type) * world
         flops = self._flops_per_unit()
@@ -547,11 +620,17 @@ class Trainer:
             "train_seconds": st.train_seconds,
             "wall_seconds": time.perf_counter() - wall_start,
             "stopped_by": stopped_by,
+            "precision": self.precision,
+            "precision_reason": self.precision_reason,
+            "mfu_peak_dtype": str(precision_dtype).removeprefix("torch."),
             "best_step": st.best_step if st.best_step >= 0 else st.step,
             "exported_step": self._exported_step,  # model.safetensors holds the weights of this step
             **ema_metrics,
             **self.extra_summary,
         }
+        if self._budget is not None:
+            summary["budget"] = {"max_minutes": cfg.train.max_minutes, "fitted_steps": st.fitted_steps,
+                                 "fits": self._budget.history, "final_eval_seconds": self._final_eval_seconds}
         if sample is not None:
             summary["sample"] = sample
         if sample_error is not None:

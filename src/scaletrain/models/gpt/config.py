@@ -23,6 +23,8 @@ class GPTConfig(PretrainedStart):
     norm: Literal["layernorm", "rmsnorm"] = "layernorm"
     rope: bool = False
     tie_embeddings: bool = True
+    qk_norm: bool = False  # RMS-normalise each head's queries and keys before attention (and rotary)
+    activation: Literal["gelu", "relu2"] = "gelu"  # the MLP's: GELU (tanh) or ReLU squared
 
     @model_validator(mode="after")
     def _heads_divide(self) -> "GPTConfig":

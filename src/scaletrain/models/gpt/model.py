@@ -19,6 +19,10 @@ from scaletrain.errors import UserError
 from scaletrain.models.args import args_from_dict
 
 _NORMS = ("layernorm", "rmsnorm")
+_ACTIVATIONS = ("gelu", "relu2")
+# Keys left out of args_dict at their default, so that models saved before they existed keep the
+# same spec (a resume compares specs).
+_OPTIONAL_DEFAULTS = {"qk_norm": False, "activation": "gelu"}
 
 
 @dataclass
@@ -34,6 +38,11 @@ class GPTArgs:
     norm: str = "layernorm"
     tie_embeddings: bool = True
     rope: bool = False  # rotary embeddings on q/k instead of a learned absolute position table
+    # Queries and keys RMS-normalised per head, without a gain, before rotary and attention (the
+    # nanoGPT speedrun's QK-norm; Dehghani et al. 2023): attention logits stay bounded, so a higher
+    # learning rate stays stable.
+    qk_norm: bool = False
+    activation: str = "gelu"  # the MLP's: "gelu" (tanh approximation) or "relu2" (ReLU squared, So et al. 2021)
     # Per-block widths, set by structured pruning (scaletrain.compress): block i keeps layer_heads[i]
     # heads of d_model // n_head each and an MLP of layer_d_ff[i] units. None: every block has
     # n_head heads and d_ff units (the default; these keys are then left out of args_dict).
@@ -65,6 +74,10 @@ class GPTArgs:
                                 f"got {value!r}")
         if self.norm not in _NORMS:
             raise UserError(f"model.norm must be one of {list(_NORMS)}, got {self.norm!r}")
+        if self.activation not in _ACTIVATIONS:
+            raise UserError(f"model.activation must be one of {list(_ACTIVATIONS)}, got {self.activation!r}")
+        if not isinstance(self.qk_norm, bool):
+            raise UserError(f"model.qk_norm must be true or false, got {self.qk_norm!r}")
 
 
 def _make_norm(args: GPTArgs) -> nn.Module:
@@ -105,6 +118,7 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         self.head_dim = args.d_model // args.n_head
         self.dropout = args.dropout
+        self.qk_norm = args.qk_norm
         width = (n_head or args.n_head) * self.head_dim  # d_model unless heads were pruned
         # One fused projection: a single matmul, and TP can shard it column-wise.
         self.qkv = nn.Linear(args.d_model, 3 * width, bias=args.bias)
@@ -120,6 +134,8 @@ class CausalSelfAttention(nn.Module):
         # local width, so the same code runs on a shard.
         q, k, v = self.qkv(x).view(B, T, -1, 3, self.head_dim).unbind(3)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+        if self.qk_norm:
+            q, k = rms(q), rms(k)
         if rope is not None:
             cos, sin = rope
             if cos.dim() == 2:  # the table; per-token angles ([B, 1, T, hd/2]) come pre-gathered
@@ -134,6 +150,23 @@ class CausalSelfAttention(nn.Module):
         return self.resid_drop(self.proj(y))
 
 
+def rms(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """x / RMS(x) over the last dimension, without a gain (QK-norm's per-head normalisation)."""
+    return F.rms_norm(x, (x.size(-1),), eps=eps)
+
+
+def relu2(x: torch.Tensor) -> torch.Tensor:
+    """ReLU squared (Primer, So et al. 2021; the nanoGPT speedrun's MLP activation)."""
+    return F.relu(x).square()
+
+
+def gelu(x: torch.Tensor) -> torch.Tensor:
+    return F.gelu(x, approximate="tanh")
+
+
+ACTIVATIONS = {"gelu": gelu, "relu2": relu2}
+
+
 class FeedForward(nn.Module):
     def __init__(self, args: GPTArgs, d_ff: int | None = None):
         super().__init__()
@@ -141,9 +174,10 @@ class FeedForward(nn.Module):
         self.fc = nn.Linear(args.d_model, d_ff, bias=args.bias)
         self.proj = nn.Linear(d_ff, args.d_model, bias=args.bias)
         self.drop = nn.Dropout(args.dropout)
+        self.act = ACTIVATIONS[args.activation]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.proj(F.gelu(self.fc(x), approximate="tanh")))
+        return self.drop(self.proj(self.act(self.fc(x))))
 
 
 class Block(nn.Module):
@@ -288,6 +322,9 @@ class GPT(nn.Module):
         d = dataclasses.asdict(self.args)
         for key in ("layer_heads", "layer_d_ff"):  # unpruned models keep the original layout
             if d[key] is None:
+                del d[key]
+        for key, default in _OPTIONAL_DEFAULTS.items():
+            if d[key] == default:
                 del d[key]
         return d
 
