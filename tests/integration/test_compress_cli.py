@@ -44,7 +44,9 @@ def test_structured_pruning_from_the_cli_loads_back_and_evaluates(mlp_run, tmp_p
         assert (out / name).exists(), name
     summary = json.loads((out / "summary.json").read_text())
     original, pruned = summary["rows"]
-    assert pruned["hidden"] == [64, 32] and pruned["parameters"] < original["parameters"] / 2
+    trained = json.loads((mlp_run / "model_config.json").read_text())["args"]["hidden"]
+    assert pruned["hidden"] == [h // 2 for h in trained]
+    assert pruned["parameters"] < original["parameters"] / 2
     assert summary["size_ratio"] == pytest.approx(pruned["size_bytes"] / original["size_bytes"])
     assert summary["size_ratio"] < 0.5
     model = load_model_dir(out)
@@ -99,10 +101,11 @@ def test_wrong_architecture(mlp_run, tmp_path):
     run = tmp_path / "wrong"
     shutil.copytree(mlp_run, run)
     spec = json.loads((run / "model_config.json").read_text())
+    trained = spec["args"]["hidden"]
     spec["args"]["hidden"] = [100, 64]
     (run / "model_config.json").write_text(json.dumps(spec))
     line = one_error_line(*run_main("compress", run, "--method", "prune", *QUICK)[::2])
-    assert "model.safetensors" in line and "model.hidden: [128, 64] in the weights file, [100, 64] here" in line
+    assert "model.safetensors" in line and f"model.hidden: {trained} in the weights file, [100, 64] here" in line
 
 
 def test_an_occupied_output_folder_is_refused(mlp_run, tmp_path):

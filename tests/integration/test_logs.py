@@ -19,7 +19,8 @@ def test_a_piped_run_shows_step_lines_on_stderr_and_the_result_on_stdout(tmp_pat
     # log.progress is left at its default (true): with no terminal there is no bar to draw.
     code, out, err = run_cli("train", *RUN, f"train.run_dir={tmp_path / 'run'}", cwd=tmp_path)
     assert code == 0, err[-2000:]
-    lines = err.splitlines()
+    precision, *lines = err.splitlines()
+    assert precision == "precision: fp32 (train.precision=fp32 as set)"  # the preset's choice, said once
     assert [line.split(" | ")[0] for line in lines] == ["step 10/30", "step 20/30", "step 20", "step 30/30", "step 30"]
     assert lines[2].startswith("step 20 | val loss ") and "accuracy" in lines[2]
     assert "\x1b[" not in err and "━" not in err  # no bar, no terminal codes
@@ -117,5 +118,7 @@ def test_a_python_user_configures_logging_as_usual(tmp_path, fast):
     finally:
         ours.removeHandler(handler)
         ours.setLevel(level)
+    assert seen[0] == ("scaletrain.train", "INFO", "precision: fp32 (train.precision=fp32 as set)")
+    seen = seen[1:]
     assert ("scaletrain.train", "INFO") == seen[0][:2] and seen[0][2].startswith("step 10/20 | loss ")
     assert [m.split(" | ")[0] for _, _, m in seen] == ["step 10/20", "step 20/20", "step 20"]

@@ -83,7 +83,7 @@ def test_mlflow_wandb_and_trackio_receive_config_metrics_and_summary(tmp_path, m
     mrun = client.get_run(ids["mlflow"])
     assert mrun.info.status == "FINISHED" and mrun.info.run_name == "digits-run"
     assert client.get_experiment(mrun.info.experiment_id).name == "st-test"
-    assert mrun.data.params["optim.lr"] == "0.002" and mrun.data.params["model.name"] == "mlp"
+    assert mrun.data.params["optim.lr"] == "0.001" and mrun.data.params["model.name"] == "mlp"
     assert {m.step: m.value for m in client.get_metric_history(ids["mlflow"], "train/loss")} == pytest.approx(train)
     assert {m.step: m.value for m in client.get_metric_history(ids["mlflow"], "val/loss")} == pytest.approx(val)
     assert mrun.data.metrics["summary/val_accuracy"] == pytest.approx(summary["val_accuracy"])
@@ -104,7 +104,7 @@ def test_mlflow_wandb_and_trackio_receive_config_metrics_and_summary(tmp_path, m
             final.update({u.key or "/".join(u.nested_key): json.loads(u.value_json) for u in record.summary.update})
         elif kind == "exit":
             exit_code = record.exit.exit_code
-    assert config["optim"]["lr"] == 0.002 and config["train"]["max_steps"] == 40
+    assert config["optim"]["lr"] == 0.001 and config["train"]["max_steps"] == 40
     assert {s: r["train/loss"] for s, r in history.items()} == pytest.approx(train)
     assert {s: r["val/loss"] for s, r in history.items() if "val/loss" in r} == pytest.approx(val)
     assert final["val_loss"] == pytest.approx(summary["val_loss"]) and final["steps"] == 40
@@ -115,7 +115,7 @@ def test_mlflow_wandb_and_trackio_receive_config_metrics_and_summary(tmp_path, m
             f"print(json.dumps([S.get_logs('st-test', {ids['trackio']!r}), S.get_run_config('st-test', {ids['trackio']!r})]))")
     proc = subprocess.run([sys.executable, "-c", read], capture_output=True, text=True, timeout=120, check=True)
     logs, tconfig = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert tconfig["optim"]["lr"] == 0.002
+    assert tconfig["optim"]["lr"] == 0.001
     assert {r["step"]: r["train/loss"] for r in logs if "train/loss" in r} == pytest.approx(train)
     assert {r["step"]: r["val/loss"] for r in logs if "val/loss" in r} == pytest.approx(val)
     (last,) = [r for r in logs if "summary/val_loss" in r]
