@@ -50,7 +50,7 @@ def test_structured_pruning_from_the_cli_loads_back_and_evaluates(mlp_run, tmp_p
     assert summary["size_ratio"] == pytest.approx(pruned["size_bytes"] / original["size_bytes"])
     assert summary["size_ratio"] < 0.5
     model = load_model_dir(out)
-    assert list(model.args.hidden) == [64, 32]
+    assert list(model.args.hidden) == pruned["hidden"]
     rc, stdout, err = run_main("eval", out)  # the folder is run-like: `scaletrain eval` reads it
     assert rc == 0, err
     assert json.loads(stdout)["val_accuracy"] == pytest.approx(summary["quality_after"])
