@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from scaletrain.errors import UserError
 from scaletrain.models.args import args_from_dict
+from scaletrain.models.lm import document_mask, sample
 
 _NORMS = ("layernorm", "rmsnorm")
 _ACTIVATIONS = ("gelu", "relu2")
@@ -97,20 +98,6 @@ def _apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.
     x1, x2 = x.chunk(2, dim=-1)
     cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
-
-
-def _document_mask(doc_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(bool [B, 1, T, T] block-diagonal causal mask, [B, T] position of each token in its document)
-    for packed documents: a token attends to earlier tokens of its own document only."""
-    B, T = doc_ids.shape
-    ar = torch.arange(T, device=doc_ids.device)
-    same = doc_ids[:, :, None] == doc_ids[:, None, :]
-    mask = (same & (ar[None, :] <= ar[:, None])).unsqueeze(1)
-    # Documents are contiguous runs: a run starts where the id changes; the position counts from it.
-    starts = torch.ones_like(doc_ids, dtype=torch.bool)
-    starts[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
-    first = torch.where(starts, ar, torch.zeros_like(ar)).cummax(dim=1).values
-    return mask, ar - first
 
 
 class CausalSelfAttention(nn.Module):
@@ -242,7 +229,7 @@ class GPT(nn.Module):
         x = self.tok_emb(idx)
         mask = pos = None
         if doc_ids is not None:
-            mask, pos = _document_mask(doc_ids)
+            mask, pos = document_mask(doc_ids)
         rope = None
         if self.args.rope:
             rope = (self.rope_cos, self.rope_sin)
@@ -285,38 +272,11 @@ class GPT(nn.Module):
         n_matmul += a.vocab_size * a.d_model
         return float(6 * n_matmul + 12 * a.seq_len * sum(h * hd for h in heads))
 
-    @torch.no_grad()
-    def generate(
-        self,
-        idx: torch.Tensor,
-        max_new_tokens: int,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        generator: torch.Generator | None = None,
-    ) -> torch.Tensor:
-        """Autoregressive sampling (no KV cache: fine for demos and evals on small models).
-        temperature 0 -> greedy argmax. Runs in eval mode (no dropout), restores the mode."""
-        if temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {temperature}")
-        was_training = self.training
-        self.eval()
-        try:
-            for _ in range(max_new_tokens):
-                ctx = idx[:, -self.args.seq_len:]
-                logits = self(ctx)[:, -1, :].float()
-                if temperature == 0:
-                    nxt = logits.argmax(dim=-1, keepdim=True)
-                else:
-                    logits = logits / temperature
-                    if top_k is not None:
-                        kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]
-                        logits = logits.masked_fill(logits < kth, float("-inf"))
-                    probs = F.softmax(logits, dim=-1)
-                    nxt = torch.multinomial(probs, 1, generator=generator)
-                idx = torch.cat((idx, nxt.to(idx.dtype)), dim=1)
-        finally:
-            self.train(was_training)
-        return idx
+    def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        """Autoregressive sampling within the training context (models/lm.py)."""
+        return sample(self, idx, max_new_tokens, context=self.args.seq_len, temperature=temperature, top_k=top_k,
+                      generator=generator)
 
     def args_dict(self) -> dict:
         d = dataclasses.asdict(self.args)

@@ -11,11 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from scaletrain.errors import UserError
 from scaletrain.extras import require
+from scaletrain.models.lm import sample
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 # config.json keys that say how the file was written or where code lives, not what the model is.
@@ -93,27 +93,11 @@ class HFCausalLM(nn.Module):
         d = int(self.args.config.get("hidden_size") or self.args.config.get("n_embd") or 0)
         return float(6 * n + 12 * self.num_layers() * d * self.args.seq_len)
 
-    @torch.no_grad()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
                  generator: torch.Generator | None = None) -> torch.Tensor:
-        """Sampling as the native families do it (no KV cache), within the training context."""
-        was_training = self.training
-        self.eval()
-        try:
-            for _ in range(max_new_tokens):
-                logits = self(idx[:, -self.args.seq_len:])[:, -1, :].float()
-                if temperature == 0:
-                    nxt = logits.argmax(dim=-1, keepdim=True)
-                else:
-                    logits = logits / temperature
-                    if top_k is not None:
-                        kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]
-                        logits = logits.masked_fill(logits < kth, float("-inf"))
-                    nxt = torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator)
-                idx = torch.cat((idx, nxt.to(idx.dtype)), dim=1)
-        finally:
-            self.train(was_training)
-        return idx
+        """Autoregressive sampling within the training context (models/lm.py)."""
+        return sample(self, idx, max_new_tokens, context=self.args.seq_len, temperature=temperature, top_k=top_k,
+                      generator=generator)
 
     def args_dict(self) -> dict:
         return {"config": self.args.config, "seq_len": self.args.seq_len, "dtype": self.args.dtype}
