@@ -71,3 +71,23 @@ def _run_cli_fixture():
 @pytest.fixture(name="run_main")
 def _run_main_fixture():
     return run_main
+
+
+@pytest.fixture
+def said():
+    """The messages of the `scaletrain` logger at INFO and above, as the CLI shows them."""
+    import logging
+
+    records: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            records.append(record.getMessage())
+
+    logger = logging.getLogger("scaletrain")
+    handler, level = Keep(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    yield records
+    logger.removeHandler(handler)
+    logger.setLevel(level)

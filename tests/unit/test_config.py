@@ -245,26 +245,6 @@ def test_early_stopping_zero_is_refused():
     assert "early_stopping" in error_of("gpt-tiny", ["train.early_stopping=0"])
 
 
-@pytest.fixture
-def said():
-    """The lines the `scaletrain` logger says at INFO (the CLI prints them to stderr)."""
-    import logging
-
-    records: list[str] = []
-
-    class Keep(logging.Handler):
-        def emit(self, record):
-            records.append(record.getMessage())
-
-    logger = logging.getLogger("scaletrain")
-    handler, level = Keep(), logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    yield records
-    logger.removeHandler(handler)
-    logger.setLevel(level)
-
-
 @pytest.mark.parametrize("preset,warmup", [("gpt", 100), ("gpt-tiny", 5), ("llama", 100), ("llama-tiny", 5)])
 def test_a_preset_warmup_gives_way_to_a_short_max_steps(said, preset, warmup):
     cfg = load_config(preset, ["train.max_steps=5"])
@@ -273,8 +253,9 @@ def test_a_preset_warmup_gives_way_to_a_short_max_steps(said, preset, warmup):
 
 
 def test_the_warmup_shrinks_in_proportion_and_only_on_a_conflict(said, tmp_path):
-    assert load_config("gpt", ["train.max_steps=100"]).schedule.warmup_steps == 7  # 100 x 100 / 1350
-    assert load_config("gpt", ["train.max_steps=101"]).schedule.warmup_steps == 100  # no conflict: kept
+    (tmp_path / "long.yaml").write_text("schedule: {warmup_steps: 100}\ntrain: {max_steps: 1350}\n")
+    assert load_config(str(tmp_path / "long.yaml"), ["train.max_steps=100"]).schedule.warmup_steps == 7  # 100 x 100 / 1350
+    assert load_config(str(tmp_path / "long.yaml"), ["train.max_steps=101"]).schedule.warmup_steps == 100  # no conflict
     (tmp_path / "mine.yaml").write_text("schedule: {warmup_steps: 30}\ntrain: {max_steps: 60}\n")
     assert load_config(str(tmp_path / "mine.yaml"), ["train.max_steps=20"]).schedule.warmup_steps == 10
     assert said[-1] == f"schedule.warmup_steps: 30 from the config {tmp_path / 'mine.yaml'} shortened to 10 to fit " \

@@ -37,25 +37,8 @@ def _terminal_console():
     return Console(file=buf, width=120, force_terminal=True), buf
 
 
-@pytest.fixture
-def lines():
-    """The messages of the `scaletrain` logger at INFO, as the CLI shows them."""
-    records: list[str] = []
-
-    class Keep(logging.Handler):
-        def emit(self, record):
-            records.append(record.getMessage())
-
-    logger = logging.getLogger("scaletrain")
-    handler, level = Keep(), logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    yield records
-    logger.removeHandler(handler)
-    logger.setLevel(level)
-
-
-def test_jsonl_tensorboard_and_log_lines(tmp_path, lines):
+def test_jsonl_tensorboard_and_log_lines(tmp_path, said):
+    lines = said
     console, buf = _quiet_console()
     trackers = Trackers(["tensorboard"], tmp_path, config={"optim": {"lr": 0.1}})
     with Telemetry(tmp_path, enabled=True, total_steps=4, console=console, trackers=trackers) as tel:
@@ -90,7 +73,8 @@ def test_jsonl_tensorboard_and_log_lines(tmp_path, lines):
     assert {"config/text_summary", "summary/text_summary"} <= set(acc.Tags()["tensors"])
 
 
-def test_a_terminal_gets_the_bar_instead_of_step_lines(tmp_path, lines):
+def test_a_terminal_gets_the_bar_instead_of_step_lines(tmp_path, said):
+    lines = said
     console, buf = _terminal_console()
     with Telemetry(tmp_path, enabled=True, total_steps=3, console=console) as tel:
         assert tel.bar
@@ -131,7 +115,8 @@ def test_disabled_creates_nothing(tmp_path):
     assert not run.exists()
 
 
-def test_samples_unit_and_no_progress_lines(tmp_path, lines):
+def test_samples_unit_and_no_progress_lines(tmp_path, said):
+    lines = said
     console, buf = _quiet_console()
     with Telemetry(tmp_path, enabled=True, total_steps=2, unit="samples",
                    progress=False, console=console) as tel:
