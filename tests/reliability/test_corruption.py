@@ -87,9 +87,13 @@ def test_resume_auto_falls_back_to_the_previous_good_checkpoint(finished, tmp_pa
 
 
 def _prepared(cache_dir) -> Path:
-    found = [p for p in Path(cache_dir).iterdir() if (p / "manifest.json").is_file()]
-    assert found, "the session's data cache holds no prepared gpt-tiny data"
-    return found[0]
+    """gpt-tiny's prepared data in the session's cache (other tests prepare other data there)."""
+    from scaletrain.config.load import load_config
+    from scaletrain.data import cache, pipeline
+
+    found = cache.folder(cache_dir, pipeline.plan(cache.settings(load_config("gpt-tiny").data))["fingerprint"])
+    assert (found / "manifest.json").is_file(), "the session's data cache holds no prepared gpt-tiny data"
+    return found
 
 
 def test_every_data_file_damaged_any_way_is_detected(finished, cache_dir, tmp_path):

@@ -44,7 +44,3 @@ def configure(level: int = logging.INFO) -> None:
         logger.addHandler(handler)
     logger.setLevel(level)
     logger.propagate = False  # one line per message, whatever the root logger does
-    # Dependencies that log, at import, which optional native kernels they could not load (torchao's
-    # CUDA builds, bitsandbytes' kernel hub): not the command's business, and never an error line.
-    for name in ("torchao", "bitsandbytes"):
-        logging.getLogger(name).setLevel(logging.ERROR)

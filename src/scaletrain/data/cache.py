@@ -61,10 +61,14 @@ def _check_splittable(cfg: PrepareConfig, plan: dict) -> None:
     """Text is one document per file: fewer than 2 files cannot give a train and a val split."""
     if pipeline.source_kinds(cfg)[0] in ("stdlib", "text"):
         files = {f for t in plan["tasks"] for f in t["files"]}
+        where = cfg.sources[0].path or "the embedded corpus"
         if len(files) < 2:
-            where = cfg.sources[0].path or "the embedded corpus"
             extra = f" with max_bytes={cfg.sources[0].max_bytes}" if cfg.sources[0].max_bytes else ""
             raise UserError(f"need at least 2 files to split train/val, got {len(files)} from {where}{extra}")
+        if not any(t["nbytes"] for t in plan["tasks"]):
+            # Every document would be only its end-of-text token: a run would "train" on nothing.
+            raise UserError(f"{where}: the {len(files)} file(s) matching {cfg.sources[0].pattern!r} are empty "
+                            "(0 bytes): there is no text to train on")
 
 
 def _check_split_documents(d: Path) -> None:
@@ -85,6 +89,11 @@ def _named(what: str) -> Iterator[None]:
         raise UserError(f"{what}: {exc}") from None
 
 
+def folder(cache_dir: str | Path, fingerprint: str) -> Path:
+    """Where the build of the inputs and settings with this pipeline fingerprint lies."""
+    return Path(cache_dir) / f"prep-{fingerprint[:16]}"
+
+
 def prepared(cfg: PrepareConfig, cache_dir: str | Path, progress: bool = True, workers: int | None = None,
              what: str = "data.path") -> Path:
     """The prepared directory of `cfg` under `cache_dir`, built (or resumed) only if no finished,
@@ -93,24 +102,32 @@ def prepared(cfg: PrepareConfig, cache_dir: str | Path, progress: bool = True, w
     with _named(what):
         plan = pipeline.plan(cfg)
     fingerprint = plan["fingerprint"]
-    d = cache_dir / f"prep-{fingerprint[:16]}"
+    d = folder(cache_dir, fingerprint)
     if _complete(d, fingerprint):
         return d
     with _named(what):
         _check_splittable(cfg, plan)
+    created = not cache_dir.exists()
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"data.cache_dir: cannot create {cache_dir}: {e.strerror or e}") from None
-    with _locked(cache_dir / f".{d.name}.lock"):
-        if _complete(d, fingerprint):
-            return d
-        if (d / shards.MANIFEST).exists():  # finished once, damaged since: built again
-            shutil.rmtree(d)
-        if progress:  # (a quiet run says nothing before its result, or its one error line)
-            log.info("preparing %s (%d tasks)", d, len(plan["tasks"]))
+    try:
+        with _locked(cache_dir / f".{d.name}.lock"):
+            if _complete(d, fingerprint):
+                return d
+            if (d / shards.MANIFEST).exists():  # finished once, damaged since: built again
+                shutil.rmtree(d)
+            if progress:  # (a quiet run says nothing before its result, or its one error line)
+                log.info("preparing %s (%d tasks)", d, len(plan["tasks"]))
+            with _named(what):
+                pipeline.run_prepare(cfg, d, workers=workers, progress=progress)
         with _named(what):
-            pipeline.run_prepare(cfg, d, workers=workers, progress=progress)
-    with _named(what):
-        _check_split_documents(d)
+            _check_split_documents(d)
+    except UserError:
+        # Inputs that only reading shows to be unusable (every file empty, nothing left after
+        # cleaning): a refused start leaves no cache folder it made behind.
+        if created:
+            shutil.rmtree(cache_dir, ignore_errors=True)
+        raise
     return d

@@ -229,6 +229,9 @@ SPIKE_SHARE_OF_PROGRESS = 0.1
 # Divergence: the loss ends above where it started (error), or has given back more than this share
 # of the drop from the first loss to the best (warning). Ending a hair above the best is noise.
 GAVE_BACK = 0.5
+# ... and only a rise above the best by this share of the first loss counts: batch-to-batch noise
+# of a curve that barely moves is no divergence.
+MIN_RISE = 0.03
 
 
 UNIFORM_FACTOR = 1.25  # a language model's loss this far above ln(vocabulary) has blown up
@@ -266,6 +269,8 @@ def _diverged(pts: list[tuple[int, float]]) -> tuple[bool, bool]:
     last_step, last = pts[-1]
     if last_step <= best_step:
         return False, False
+    if last - best <= MIN_RISE * abs(first):
+        return False, False  # a flat, noisy curve (a learning rate too low) rises and falls by noise
     worse = last >= first and last > best
     return worse or last - best > GAVE_BACK * (first - best), worse
 
