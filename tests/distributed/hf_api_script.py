@@ -32,7 +32,7 @@ task = CausalLanguageModeling(rows[:64], rows[64:], seed=0)
 
 cfg = load_config("gpt-tiny", [
     f"train.run_dir={out}/run", f"parallel.strategy={strategy}", "parallel.activation_checkpointing=true",
-    "optim.name=sgd", "optim.lr=0.5", "schedule.name=constant", "schedule.warmup_steps=0",
+    "optim.name=sgd", "optim.lr=0.5", "schedule.name=constant", "schedule.warmup_steps=0", "train.precision=fp32",
     "train.max_steps=6", f"train.batch_size={8 // ranks}", "train.threads=1", "train.eval_every=0",
     "log.every=1", "log.progress=false", "log.tensorboard=false", "log.sample_tokens=0",
 ])
