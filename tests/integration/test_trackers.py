@@ -30,6 +30,7 @@ def _stores(tmp_path, monkeypatch) -> str:
                        "WANDB_DATA_DIR": str(tmp_path / "wandb-data"), "TRACKIO_DIR": str(tmp_path / "trackio")}.items():
         monkeypatch.setenv(key, value)
     (tmp_path / "wandb").mkdir()
+    monkeypatch.chdir(tmp_path)  # MLflow's default artifact root is ./mlruns: not in the checkout
     return uri
 
 
