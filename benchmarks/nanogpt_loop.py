@@ -117,14 +117,12 @@ class GPT(nn.Module):
 def preset_shape(preset: str = "gpt") -> dict:
     """The main job's shape, batch, optimizer settings and prepared tokens."""
     from scaletrain.config.load import load_config
-    from scaletrain.data.prepare import TextSpec, ensure_prepared
+    from scaletrain.data.cache import prepared, settings
     from scaletrain.data.shards import TokenShards
 
     cfg = load_config(preset, ["log.progress=false"])
     d, m, o = cfg.data, cfg.model, cfg.optim
-    spec = TextSpec(source="dir" if d.path else "stdlib", path=d.path, pattern=d.pattern,
-                    vocab_size=d.vocab_size, val_fraction=d.val_fraction, max_bytes=d.max_bytes)
-    data_dir = ensure_prepared(spec, Path(d.cache_dir).expanduser(), progress=False)
+    data_dir = prepared(settings(d), Path(d.cache_dir).expanduser(), progress=False)  # the trainer's own data
     train = TokenShards(data_dir, "train")
     tokens = np.asarray(train[0:len(train)])
     if train.vocab_size <= 65536:  # nanoGPT keeps its tokens as uint16
