@@ -166,7 +166,7 @@ def readme_block(a: dict, stamp: dict) -> str:
              "| | value | target | |", "|---|---|---|---|",
              f"| val_bpb (bits per byte of source text, whole validation split) | **{bpb:.3f}** | "
              f"≤ {t['val_bpb']['target']:.2f} ({t['val_bpb']['cpu']} CPU) | {verdict(t['val_bpb']['met'])} |",
-             f"| whole command | {a['whole_command_seconds'] / 60:.0f} min {a['whole_command_seconds'] % 60:02.0f} s | "
+             f"| whole command | {int(a['whole_command_seconds'] // 60)} min {a['whole_command_seconds'] % 60:02.0f} s | "
              f"≤ 5 min 30 s | {verdict(t['whole_command_seconds']['met'])} |",
              f"| tokens/s (training steps) | {a['tokens_per_second']:,.0f} | | |",
              f"| ÷ a plain nanoGPT-style loop (fp32, same shape, tokens and batch), same run | "

@@ -38,8 +38,11 @@ def test_fitted_run_resumed_is_the_uninterrupted_run(tmp_path, cache_dir, monkey
     assert code == 0, out + err
     whole = json.loads((tmp_path / "whole" / "summary.json").read_text())
     fitted = whole["budget"]["fitted_steps"]
-    # Fitted after 5 timed steps (5 s, over 3 % of the minute), again at the first evaluation (10 % past).
-    assert [f["step"] for f in whole["budget"]["fits"]] == [6, 10]
+    # Fitted after 5 timed steps (5 s, over 3 % of the minute), again at every evaluation (10 % past);
+    # with every duration as predicted, each refit keeps the count.
+    fits = whole["budget"]["fits"]
+    assert [f["step"] for f in fits] == [6, *range(10, fitted, 10)]
+    assert len({f["total"] for f in fits[1:]}) == 1
     assert 30 < fitted < 60 and whole["steps"] == fitted and whole["stopped_by"] == "max_steps"
     lrs = [json.loads(line) for line in (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()]
     last_lr = [r["lr"] for r in lrs if r.get("split") == "train"][-1]

@@ -77,11 +77,33 @@ def test_time_budget_fits_after_timing_then_refits_at_an_evaluation():
     for s in range(7, 11):
         b.after_step(s)
     line = b.evaluated(10, seconds=0.123, samples=64)  # elapsed 12.64 s > 10 % of 60 s: the second fit
-    assert "re-fitted" in line and b.settled
+    assert "re-fitted" in line and not b.settled
     second = fit_steps(plan, Costs(step=1.0, eval_sample=0.01, checkpoint=0.5), done=10,
                        elapsed_s=2.0 + 10.0 + 0.16 + 0.64, evaluated=True)
     assert b.total() == second
-    assert b.evaluated(20, seconds=0.1, samples=64) is None and b.total() == second  # no third fit
+    # Every later evaluation refits; with every duration as predicted, the count stays.
+    for s in range(11, 21):
+        b.after_step(s)
+    assert "re-fitted" in b.evaluated(20, seconds=0.1, samples=64) and b.fits == 3 and b.total() == second
+
+
+def test_a_refit_follows_the_machine_when_it_slows_down():
+    plan = _plan(budget_s=600.0, warmup_steps=0, eval_every=50, eval_samples=64, final_eval_samples=64,
+                 checkpoint_every=0, samples_per_step=16)
+    clock = FixedClock(step=1.0, eval_sample=0.0, startup=0.0)
+    b = TimeBudget(plan, start=0.0, clock=clock)
+    for s in range(1, 51):
+        b.after_step(s)
+    b.evaluated(50, seconds=0.0, samples=64)
+    before = b.total()
+    clock.step = 1.25  # the machine slows down by a fifth
+    for s in range(51, 101):
+        b.after_step(s)
+    assert "re-fitted" in b.evaluated(100, seconds=0.0, samples=64)
+    assert b.history[-1]["step_seconds"] == 1.25  # the window since the last fit, not the run's mean
+    # 100 steps took 112.5 s; the rest of the 600 s (less the reserve) at 1.25 s a step
+    assert b.total() < before and b.total() == fit_steps(plan, Costs(step=1.25, eval_sample=0.0, checkpoint=0.0),
+                                                         done=100, elapsed_s=112.5, evaluated=True)
 
 
 def test_a_resumed_budget_keeps_its_count():

@@ -15,14 +15,17 @@ How a run uses it (the trainer holds one `TimeBudget`):
    evaluations, checkpoints and final evaluation fit the time left, less a reserve for the
    end-of-run work (`fit_steps`). A checkpoint is assumed to cost its state's bytes at
    CHECKPOINT_BYTES_PER_S until one was timed.
-3. Right after the first intermediate evaluation once REFIT_FRACTION of the budget is spent
-   (before that step's checkpoint, so that the checkpoint holds the result), N is fitted once more
-   with what was measured since: the steps' mean time and the evaluation's own cost. The second fit
-   is the last.
+3. Right after every intermediate evaluation once REFIT_FRACTION of the budget is spent (before
+   that step's checkpoint, so that the checkpoint holds the result), N is fitted again with what was
+   measured since the last fit: the steps' mean time over that window and the evaluation's own
+   cost. A machine whose speed drifts during the run (a shared VM's cores slowed by a fifth for
+   minutes was measured here) then still ends its decay with the budget instead of being cut off
+   by the guard before the learning rate reaches its end.
 
 N is saved in every checkpoint (`LoopState.fitted_steps`, with `LoopState.budget_fits`, the fits
 made): a resumed run continues with the saved N and fits no more, so its lr schedule is the
-uninterrupted run's wherever that one had settled its count. A resumed run has train.max_minutes
+uninterrupted run's up to the checkpoint (with a fixed clock, as in the tests, every refit gives
+the count the first ones did, so the two runs match bit for bit). A resumed run has train.max_minutes
 again as its guard. The guard still stops a run that falls behind (a machine that slows down during
 the run) when the budget is spent.
 
@@ -38,7 +41,7 @@ from dataclasses import dataclass
 
 MIN_TIMED_STEPS = 5
 FIT_FRACTION = 0.03  # timing before the first fit stops at this share of the budget
-REFIT_FRACTION = 0.1  # the second fit waits for an evaluation after this share of the budget
+REFIT_FRACTION = 0.1  # refits wait for an evaluation after this share of the budget
 EVAL_SAMPLE_FRACTION = 1 / 3  # an evaluated sample's cost / a trained one's, until an evaluation is timed
 # Kept free at the end of the budget for the export, the report and a slower stretch of steps.
 RESERVE_FRACTION = 0.02
@@ -196,8 +199,8 @@ class TimeBudget:
 
     @property
     def settled(self) -> bool:
-        """No fit is left to make: a resumed run that saved both fits, or one without evaluations."""
-        return self.resumed or self.fits >= 2 or (self.fits == 1 and self.plan.eval_every == 0)
+        """No fit is left to make: a resumed run (it keeps its saved count), or one fitted without evaluations."""
+        return self.resumed or (self.fits >= 1 and self.plan.eval_every == 0)
 
     def total(self) -> int:
         """The step count the schedule and the loop use: the fitted one, else train.max_steps."""
@@ -223,19 +226,19 @@ class TimeBudget:
 
     def evaluated(self, step: int, seconds: float, samples: int) -> str | None:
         """After the evaluation at `step` (not the final one), which read `samples` in `seconds`:
-        the second fit when it is the first evaluation since the first fit and past REFIT_FRACTION
-        of the budget. Call it before the step's checkpoint, so that the checkpoint holds it."""
+        a refit when the first fit is made and REFIT_FRACTION of the budget is past. Call it before
+        the step's checkpoint, so that the checkpoint holds it."""
         self._add_edge(seconds)
         self._eval_sample = self.clock.evaluation(seconds, samples)
         if isinstance(self.clock, FixedClock):
             self.clock.spent += samples * self.clock.eval_sample
-        if self.settled or self.fits != 1 or self._timed_from is None:
+        if self.settled or self.fits < 1 or self._timed_from is None or step <= self._timed_first:
             return None
         if self.clock.elapsed(self.start) < REFIT_FRACTION * self.plan.budget_s:
             return None  # too soon after the first fit to know more: wait for a later evaluation
         now = self.clock.now()
         step_s = self.clock.steps(now - self._timed_from - self._edges, step - self._timed_first)
-        return self._fit(step, step_s, "re-fitted after the first evaluation", evaluated=True)
+        return self._fit(step, step_s, "re-fitted after the evaluation", evaluated=True)
 
     def checkpointed(self, seconds: float) -> None:
         self._add_edge(seconds)
@@ -261,6 +264,8 @@ class TimeBudget:
         elapsed = self.clock.elapsed(self.start)
         self.fitted_steps = max(1, fit_steps(self.plan, costs, done=step, elapsed_s=elapsed, evaluated=evaluated))
         self.fits += 1
+        # The next fit times the steps from here: the machine's speed now, not the run's average.
+        self._timed_from, self._timed_first, self._edges = self.clock.now(), step, 0.0
         self.history.append({"step": step, "total": self.fitted_steps, "elapsed_seconds": elapsed,
                              "step_seconds": step_s, "eval_sample_seconds": costs.eval_sample,
                              "checkpoint_seconds": costs.checkpoint})

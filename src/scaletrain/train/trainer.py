@@ -401,7 +401,7 @@ class Trainer:
                 with meter.paused():
                     began = time.perf_counter()
                     stop = self._evaluate(tel, t.eval_batches)
-                    if self._budget is not None:  # the second fit, before this step's checkpoint
+                    if self._budget is not None:  # a refit, before this step's checkpoint
                         seconds, samples = time.perf_counter() - began, self._budget.plan.eval_samples
                         self._budget_fit(tel, lambda: self._budget.evaluated(st.step, seconds, samples))
                     if stop:
