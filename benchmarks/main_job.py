@@ -21,6 +21,7 @@ commit, time and CPU flags).
 
     python benchmarks/main_job.py [--keep-run DIR]                  # about 8 minutes
     python benchmarks/main_job.py --minutes 0.2 --nanogpt-seconds 5  # a smoke run (figures meaningless)
+    python benchmarks/main_job.py --render                           # the docs again from the results JSON
 """
 
 from __future__ import annotations
@@ -166,7 +167,7 @@ def readme_block(a: dict, stamp: dict) -> str:
              "| | value | target | |", "|---|---|---|---|",
              f"| val_bpb (bits per byte of source text, whole validation split) | **{bpb:.3f}** | "
              f"≤ {t['val_bpb']['target']:.2f} ({t['val_bpb']['cpu']} CPU) | {verdict(t['val_bpb']['met'])} |",
-             f"| whole command | {int(a['whole_command_seconds'] // 60)} min {a['whole_command_seconds'] % 60:02.0f} s | "
+             f"| whole command | {round(a['whole_command_seconds']) // 60} min {round(a['whole_command_seconds']) % 60:02d} s | "
              f"≤ 5 min 30 s | {verdict(t['whole_command_seconds']['met'])} |",
              f"| tokens/s (training steps) | {a['tokens_per_second']:,.0f} | | |",
              f"| ÷ a plain nanoGPT-style loop (fp32, same shape, tokens and batch), same run | "
@@ -232,10 +233,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--nanogpt-seconds", type=float, default=60.0, help="seconds per plain-loop run (default 60)")
     p.add_argument("--keep-run", type=Path, default=None,
                    help="move the trained run folder here (a new folder): benchmarks/compress.py's GPT source")
+    p.add_argument("--render", action="store_true",
+                   help="rewrite the README block and the docs section from docs/results/performance.json only")
     a = p.parse_args(argv)
     command = " ".join(["python benchmarks/main_job.py", *(sys.argv[1:] if argv is None else argv)])
 
     from docs_out import merge_results, write_section
+    if a.render:  # the last measurement, written again (its own stamp: commit, time, CPU flags)
+        data = json.loads((ROOT / "docs" / "results" / "performance.json").read_text())
+        result, curve, stamp = data["main_job"], data["time_to_quality"], data["provenance"]["main_job"]
+        write_section(ROOT / "docs" / "performance.md", START, END, perf_section(result, curve, stamp, stamp["script"]))
+        write_section(ROOT / "README.md", README_START, README_END, readme_block(result, stamp))
+        return 0
     from nanogpt_loop import preset_shape
     from scaletrain.provenance import stamp as make_stamp
 
