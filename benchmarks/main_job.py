@@ -248,6 +248,8 @@ def main(argv: list[str] | None = None) -> int:
     from nanogpt_loop import preset_shape
     from scaletrain.provenance import stamp as make_stamp
 
+    if a.keep_run is not None and a.keep_run.exists():  # refused before an hour of measuring, not after
+        p.error(f"--keep-run: {a.keep_run} exists; give a new folder")
     preset_shape()  # prepares the preset's data (once), so that the timed command finds it ready
     work = Path(tempfile.mkdtemp(prefix="scaletrain-mainjob-"))
     loops = [nanogpt(a.nanogpt_seconds)]
