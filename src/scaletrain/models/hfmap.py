@@ -149,3 +149,12 @@ def refuse(config: dict, key: str, allowed, why: str) -> None:
     options = allowed if isinstance(allowed, tuple) else (allowed,)
     if key in config and value not in options:
         raise UserError(f"config.json: {key} = {value!r:.60} is not supported: {why}")
+
+
+def hf_context(config: dict, seq_len: int | None) -> int | None:
+    """The model's context (config.json max_position_embeddings), refusing a data.seq_len beyond it."""
+    context = hf_value(config, "max_position_embeddings", int, None)
+    if context is not None and seq_len is not None and seq_len > context:
+        raise UserError(f"data.seq_len: {seq_len} is longer than the model's context "
+                        f"(config.json max_position_embeddings {context})")
+    return context

@@ -164,7 +164,24 @@ def _stack(rows: list, what: str) -> torch.Tensor:
     return torch.stack(tensors)
 
 
-class Classification:
+class _RowsInOrder:
+    """A task over a dataset of rows drawn in a resumable order (`self.order`, a SampleOrder; the
+    subclass's `_gather(rows, ids)` makes the batch): the loop's data position and its state."""
+
+    def train_batch(self, position: int, batch_size: int):
+        return self._gather(self.train_set, self.order.take(position, batch_size))
+
+    def sample_ids(self, position: int, count: int) -> np.ndarray:
+        return self.order.take(position, count)
+
+    def data_state(self, position: int) -> dict:
+        return self.order.state(position)
+
+    def check_data_state(self, state: dict) -> int:
+        return self.order.check_state(state)
+
+
+class Classification(_RowsInOrder):
     """Supervised classification from a map-style dataset whose rows are `(input, label)` pairs or
     dicts (`{"pixels": ..., "label": 3}`: the model is called with every key but `label_key` as a
     keyword argument, e.g. a `datasets.Dataset` with torch-convertible columns)."""
@@ -196,18 +213,6 @@ class Classification:
             return inputs, torch.as_tensor([int(it[key]) for it in items])
         return _stack([x for x, _ in items], "inputs"), torch.as_tensor([int(y) for _, y in items])
 
-    def train_batch(self, position: int, batch_size: int):
-        return self._gather(self.train_set, self.order.take(position, batch_size))
-
-    def sample_ids(self, position: int, count: int) -> np.ndarray:
-        return self.order.take(position, count)
-
-    def data_state(self, position: int) -> dict:
-        return self.order.state(position)
-
-    def check_data_state(self, state: dict) -> int:
-        return self.order.check_state(state)
-
     def units(self, x) -> int:
         return next(iter(x.values())).shape[0] if isinstance(x, dict) else x.shape[0]
 
@@ -232,7 +237,7 @@ class Classification:
         return {"val_loss": nll / total, "val_accuracy": correct / total}
 
 
-class CausalLanguageModeling:
+class CausalLanguageModeling(_RowsInOrder):
     """Next-token prediction on a map-style dataset of token-id rows: each row a sequence of ids
     (a tensor, a list) or a dict holding one under `key` (`{"input_ids": [...]}`, as a tokenized
     `datasets.Dataset` has them). A row of T + 1 ids trains T predictions: the model is called on
@@ -258,18 +263,6 @@ class CausalLanguageModeling:
             raise ValueError(f"token rows: each row must be a sequence of at least 2 ids, got shape "
                              f"{list(ids.shape[1:])}")
         return ids[:, :-1], ids[:, 1:]
-
-    def train_batch(self, position: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._gather(self.train_set, self.order.take(position, batch_size))
-
-    def sample_ids(self, position: int, count: int) -> np.ndarray:
-        return self.order.take(position, count)
-
-    def data_state(self, position: int) -> dict:
-        return self.order.state(position)
-
-    def check_data_state(self, state: dict) -> int:
-        return self.order.check_state(state)
 
     def units(self, x: torch.Tensor) -> int:
         return x.numel()

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from scaletrain.errors import UserError
 from scaletrain.models.family import DataShape, HFMapping
-from scaletrain.models.hfmap import TensorMap, fused_qkv_rows, hf_value, refuse
+from scaletrain.models.hfmap import TensorMap, fused_qkv_rows, hf_context, hf_value, refuse
 
 _GELU_TANH = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
 _DROPPED = ("auto_map", "_name_or_path", "transformers_version", "rope_parameters", "torch_dtype", "dtype")
@@ -63,10 +63,7 @@ def args_from_hf(c: dict, data: DataShape) -> dict:
         if base != 10000:
             raise UserError(f"config.json: rotary base {base} is not supported: the GPT family's is 10000")
         refuse(c, "rope_scaling", (None,), "the GPT family has no rotary scaling")
-        context = hf_value(c, "max_position_embeddings", int, None)
-        if context is not None and data.seq_len is not None and data.seq_len > context:
-            raise UserError(f"data.seq_len: {data.seq_len} is longer than the model's context "
-                            f"(config.json max_position_embeddings {context})")
+        context = hf_context(c, data.seq_len)
         return {
             "vocab_size": hf_value(c, "vocab_size"), "seq_len": data.seq_len or context,
             "n_layer": hf_value(c, "num_hidden_layers"), "n_head": heads, "d_model": d,

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from scaletrain.errors import UserError
 from scaletrain.models.family import DataShape, HFMapping
-from scaletrain.models.hfmap import TensorMap, hf_value, per_head_rows, refuse
+from scaletrain.models.hfmap import TensorMap, hf_context, hf_value, per_head_rows, refuse
 
 _SCALING = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
 # Keys of a config.json that describe how it was written or how code is found, not the model.
@@ -58,10 +58,7 @@ def args_from_hf(c: dict, data: DataShape) -> dict:
     refuse(c, "attention_dropout", (0, 0.0), "the Llama family has no attention-only dropout")
     refuse(c, "pretraining_tp", (1,), "weights split for tensor parallel are not read (pretraining_tp 1)")
     theta, scaling = _rope(c)
-    context = hf_value(c, "max_position_embeddings", int, None)
-    if context is not None and data.seq_len is not None and data.seq_len > context:
-        raise UserError(f"data.seq_len: {data.seq_len} is longer than the model's context "
-                        f"(config.json max_position_embeddings {context})")
+    context = hf_context(c, data.seq_len)
     return {
         "vocab_size": hf_value(c, "vocab_size"), "seq_len": data.seq_len or context,
         "n_layer": hf_value(c, "num_hidden_layers"), "n_head": heads,
