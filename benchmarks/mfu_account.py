@@ -39,14 +39,16 @@ DISPATCH_OPS = {"aten::linear", "aten::matmul", "aten::t", "aten::view", "aten::
                 "aten::nll_loss_nd", "aten::embedding", "aten::dropout", "aten::result_type",
                 "aten::set_", "aten::_reshape_alias", "aten::permute", "aten::numpy_T", "aten::ones_like",
                 "aten::zeros_like", "aten::zeros"}
-CATEGORIES = ("matmul", "attention", "loss", "layer norm", "GELU", "embedding", "elementwise", "other ops",
+# ReLU² is relu then square (a pow, and a threshold in backward); the preset's MLP is its only user.
+ACTIVATION_OPS = ("aten::relu", "aten::relu_", "aten::threshold_backward", "aten::square", "aten::pow")
+CATEGORIES = ("matmul", "attention", "loss", "layer norm", "activation", "embedding", "elementwise", "other ops",
               "dispatch", "python", "data", "optimizer")
 ABOUT = {
     "matmul": "aten::mm: every nn.Linear, forward and both backward products",
     "attention": "SDPA (flash attention for CPU), forward and backward",
     "loss": "log-softmax and NLL over the 2,048-token vocabulary, forward and backward",
     "layer norm": "LayerNorm forward and backward",
-    "GELU": "GELU (tanh) forward and backward",
+    "activation": "the MLP's activation (GELU or ReLU²) forward and backward",
     "embedding": "token embedding lookup and its dense gradient",
     "elementwise": "mul/add/sub/neg/cat/copy/fill: rotary positions, residual adds, gradient sums",
     "other ops": "any op not named above",
@@ -68,8 +70,8 @@ def categorize(name: str, phase: str | None) -> str:
         return "loss"
     if "layer_norm" in name and name != "aten::layer_norm":
         return "layer norm"
-    if "gelu" in name:
-        return "GELU"
+    if "gelu" in name or name in ACTIVATION_OPS:
+        return "activation"
     if name in ("aten::embedding_dense_backward", "aten::embedding_backward", "aten::index_select",
                 "aten::index_add_", "aten::index_put_", "aten::_embedding_bag"):
         return "embedding"

@@ -170,6 +170,8 @@ def test_pickled_weights_are_refused(tmp_path):
     ({"layer_heads": [1, 2]}, "model.layer_heads"),
     ({"layer_heads": [1, 1]}, "pruned heads"),
     ({"layer_d_ff": [64, 128]}, "model.layer_d_ff"),
+    ({"qk_norm": True}, "model.qk_norm"),
+    ({"qk_norm": True, "rope": True}, "model.qk_norm"),
 ])
 def test_gpt_export_refuses_what_gpt2_cannot_hold(change, named):
     args = {"vocab_size": 64, "seq_len": 16, "n_layer": 2, "n_head": 2, "d_model": 32, "d_ff": 128, "dropout": 0.0,
@@ -188,11 +190,13 @@ def test_llama_export_refuses_qk_norm():
     ("gpt", {"rope": False, "bias": True, "tie_embeddings": False, "d_ff": 48}),
     ("gpt", {"rope": True, "bias": False, "tie_embeddings": True}),
     ("gpt", {"rope": True, "bias": True, "tie_embeddings": False}),
+    ("gpt", {"rope": False, "bias": False, "tie_embeddings": True, "activation": "relu2"}),
+    ("gpt", {"rope": True, "bias": False, "tie_embeddings": True, "activation": "relu2"}),
     ("llama", {"n_kv_head": 2, "tie_embeddings": False}),
     ("llama", {"n_kv_head": 4, "tie_embeddings": True,
                "rope_scaling": {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                                 "original_max_position_embeddings": 8}}),
-], ids=["gpt2", "gpt2-bias-untied", "neox", "neox-bias-untied", "llama-gqa", "llama-tied-scaled"])
+], ids=["gpt2", "gpt2-bias-untied", "neox", "neox-bias-untied", "gpt2-relu2", "neox-relu2", "llama-gqa", "llama-tied-scaled"])
 def test_native_models_export_with_transformers_logits(name, args):
     """Every export the CLI writes goes through transformers_model: random native weights (biases
     too) in, the HF model out, logits equal."""
@@ -211,6 +215,10 @@ def test_native_models_export_with_transformers_logits(name, args):
     expected = "LlamaForCausalLM" if name == "llama" else "GPTNeoXForCausalLM" if args["rope"] else "GPT2LMHeadModel"
     assert type(hf).__name__ == expected
     assert logits_difference(model, hf, 80, 20) < 1e-6
+    if name == "gpt":  # and back: the activation survives the round trip
+        config = hf.config.to_dict()
+        again = get_family("gpt").hf.args_from_hf(config, DataShape(seq_len=None))
+        assert again.get("activation") == args.get("activation", "gelu")
 
 
 def test_a_gpt2_file_saved_from_the_base_model_with_old_buffers_loads(tmp_path):

@@ -35,7 +35,7 @@ def test_step_account_counts_self_time_once_and_adds_up():
     s = {k: v * 1e6 for k, v in a["seconds_per_step"].items()}
     assert s["matmul"] == pytest.approx(70)
     assert s["dispatch"] == pytest.approx(10)
-    assert s["GELU"] == pytest.approx(20)
+    assert s["activation"] == pytest.approx(20)
     assert s["elementwise"] == pytest.approx(10)
     assert s["optimizer"] == pytest.approx(25)  # everything in the range, its Python included
     assert s["data"] == pytest.approx(10)

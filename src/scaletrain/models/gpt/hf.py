@@ -7,10 +7,13 @@ k][all v]; our `qkv` rows go head by head ([h0: q k v][h1: q k v]), so they are 
 its weights map without a permutation. Both always have LayerNorm biases (and GPT-2 linear
 biases): a model with `bias: false` exports them as zeros, and imports a file only when they are.
 
-Refused on import (by key): another activation than tanh-approximated GELU (`gelu_new`), a
-LayerNorm epsilon other than 1e-5, different dropout rates where we have one, GPT-2's per-layer
+The MLP's activation maps both ways: tanh-approximated GELU (`activation: gelu`) is `gelu_new`,
+ReLU² (`activation: relu2`, the `gpt` preset's) is transformers' `relu2`.
+
+Refused on import (by key): another activation than those two, a LayerNorm epsilon other than 1e-5, different dropout rates where we have one, GPT-2's per-layer
 attention scaling, NeoX's parallel residual, partial rotary or a rotary base other than 10,000.
-Refused on export: RMSNorm (`norm: rmsnorm`), pruned heads (`layer_heads`: a head count that
+Refused on export: RMSNorm (`norm: rmsnorm`), QK-norm (`qk_norm: true`: neither architecture
+normalises queries and keys), pruned heads (`layer_heads`: a head count that
 leaves hidden_size / num_attention_heads wrong) and per-layer MLP widths (`n_inner` is one
 number); a pruned MLP of one width for every layer exports.
 """
@@ -22,6 +25,8 @@ from scaletrain.models.family import DataShape, HFMapping
 from scaletrain.models.hfmap import TensorMap, fused_qkv_rows, hf_context, hf_value, refuse
 
 _GELU_TANH = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
+_RELU2 = "relu2"  # transformers' ReLUSquaredActivation
+_ACTIVATIONS_WHY = "the GPT family's MLP uses GELU with the tanh approximation (gelu_new) or ReLU² (relu2)"
 _DROPPED = ("auto_map", "_name_or_path", "transformers_version", "rope_parameters", "torch_dtype", "dtype")
 
 
@@ -41,6 +46,11 @@ def _eps(c: dict, key: str) -> None:
         raise UserError(f"config.json: {key} {eps} is not supported: the GPT family's LayerNorm uses 1e-5")
 
 
+def _activation(c: dict, key: str) -> str:
+    refuse(c, key, (*_GELU_TANH, _RELU2), _ACTIVATIONS_WHY)
+    return "relu2" if c.get(key) == _RELU2 else "gelu"
+
+
 def args_from_hf(c: dict, data: DataShape) -> dict:
     neox = c.get("model_type") == "gpt_neox"
     d = hf_value(c, "hidden_size" if neox else "n_embd")
@@ -48,8 +58,7 @@ def args_from_hf(c: dict, data: DataShape) -> dict:
     if d % heads:
         raise UserError(f"config.json: the width {d} is not a multiple of the {heads} heads")
     if neox:
-        refuse(c, "hidden_act", _GELU_TANH, "the GPT family's MLP uses GELU with the tanh approximation "
-               "(gelu_new)")
+        activation = _activation(c, "hidden_act")
         refuse(c, "use_parallel_residual", (False,), "the GPT family's blocks are sequential (attention, then MLP)")
         _eps(c, "layer_norm_eps")
         rope = c.get("rope_parameters") or {}
@@ -71,9 +80,9 @@ def args_from_hf(c: dict, data: DataShape) -> dict:
             "dropout": _one_dropout(c, ("attention_dropout", "hidden_dropout")),
             "bias": hf_value(c, "attention_bias", bool, True, positive=False), "norm": "layernorm",
             "tie_embeddings": hf_value(c, "tie_word_embeddings", bool, False, positive=False), "rope": True,
+            "activation": activation,
         }
-    refuse(c, "activation_function", _GELU_TANH, "the GPT family's MLP uses GELU with the tanh "
-           "approximation (gelu_new)")
+    activation = _activation(c, "activation_function")
     refuse(c, "scale_attn_weights", (True,), "the GPT family scales attention by 1/sqrt(head width)")
     refuse(c, "scale_attn_by_inverse_layer_idx", (False,), "the GPT family scales every layer alike")
     _eps(c, "layer_norm_epsilon")
@@ -89,6 +98,7 @@ def args_from_hf(c: dict, data: DataShape) -> dict:
         "dropout": _one_dropout(c, ("resid_pdrop", "embd_pdrop", "attn_pdrop")),
         "bias": True, "norm": "layernorm",
         "tie_embeddings": hf_value(c, "tie_word_embeddings", bool, True, positive=False), "rope": False,
+        "activation": activation,
     }
 
 
@@ -105,6 +115,10 @@ def config_to_hf(a: dict, base: dict | None) -> dict:
     if a["norm"] != "layernorm":
         raise UserError(f"model.norm: {a['norm']}: {arch} uses LayerNorm; a GPT with RMSNorm cannot be "
                         "exported to the Hugging Face format")
+    if a.get("qk_norm"):
+        raise UserError(f"model.qk_norm: true: {arch} does not normalise queries and keys; a GPT with QK-norm "
+                        "cannot be exported to the Hugging Face format")
+    act = "relu2" if a.get("activation", "gelu") == "relu2" else "gelu_new"
     if _uniform(a, "layer_heads", a["n_head"], "the head count") != a["n_head"]:
         raise UserError(f"model.layer_heads: {a['layer_heads']}: {arch} derives the head width from "
                         "hidden_size / num_attention_heads and cannot hold pruned heads (prune with "
@@ -115,7 +129,7 @@ def config_to_hf(a: dict, base: dict | None) -> dict:
         c.update({
             "architectures": ["GPTNeoXForCausalLM"], "model_type": "gpt_neox", "vocab_size": a["vocab_size"],
             "hidden_size": a["d_model"], "num_hidden_layers": a["n_layer"], "num_attention_heads": a["n_head"],
-            "intermediate_size": d_ff, "hidden_act": "gelu_new", "use_parallel_residual": False,
+            "intermediate_size": d_ff, "hidden_act": act, "use_parallel_residual": False,
             "rotary_pct": 1.0, "partial_rotary_factor": 1.0, "rope_theta": 10000.0, "rotary_emb_base": 10000,
             "layer_norm_eps": 1e-5, "attention_bias": a["bias"], "attention_dropout": a["dropout"],
             "hidden_dropout": a["dropout"], "tie_word_embeddings": a["tie_embeddings"],
@@ -125,7 +139,7 @@ def config_to_hf(a: dict, base: dict | None) -> dict:
     c.update({
         "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": a["vocab_size"],
         "n_positions": a["seq_len"], "n_embd": a["d_model"], "n_layer": a["n_layer"], "n_head": a["n_head"],
-        "n_inner": d_ff, "activation_function": "gelu_new", "layer_norm_epsilon": 1e-5,
+        "n_inner": d_ff, "activation_function": act, "layer_norm_epsilon": 1e-5,
         "resid_pdrop": a["dropout"], "embd_pdrop": a["dropout"], "attn_pdrop": a["dropout"],
         "scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False,
         "tie_word_embeddings": a["tie_embeddings"],
