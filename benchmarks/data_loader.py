@@ -21,8 +21,6 @@ a torch DataLoader over the same memory map, and resident memory as the corpus g
 from __future__ import annotations
 
 import argparse
-import contextlib
-import fcntl
 import json
 import os
 import shutil
@@ -43,7 +41,7 @@ from scaletrain.atomic import write_text_atomic
 from scaletrain.config.load import load_config
 from scaletrain.data import shards
 from scaletrain.data.loader import PackedLoader, PreadTokens, SampleOrder, TokenWindows, data_fingerprint
-from scaletrain.data.cache import prepared, settings
+from scaletrain.data.cache import locked, prepared, settings
 from scaletrain.hardware import machine_info
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -178,17 +176,6 @@ def measure_rss(data_dir: Path, seq_len: int, batch: int, batches: int) -> dict:
 
 
 # ---- outputs ---------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def _locked(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+b") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
-
-
 def _lock_path(path: Path) -> Path:
     # Outside the checkout (no stray files in docs/); keyed by the file it guards.
     return Path(tempfile.gettempdir()) / f"scaletrain-{xxhash.xxh3_64_hexdigest(str(path.resolve()).encode())}.lock"
@@ -198,13 +185,15 @@ def merge_results(path: Path, updates: dict) -> None:
     """Read-modify-write docs/results/data.json under a lock: other benchmarks own other keys."""
     import docs_out
 
-    with _locked(_lock_path(path)):
+    _lock_path(path).parent.mkdir(parents=True, exist_ok=True)
+    with locked(_lock_path(path)):
         docs_out.merge_results(path, updates)
 
 
 def merge_section(path: Path, section: str) -> None:
     """Replace this benchmark's marked section of a shared markdown file, or append it."""
-    with _locked(_lock_path(path)):
+    _lock_path(path).parent.mkdir(parents=True, exist_ok=True)
+    with locked(_lock_path(path)):
         text = path.read_text(encoding="utf-8") if path.exists() else "# Performance\n"
         block = f"{START}\n{section.rstrip()}\n{END}"
         if START in text and END in text:

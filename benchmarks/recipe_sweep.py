@@ -18,7 +18,7 @@ Writes docs/results/main_job.json (every run, stamped with git commit, time and 
 lever table of docs/main_job.md (between `<!-- levers:start -->` and `<!-- levers:end -->`). It
 changes no preset: adopting a winner is a separate, reviewed change.
 
-    python benchmarks/recipe_sweep.py                         # 10 levers x 2 seeds x 90 s: ~40 minutes
+    python benchmarks/recipe_sweep.py                         # 13 levers x 2 seeds x 90 s: ~50 minutes
     python benchmarks/recipe_sweep.py --budget-seconds 10 --levers baseline,qk_norm --seeds 1   # smoke run
 """
 
@@ -51,6 +51,11 @@ LEVERS = [
     ("untied", "untied output head (`model.tie_embeddings=false`)", ["model.tie_embeddings=false"]),
     ("batch8", "batch 8 with a √2 higher learning rate (`train.batch_size=8 optim.lr=5.66e-3`)",
      ["train.batch_size=8", "optim.lr=5.66e-3"]),
+    ("batch8_muon", "batch 8 with Muon (`train.batch_size=8 optim.name=muon`: its Newton-Schulz cost per token halves)",
+     ["train.batch_size=8", "optim.name=muon"]),
+    ("lr6e-3", "a 1.5x higher learning rate (`optim.lr=6e-3`)", ["optim.lr=6e-3"]),
+    ("wsd", "warm-up, stable, then a 1-sqrt cool-down to zero over the last 40 % (`schedule.name=wsd`)",
+     ["schedule.name=wsd", "schedule.decay_fraction=0.4", "schedule.cooldown=1-sqrt", "schedule.min_lr_ratio=0"]),
     ("lr_high", "a 1.5x higher learning rate with QK-norm (`optim.lr=6e-3 model.qk_norm=true`)",
      ["optim.lr=6e-3", "model.qk_norm=true"]),
     ("compile", "torch.compile (`train.compile=true`; its compilation is inside the budget)",

@@ -48,7 +48,7 @@ def _complete(d: Path, fingerprint: str) -> bool:
 
 
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def locked(path: Path) -> Iterator[None]:
     with open(path, "a+b") as f:
         fcntl.flock(f.fileno(), fcntl.LOCK_EX)
         try:
@@ -113,7 +113,7 @@ def prepared(cfg: PrepareConfig, cache_dir: str | Path, progress: bool = True, w
     except OSError as e:
         raise UserError(f"data.cache_dir: cannot create {cache_dir}: {e.strerror or e}") from None
     try:
-        with _locked(cache_dir / f".{d.name}.lock"):
+        with locked(cache_dir / f".{d.name}.lock"):
             if _complete(d, fingerprint):
                 return d
             if (d / shards.MANIFEST).exists():  # finished once, damaged since: built again
