@@ -50,7 +50,6 @@ import sys
 import tempfile
 import time
 import unicodedata
-from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -275,22 +274,12 @@ def _corpus(dst: Path, max_bytes: int | None) -> list[Path]:
     return out
 
 
-def _git_commit() -> str:
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True).stdout.strip()
-        return head + ("+dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def _ratios(rounds: list[dict], a: str, b: str) -> list[float]:
     return [r[a]["tokens_per_second"] / r[b]["tokens_per_second"] for r in rounds]
 
 
 def measure(args) -> dict:
+    from scaletrain import provenance
     from scaletrain.data import shards
     from scaletrain.data.pipeline import run_prepare
     from scaletrain.data.prepare_config import MiB, validate
@@ -335,8 +324,10 @@ def measure(args) -> dict:
                      "tokens": rounds[0][row]["tokens"], "documents": rounds[0][row]["documents"],
                      "phase_seconds": [r[row].get("phase_seconds") for r in rounds]}
     machine = machine_info()
-    stamp = {"git_commit": _git_commit(), "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-             "cpu_flags": machine["cpu_flags"]}
+    # The same provenance as every other figure: "dirty" means uncommitted code, not the docs that
+    # the benchmarks themselves rewrite.
+    stamp = {"git_commit": provenance.git_commit(), "git_dirty": provenance.git_dirty(),
+             "timestamp": provenance.timestamp(), "cpu_flags": machine["cpu_flags"]}
     encode_ratio = _ratios(rounds, "prepare", "encode_batch")
     hf_ratio = _ratios(rounds, "prepare_tokenizer", "hf")
     return {
@@ -422,7 +413,7 @@ def _table(res: dict) -> str:
         f"{', '.join(k for k, v in b['cpu_flags'].items() if v) or 'none of AVX2/AVX512-BF16/AMX/VNNI'}; "
         f"load average before / after {b['load_avg_1min_before_after'][0]:.2f} / "
         f"{b['load_avg_1min_before_after'][1]:.2f}.",
-        f"- Commit {b['git_commit']}, {b['timestamp']}; raw figures in [results/data.json](results/data.json) "
+        f"- Commit {b['git_commit']}{' (with uncommitted changes)' if b.get('git_dirty') else ''}, {b['timestamp']}; raw figures in [results/data.json](results/data.json) "
         "(`prepare_vs_encode_batch`, `prepare_speedup_vs_hf`, `prepare_benchmark`).",
         END]
     return "\n".join(lines) + "\n"

@@ -59,3 +59,14 @@ def test_pruning_masks_follow_the_weights_to_the_training_device():
     model.to("meta")
     model(torch.zeros(1, 3, device="meta"))  # the hook multiplies by the mask: on the weights' device
     assert keeper.masks["0"].device.type == "meta"
+
+
+def test_a_fine_tune_of_a_time_budgeted_run_counts_steps(tmp_path):
+    """The `gpt` preset fits its schedule to train.max_minutes (schedule.budget=time); a fine-tune
+    has a step count and no minutes, so its config is a valid step-budgeted one (it crashed the
+    trainer with a TypeError before)."""
+    cfg = load_config("gpt")
+    assert cfg.schedule.budget == "time" and cfg.train.max_minutes
+    c = train_config(cfg, 20, tmp_path / "finetune")
+    assert c.schedule.budget == "steps" and c.train.max_minutes is None and c.train.max_steps == 20
+    type(c).model_validate(c.model_dump())  # what the trainer would have refused

@@ -44,6 +44,9 @@ def train_config(cfg, steps: int, run_dir: Path, lr: float | None = None, seed: 
     c.train.checkpoint_every = 0
     c.train.early_stopping = False
     c.train.max_minutes = None
+    # A fixed number of steps: the run's time budget (the `gpt` preset's schedule.budget=time) would
+    # fit the schedule to a number of minutes that a fine-tune does not have.
+    c.schedule.budget = "steps"
     c.train.device = device.type
     if seed is not None:
         c.train.seed = seed
