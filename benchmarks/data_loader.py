@@ -185,14 +185,12 @@ def merge_results(path: Path, updates: dict) -> None:
     """Read-modify-write docs/results/data.json under a lock: other benchmarks own other keys."""
     import docs_out
 
-    _lock_path(path).parent.mkdir(parents=True, exist_ok=True)
     with locked(_lock_path(path)):
         docs_out.merge_results(path, updates)
 
 
 def merge_section(path: Path, section: str) -> None:
     """Replace this benchmark's marked section of a shared markdown file, or append it."""
-    _lock_path(path).parent.mkdir(parents=True, exist_ok=True)
     with locked(_lock_path(path)):
         text = path.read_text(encoding="utf-8") if path.exists() else "# Performance\n"
         block = f"{START}\n{section.rstrip()}\n{END}"

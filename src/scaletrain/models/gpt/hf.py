@@ -10,12 +10,13 @@ biases): a model with `bias: false` exports them as zeros, and imports a file on
 The MLP's activation maps both ways: tanh-approximated GELU (`activation: gelu`) is `gelu_new`,
 ReLU² (`activation: relu2`, the `gpt` preset's) is transformers' `relu2`.
 
-Refused on import (by key): another activation than those two, a LayerNorm epsilon other than 1e-5, different dropout rates where we have one, GPT-2's per-layer
-attention scaling, NeoX's parallel residual, partial rotary or a rotary base other than 10,000.
+Refused on import (by key): another activation than those two, a LayerNorm epsilon other than
+1e-5, different dropout rates where we have one, GPT-2's per-layer attention scaling, NeoX's
+parallel residual, partial rotary or a rotary base other than 10,000.
 Refused on export: RMSNorm (`norm: rmsnorm`), QK-norm (`qk_norm: true`: neither architecture
-normalises queries and keys), pruned heads (`layer_heads`: a head count that
-leaves hidden_size / num_attention_heads wrong) and per-layer MLP widths (`n_inner` is one
-number); a pruned MLP of one width for every layer exports.
+normalises queries and keys), pruned heads (`layer_heads`: a head count that leaves hidden_size /
+num_attention_heads wrong) and per-layer MLP widths (`n_inner` is one number); a pruned MLP of one
+width for every layer exports.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from scaletrain.models.hfmap import TensorMap, fused_qkv_rows, hf_context, hf_va
 
 _GELU_TANH = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
 _RELU2 = "relu2"  # transformers' ReLUSquaredActivation
+_TO_HF_ACTIVATION = {"gelu": "gelu_new", "relu2": _RELU2}  # model.activation -> hidden_act / activation_function
 _ACTIVATIONS_WHY = "the GPT family's MLP uses GELU with the tanh approximation (gelu_new) or ReLU² (relu2)"
 _DROPPED = ("auto_map", "_name_or_path", "transformers_version", "rope_parameters", "torch_dtype", "dtype")
 
@@ -118,7 +120,7 @@ def config_to_hf(a: dict, base: dict | None) -> dict:
     if a.get("qk_norm"):
         raise UserError(f"model.qk_norm: true: {arch} does not normalise queries and keys; a GPT with QK-norm "
                         "cannot be exported to the Hugging Face format")
-    act = "relu2" if a.get("activation", "gelu") == "relu2" else "gelu_new"
+    act = _TO_HF_ACTIVATION[a.get("activation", "gelu")]  # left out of args_dict at its default
     if _uniform(a, "layer_heads", a["n_head"], "the head count") != a["n_head"]:
         raise UserError(f"model.layer_heads: {a['layer_heads']}: {arch} derives the head width from "
                         "hidden_size / num_attention_heads and cannot hold pruned heads (prune with "
