@@ -57,6 +57,7 @@ bench: install
 	$(PY) benchmarks/main_job.py --keep-run $(BENCH_RUNS)/main-job
 	$(PY) benchmarks/recipe_sweep.py
 	$(PY) benchmarks/overhead.py
+	$(PY) benchmarks/attention.py
 	$(PY) benchmarks/data_loader.py
 	$(PY) benchmarks/data.py
 	$(PY) benchmarks/scaling.py

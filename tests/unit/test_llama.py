@@ -18,6 +18,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from scaletrain.config.load import load_config
 from scaletrain.errors import UserError
+from scaletrain.models.attention import explicit_attention_bytes
 from scaletrain.models import model_from_config_json
 from scaletrain.models.family import DataShape, ModelFamily
 from scaletrain.models.llama.config import LlamaConfig
@@ -493,10 +494,12 @@ def test_spec_counts_the_bytes_autograd_saves(shape, qk_norm, precision):
     weights = 2 * spec.matmul_params if precision == "bf16" else 0  # autocast's bf16 weight copies
     predicted = (spec.n_layer * spec.block_saved_bytes(tokens, precision) + spec.outside_saved_bytes(tokens, precision)
                  + weights)
-    assert predicted == measured
     # The whole micro-batch: + the loss head's log-softmax (V fp32 per token).
     saved, _ = spec.activation_bytes(B, precision, ac=False)
     assert saved == predicted + tokens * 4 * args["vocab_size"]
+    if precision == "bf16":  # on the CPU attention is written out (models/attention.py): what it keeps instead
+        predicted += spec.n_layer * explicit_attention_bytes(B, args["seq_len"], *spec.attention_shape)
+    assert predicted == measured
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
@@ -512,7 +515,8 @@ def test_spec_counts_a_tensor_parallel_shard(precision):
         measured = _saved_bytes(lambda: block(x, rope), [*block.parameters(), *rope])
     local = [m.weight for m in block.modules() if isinstance(m, nn.Linear)]
     weights = 2 * sum(w.numel() for w in local) if precision == "bf16" else 0
-    assert measured == spec.block_saved_bytes(48, precision, tp=2) + weights
+    written_out = explicit_attention_bytes(2, 24, 4 / 2, 2 / 2, args.head_dim) if precision == "bf16" else 0
+    assert measured == spec.block_saved_bytes(48, precision, tp=2) + weights + written_out
     assert sum(w.numel() for w in local) == spec.tp_params / args.n_layer / 2
 
 

@@ -70,6 +70,24 @@ def test_activations_follow_the_tensor_count():
     assert s.activation_bytes(16, "fp32", ac=False)[0] == 2 * saved
 
 
+def test_bf16_on_the_cpu_keeps_the_written_out_attention_probabilities():
+    # models/attention.py writes bf16 CPU attention out: B x H x T² bf16 probabilities a layer
+    s = shape("train.precision=bf16")
+    probs = 8 * 256 * 4 * (2 * 256 - 4)  # + B·H·T² bf16 probabilities, - SDPA's fp32 log-sum-exp
+    cpu = plan.memory(s, "adamw", SINGLE, 8, 1, "bf16", False, False, "cpu")
+    gpu = plan.memory(s, "adamw", SINGLE, 8, 1, "bf16", False, False, "cuda")
+    assert cpu["activations"] - gpu["activations"] == 4 * probs
+    cpu_ac = plan.memory(s, "adamw", SINGLE, 8, 1, "bf16", True, False, "cpu")
+    gpu_ac = plan.memory(s, "adamw", SINGLE, 8, 1, "bf16", True, False, "cuda")
+    assert cpu_ac["activations"] == gpu_ac["activations"]
+    assert cpu_ac["temporary"] - gpu_ac["temporary"] == probs  # one block recomputed at a time
+    fp32 = plan.memory(s, "adamw", SINGLE, 8, 1, "fp32", False, False, "cpu")
+    assert fp32 == plan.memory(s, "adamw", SINGLE, 8, 1, "fp32", False, False, "cuda")
+    long = shape("train.precision=bf16", "data.seq_len=1024")  # SDPA's kernel again
+    assert (plan.memory(long, "adamw", SINGLE, 8, 1, "bf16", False, False, "cpu")["activations"]
+            == plan.memory(long, "adamw", SINGLE, 8, 1, "bf16", False, False, "cuda")["activations"])
+
+
 def test_accumulation_keeps_gradients_during_backward():
     s = shape()
     one = plan.memory(s, "adamw", SINGLE, 8, 1, "fp32", False, False, "cpu")

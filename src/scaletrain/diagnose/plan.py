@@ -22,6 +22,7 @@ from scaletrain.config.schema import Config
 from scaletrain.diagnose.devices import Device, get_device, with_memory
 from scaletrain.errors import UserError
 from scaletrain.models import get_family
+from scaletrain.models.attention import explicit_attention_bytes
 from scaletrain.models.family import DataShape, ModelSpec
 from scaletrain.optim.registry import OPTIMIZERS
 from scaletrain.parallel.config import ParallelConfig
@@ -93,6 +94,14 @@ def memory(s: ModelSpec, optim: str, dims: ParallelDims, micro: int, accum: int,
     state = per_param * local / (dims.dp_replicate if dims.zero1 else 1)
     opt_temp = 0.0 if spec is not None and spec.fused else 4 * local
     saved, transient = s.activation_bytes(micro, precision, ac, dims.tp)
+    attention = getattr(s, "attention_shape", None)  # see ModelSpec
+    if attention and precision == "bf16" and device_kind == "cpu":  # attention written out (models/attention.py)
+        heads, kv_heads, head_dim = attention
+        probs = explicit_attention_bytes(micro, s.units_per_sample, heads / dims.tp, kv_heads / dims.tp, head_dim)
+        if ac:  # one block is recomputed at a time
+            transient += probs
+        else:
+            saved += s.n_layer * probs
     extra = 0.0
     if dims.ddp:
         extra += 4 * local  # DDP's gradient buckets: a second copy of every gradient

@@ -93,6 +93,10 @@ class ModelSpec(Protocol):
         """(saved for backward, transient peak on top) of one micro-batch, bytes per rank."""
         ...
 
+    # Optional: `attention_shape` (query heads, key/value heads, head dim) in the spec of a family
+    # whose blocks call scaletrain.models.attention.causal_attention: plan adds what its bf16 CPU
+    # form keeps (models.attention.explicit_attention_bytes).
+
 
 @dataclass(frozen=True)
 class HFMapping:

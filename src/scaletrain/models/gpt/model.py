@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from scaletrain.errors import UserError
 from scaletrain.models.args import args_from_dict
+from scaletrain.models.attention import causal_attention
 from scaletrain.models.lm import document_mask, sample
 
 _NORMS = ("layernorm", "rmsnorm")
@@ -128,11 +129,7 @@ class CausalSelfAttention(nn.Module):
             if cos.dim() == 2:  # the table; per-token angles ([B, 1, T, hd/2]) come pre-gathered
                 cos, sin = cos[:T], sin[:T]
             q, k = _apply_rope(q, cos, sin), _apply_rope(k, cos, sin)
-        dropout = self.dropout if self.training else 0.0
-        if mask is None:  # the default path: SDPA's own causal kernel, no mask tensor
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
-        else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+        y = causal_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0, mask=mask)
         y = y.transpose(1, 2).reshape(B, T, -1)
         return self.resid_drop(self.proj(y))
 

@@ -33,6 +33,10 @@ class GPTSpec:
     dropout: float
     kind: str = "gpt"
 
+    @property
+    def attention_shape(self) -> tuple[int, int, int]:  # the blocks call models.attention.causal_attention
+        return self.n_head, self.n_head, self.hidden // self.n_head
+
     def supports_tp(self, tp: int) -> bool:
         return self.n_head % tp == 0 and self.d_ff % tp == 0
 

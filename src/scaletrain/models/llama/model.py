@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from scaletrain.errors import UserError
 from scaletrain.models.args import args_from_dict
+from scaletrain.models.attention import causal_attention
 from scaletrain.models.lm import document_mask, sample
 from scaletrain.models.llama.rope import apply_rope, rope_tables
 
@@ -165,12 +166,7 @@ class Attention(nn.Module):
         # Query head h reads key/value head h // (q heads / kv heads), as SDPA's enable_gqa does
         # (repeat_interleave); a column shard keeps that: rank r holds q heads r·H/tp.. and kv
         # heads r·K/tp.., and the local group size is the same H/K.
-        gqa = q.shape[1] != k.shape[1]
-        dropout = self.dropout if self.training else 0.0
-        if mask is None:  # the default path: SDPA's own causal kernel, no mask tensor
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout, enable_gqa=gqa)
-        else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, enable_gqa=gqa)
+        y = causal_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0, mask=mask)
         return self.resid_drop(self.wo(y.transpose(1, 2).reshape(B, T, -1)))
 
 

@@ -39,6 +39,10 @@ class LlamaSpec:
     dropout: float
     kind: str = "llama"
 
+    @property
+    def attention_shape(self) -> tuple[int, int, int]:  # the blocks call models.attention.causal_attention
+        return self.n_head, self.n_kv_head, self.head_dim
+
     def supports_tp(self, tp: int) -> bool:
         """parallelize.check_tp's rule: whole heads and MLP shares per rank, no QK-norm."""
         if tp > 1 and self.qk_norm:
