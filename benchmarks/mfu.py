@@ -273,9 +273,13 @@ def main(argv: list[str] | None = None) -> int:
 def rewrite(docs: Path) -> int:
     """Re-render the section from the stored figures (after a change to the report's wording or
     verdict rules), without measuring."""
+    from docs_out import write_section
+
     result = json.loads((docs / "results" / "performance.json").read_text())["mfu_account"]
     mfu_report.compare_levers(result["levers"])
-    write_docs(result, mfu_report.section(result), docs)
+    # Only the text: the JSON keeps the stamp (commit, time) of the run that measured the figures.
+    write_section(docs / "performance.md", mfu_report.START, mfu_report.END, mfu_report.section(result),
+                  after="<!-- main-job:end -->")
     return 0
 
 

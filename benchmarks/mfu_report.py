@@ -369,8 +369,10 @@ def conclusions(r: dict) -> list[str]:
                    f"{1e3 * (g['seconds'] - g['flops'] / peak) * g['count']:.1f} ms per step)" for g in worst)
                                                          or "none (all at or above the peak)") + ".")
     sdpa = r["sdpa_ops"]
-    out.append("- Attention already runs through `F.scaled_dot_product_attention` (models/gpt.py), as the "
-               f"profile shows: {', '.join(f'`{n}`' for n in sdpa)}." if sdpa else
+    out.append("- Attention in this fp32 step runs through `F.scaled_dot_product_attention` "
+               "(`scaletrain.models.attention.causal_attention`; in bf16 on a CPU it is written out instead, "
+               f"see \"Attention on the CPU in bf16\"), as the profile shows: {', '.join(f'`{n}`' for n in sdpa)}."
+               if sdpa else
                "- **No SDPA op in the profile**: attention does not run through scaled_dot_product_attention.")
     hr = r["host_reads_per_step"]
     out.append(f"- Host reads (`aten::_local_scalar_dense`, i.e. `.item()`/`float()` on a tensor) in the profiled "
