@@ -156,8 +156,16 @@ def _default_cache_path() -> Path:
     return Path(base) / "scaletrain" / "matmul_peak.json"
 
 
+# Variables that limit the instruction sets the CPU kernels use (oneDNN, MKL); with torch's own
+# dispatch level they are part of what a measured peak is a peak of.
+ISA_LIMITS = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
+
+
 def _cache_key(dtype: torch.dtype, dev: torch.device, sizes: tuple[int, ...]) -> str:
     hw = _cuda_name(dev) if dev.type == "cuda" else _cpu_model()
+    if dev.type == "cpu":  # ATEN_CPU_CAPABILITY=avx2 or ONEDNN_MAX_CPU_ISA=AVX2 make bf16 ~100x slower
+        limits = ",".join(f"{k}={os.environ[k]}" for k in ISA_LIMITS if os.environ.get(k))
+        hw += f"|isa={torch.backends.cpu.get_cpu_capability()}" + (f",{limits}" if limits else "")
     return (f"{dev.type}:{hw}|threads={torch.get_num_threads()}|torch={torch.__version__}"
             f"|{str(dtype).removeprefix('torch.')}|n={','.join(map(str, sizes))}")
 

@@ -51,6 +51,22 @@ def test_the_main_job_target_depends_on_the_cpu_kind():
     assert v["MFU against the bf16 matmul peak"] == "not applicable on this CPU"
 
 
+def test_an_emulated_avx2_run_gets_its_own_row_on_a_native_cpu():
+    d = _main_job({"val_bpb": 1.68}, 300.0, 6000.0, NATIVE)
+    fp32 = {"val_bpb": 1.83, "precision": "fp32", "mfu_peak_dtype": "float32"}
+    d["main_job_avx2_emulated"] = main_job.assess(_summary(**fp32), 310.0, [{"tokens_per_second": 9000.0}],
+                                                  {**NATIVE, "AVX512-BF16": False})
+    row = "main job: val_bpb after ≤ 5 min of training, AVX2-only CPU (emulated: kernels limited to AVX2 on this CPU)"
+    assert _verdicts(d)[row] == "**not met** (emulated)"  # 1.83 > 1.80
+    d["main_job_avx2_emulated"]["targets"]["val_bpb"]["met"] = True
+    assert _verdicts(d)[row] == "met (emulated)"
+    assert _verdicts(d)["main job: val_bpb after ≤ 5 min of training, native bf16 CPU"] == "met"
+    # an AVX2-only CPU measures the target itself: no emulated row there
+    avx2 = _main_job({"val_bpb": 1.75, "precision": "fp32", "mfu_peak_dtype": "float32"}, 300.0, 6000.0, AVX2)
+    avx2["main_job_avx2_emulated"] = d["main_job_avx2_emulated"]
+    assert row not in _verdicts(avx2)
+
+
 def test_an_mfu_above_one_is_not_met_and_bf16_mfu_counts_only_where_native():
     v = _verdicts(_main_job({"mfu": 1.78}, 300.0, 5000.0, NATIVE))
     assert v["main job MFU against the bfloat16 matmul peak"] == "**not met**"

@@ -48,6 +48,21 @@ def test_matmul_peak_measures_then_caches(tmp_path, monkeypatch):
         matmul_peak_flops(torch.float32, cache_path=cache, sizes=(256,), refresh=True)
 
 
+def test_a_limited_instruction_set_is_measured_apart(tmp_path, monkeypatch):
+    # ONEDNN_MAX_CPU_ISA=AVX2 (or ATEN_CPU_CAPABILITY=avx2) on a CPU with AVX512-BF16 makes bf16
+    # matmuls emulated: the full-ISA peak cached before must not decide bf16 for such a run.
+    cache = tmp_path / "peak.json"
+    measured = iter([400e9, 1e9])
+    monkeypatch.setattr(hardware, "_measure_peak", lambda dtype, device, sizes: next(measured))
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    assert matmul_peak_flops(torch.bfloat16, cache_path=cache, sizes=(64,)) == 400e9
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert matmul_peak_flops(torch.bfloat16, cache_path=cache, sizes=(64,)) == 1e9  # measured, not the cached one
+    keys = list(json.loads(cache.read_text()))
+    assert len(keys) == 2 and any("ONEDNN_MAX_CPU_ISA=AVX2" in k for k in keys)
+    assert all(f"isa={torch.backends.cpu.get_cpu_capability()}" in k for k in keys)
+
+
 def test_corrupt_cache_is_rewritten(tmp_path, monkeypatch):
     cache = tmp_path / "peak.json"
     cache.write_text("{not json")
