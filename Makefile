@@ -55,6 +55,8 @@ bench: install
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[bench]'
 	rm -rf $(BENCH_RUNS)
 	$(PY) benchmarks/main_job.py --keep-run $(BENCH_RUNS)/main-job
+	# The AVX2-only target, on a CPU that has more: the same runs with the kernels limited to AVX2.
+	if $(PY) -c 'import sys; from scaletrain.hardware import bf16_is_native; sys.exit(not bf16_is_native())'; then $(PY) benchmarks/main_job.py --emulate-avx2; fi
 	$(PY) benchmarks/recipe_sweep.py
 	$(PY) benchmarks/overhead.py
 	$(PY) benchmarks/attention.py
