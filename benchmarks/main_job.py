@@ -204,13 +204,17 @@ def readme_block(a: dict, stamp: dict) -> str:
     return "\n".join(lines)
 
 
+def measured(stamp: dict, command: str) -> str:
+    return (f"Measured {stamp['timestamp']} by `{command}` on commit `{(stamp['git_commit'] or 'unknown')[:10]}`, "
+            f"{stamp['cpu_model']}")
+
+
 def perf_section(a: dict, curve: list[dict], stamp: dict, command: str) -> str:
     t = a["targets"]
     loops = " / ".join(f"{r['tokens_per_second']:,.0f}" for r in a["nanogpt_loop"]["runs"])
     flags = ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in stamp["cpu_flags"].items())
     lines = [START, "## Main job: time to quality, and a plain loop beside it", "",
-             f"Measured {stamp['timestamp']} by `{command}` on commit `{(stamp['git_commit'] or 'unknown')[:10]}`, "
-             f"{stamp['cpu_model']}, CPU flags {flags}, "
+             f"{measured(stamp, command)}, CPU flags {flags}, "
              f"torch {stamp['torch']}. `scaletrain train` as `make demo` runs it (the `gpt` preset, automatic "
              "precision, schedule fitted to the five-minute budget), timed as a whole command with the data "
              "prepared. Before and after it, a plain nanoGPT-style loop "
@@ -250,8 +254,7 @@ def avx2_section(a: dict, stamp: dict, command: str) -> str:
     t, e = a["targets"], a["emulated"]
     limits = " ".join(f"{k}={v}" for k, v in e["limits"].items())
     lines = [AVX2_START, "## Main job with the kernels limited to AVX2 (an emulated AVX2-only CPU)", "",
-             f"Measured {stamp['timestamp']} by `{command}` on commit `{(stamp['git_commit'] or 'unknown')[:10]}`, "
-             f"{stamp['cpu_model']}, torch {stamp['torch']}: the same runs as above with `{limits}` in their "
+             f"{measured(stamp, command)}, torch {stamp['torch']}: the same runs as above with `{limits}` in their "
              f"environment (torch's dispatch level in them: {e['cpu_capability']}). bf16 is emulated then, as on "
              "an AVX2-only CPU; the clock, caches and memory stay this CPU's, so this stands in for an AVX2-only "
              "machine, it is not one.", "",
