@@ -2,11 +2,11 @@
 matmul-softmax-matmul is measured faster (bf16 on the CPU, sequences up to EXPLICIT_MAX_T).
 
 Why the exception: SDPA's CPU flash kernel runs no faster in bf16 than in fp32, while the CPU's
-bf16 matmuls (AVX512-BF16, AMX) are several times faster than its fp32 ones: at the main job's
-shape (batch 4, 3 heads of 64, T = 256) the written-out form takes about half the flash kernel's
-time forward + backward, and the `gpt` preset's whole bf16 step is faster for it
-(`benchmarks/attention.py` measures both, docs/performance.md). The written-out form keeps the T x T probabilities for backward
-(batch x heads x T² x 2 bytes a layer), which is why it stops at EXPLICIT_MAX_T; in fp32, on
+bf16 matmuls (AVX512-BF16, AMX) are several times faster than its fp32 ones, so at short sequences
+the written-out form is faster forward + backward, and so is the `gpt` preset's whole bf16 step
+(`benchmarks/attention.py` measures both side by side: docs/performance.md, "Attention on the CPU
+in bf16"). It keeps the T x T probabilities for backward (batch x heads x T² x 2 bytes a layer),
+and from about 1,024 tokens on the flash kernel is faster again: hence EXPLICIT_MAX_T. In fp32, on
 GPUs, with attention dropout or a document mask, SDPA runs as before.
 """
 
