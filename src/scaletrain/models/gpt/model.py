@@ -1,4 +1,4 @@
-"""GPT decoder (pre-norm, causal SDPA attention), plain nn.Module.
+"""GPT decoder (pre-norm, causal attention: `scaletrain.models.attention`), plain nn.Module.
 
 Submodule names (`tok_emb`, `pos_emb`, `blocks.{i}.attn.qkv`, `blocks.{i}.attn.proj`,
 `blocks.{i}.mlp.fc`, `blocks.{i}.mlp.proj`, `blocks.{i}.norm1/norm2`, `norm_f`, `lm_head`)
