@@ -31,7 +31,8 @@ import scaletrain.models.attention as attention
 from docs_out import write_results, write_section
 from scaletrain.config.load import load_config
 from scaletrain.hardware import choose_precision, machine_info
-from scaletrain.models import build_model
+from scaletrain.diagnose.plan import data_shape
+from scaletrain.models import build_model, get_family
 
 ROOT = Path(__file__).resolve().parents[1]
 START, END = "<!-- attention:start -->", "<!-- attention:end -->"
@@ -79,8 +80,7 @@ def kernel_rows(rounds: int, scale: float) -> list[dict]:
 
 def preset_step(rounds: int, steps: int) -> dict:
     cfg = load_config("gpt", ["log.progress=false"])
-    args = {**cfg.model.model_dump(exclude={"name", "lora", "init_from"}),
-            "vocab_size": cfg.data.vocab_size, "seq_len": cfg.data.seq_len}
+    args = get_family("gpt").args_from_config(cfg.model, data_shape(cfg))  # as the trainer builds it
     torch.manual_seed(0)
     model = build_model("gpt", args)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)

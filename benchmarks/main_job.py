@@ -69,10 +69,15 @@ def child_env(limits: dict | None = None) -> dict:
     return {**os.environ, **(limits or {}), "PYTHONWARNINGS": "ignore", "PYTHONPATH": path}
 
 
-def cpu_capability(limits: dict | None) -> str:
-    """torch's CPU dispatch level in a child with `limits` (checks that the emulation took)."""
-    cmd = [sys.executable, "-c", "import torch; print(torch.backends.cpu.get_cpu_capability())"]
-    return subprocess.run(cmd, capture_output=True, text=True, check=True, env=child_env(limits)).stdout.strip()
+def emulation_check(limits: dict) -> dict:
+    """In a child with `limits`: torch's CPU dispatch level (that the emulation took) and what
+    `precision=auto` decides there; its matmul peaks are measured and cached now, before the timing."""
+    code = ("import json, torch; from scaletrain.hardware import choose_precision; "
+            "print(json.dumps([torch.backends.cpu.get_cpu_capability(), *choose_precision('auto', 'cpu')]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env=child_env(limits)).stdout.strip().splitlines()[-1]
+    capability, precision, reason = json.loads(out)
+    return {"limits": limits, "cpu_capability": capability, "precision_auto": precision, "precision_reason": reason}
 
 
 def nanogpt(seconds: float, limits: dict | None = None) -> dict:
@@ -305,10 +310,10 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--keep-run keeps the native run (compress.py's source): not with --emulate-avx2")
     limits = AVX2_LIMITS if a.emulate_avx2 else None
     preset_shape()  # prepares the preset's data (once), so that the timed command finds it ready
-    if limits:  # the precision check's matmul peaks under the limits, measured (and cached) before the timing
-        cmd = [sys.executable, "-c", "from scaletrain.hardware import choose_precision as c; print(c('auto', 'cpu'))"]
-        print("precision auto with the limits:", subprocess.run(cmd, capture_output=True, text=True, check=True,
-                                                               env=child_env(limits)).stdout.strip(), flush=True)
+    emulated = emulation_check(limits) if limits else None
+    if emulated:
+        print(f"with the limits: {emulated['cpu_capability']}, precision auto -> {emulated['precision_auto']} "
+              f"({emulated['precision_reason']})", flush=True)
     work = Path(tempfile.mkdtemp(prefix="scaletrain-mainjob-"))
     loops = [nanogpt(a.nanogpt_seconds, limits)]
     print(f"nanoGPT loop: {loops[-1]['tokens_per_second']:,.0f} tokens/s", flush=True)
@@ -321,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     stamp = make_stamp(command)
     if a.emulate_avx2:  # judged as an AVX2-only CPU: no AVX512-BF16, no AMX in its kernels
         result = assess(summary, seconds, loops, {**stamp["cpu_flags"], "AVX512-BF16": False, "AMX": False})
-        result["emulated"] = {"limits": AVX2_LIMITS, "cpu_capability": cpu_capability(limits)}
+        result["emulated"] = emulated
         merge_results(ROOT / "docs" / "results" / "performance.json", {"main_job_avx2_emulated": result},
                       script=command)
         write_section(ROOT / "docs" / "performance.md", AVX2_START, AVX2_END, avx2_section(result, stamp, command),
