@@ -1,5 +1,6 @@
 """One train step: the trainer, `verify` (which records runs through the trainer) and `profile` all
-run `scaletrain.train.step.train_step`. A spy put in its place sees every step they take."""
+run the step `scaletrain.train.step.make_train_step` builds. A spy put in its place sees every step
+they take."""
 
 from __future__ import annotations
 
@@ -20,15 +21,21 @@ TINY = ["train.max_steps=2", "train.eval_every=0", "train.final_eval_batches=1",
 @pytest.fixture
 def spy(monkeypatch):
     calls = []
-    real = step_module.train_step
+    real = step_module.make_train_step
 
-    def train_step(*args, **kwargs):
-        calls.append(kwargs.get("phase") is not None)
-        return real(*args, **kwargs)
+    def make_train_step(*args, **kwargs):
+        step = real(*args, **kwargs)
+        timed = kwargs.get("phase") is not None
+
+        def spied(*a, **k):
+            calls.append(timed)
+            return step(*a, **k)
+
+        return spied
 
     # The trainer imports the function by name; profile calls it through the module.
-    monkeypatch.setattr(step_module, "train_step", train_step)
-    monkeypatch.setattr(trainer_module, "train_step", train_step)
+    monkeypatch.setattr(step_module, "make_train_step", make_train_step)
+    monkeypatch.setattr(trainer_module, "make_train_step", make_train_step)
     return calls
 
 

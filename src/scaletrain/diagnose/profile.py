@@ -1,7 +1,7 @@
 """`scaletrain profile`: N training steps under torch.profiler, split into data / forward / backward /
 optimizer / communication, with the top ops and a Chrome trace.
 
-The steps are the trainer's own (`train.step.train_step` over the layout's forward_backward, the
+The steps are the trainer's own (`train.step.make_train_step` over the layout's forward_backward, the
 same data positions, layout and optimizer); the step brackets its forward, backward and optimizer
 parts with `phase(name)`, which here opens a `torch.profiler.record_function` range and times it.
 Communication ops (gloo/nccl collectives) run inside those phases (DDP's all-reduce during
@@ -103,6 +103,8 @@ def profile(cfg: Config, *, steps: int, warmup: int, out: Path, top: int = 15) -
         layout.module, task.loss, device=info.device, autocast=layout.autocast, grad_sync=layout.grad_sync,
         phase=phases)
     params = [p for p in layout.trained.parameters() if p.requires_grad]
+    train_step = train_steps.make_train_step(forward_backward, optimizer, layout, params=params,
+                                             grad_clip=t.grad_clip, phase=phases)
     units = 0
 
     def step(i: int) -> None:
@@ -111,8 +113,7 @@ def profile(cfg: Config, *, steps: int, warmup: int, out: Path, top: int = 15) -
             plan = train_steps.micro_batches(i * per_step, t.batch_size, t.grad_accum, layout.dp_world,
                                              layout.dp_rank)
             batches = [task.train_batch(position, size) for position, size in plan]
-        train_steps.train_step(forward_backward, batches, optimizer, layout, params=params,
-                               grad_clip=t.grad_clip, want_norm=False, phase=phases)
+        train_step(batches, want_norm=False)
         units += sum(task.units(x) for x, _ in batches) * layout.dp_world
 
     for i in range(warmup):

@@ -81,6 +81,11 @@ class Layout:
         precision = self.precision if self.dims.pp_enabled else self.dims.autocast_precision(self.precision)
         return autocast_context(self.info.device, precision)
 
+    @property
+    def syncs_gradients(self) -> bool:
+        """Whether `grad_sync` does anything (DDP, FSDP): else the step needs no context for it."""
+        return self.dims.ddp or self.dims.fsdp
+
     def grad_sync(self, enabled: bool):
         """Context for one micro-batch's backward: skip the gradient all-reduce/reduce-scatter
         unless `enabled` (the last micro-batch of an accumulated step)."""
