@@ -35,7 +35,7 @@ from scaletrain.parallel.dist import DistInfo, shutdown
 from scaletrain.parallel.layout import Layout, build_layout, wrap_optimizer
 from scaletrain.train import budget as time_budget
 from scaletrain.train import ranks, resume
-from scaletrain.train.step import NonfiniteCheck, micro_batches, no_phase, plain_forward_backward, train_step
+from scaletrain.train.step import NonfiniteCheck, make_train_step, micro_batches, no_phase, plain_forward_backward
 from scaletrain.train.shadow import Shadows, Swapped, trained_params
 from scaletrain.train.telemetry import Telemetry
 from scaletrain.train.trackers import Trackers
@@ -122,17 +122,30 @@ class Trainer:
             return self.task.num_train_samples
         return self.cfg.train.batch_size * self.cfg.train.grad_accum * layout.dp_world
 
-    def _step_batches(self, position: int, layout: Layout) -> tuple[list, list[float] | None]:
-        """The step's micro-batches and, for gd, each one's weight in the exact full-batch mean
-        (its share of the samples, times dp because data-parallel gradient sync averages ranks).
-        A rank with no samples left in the last chunk still runs one, with weight 0, so every
-        rank takes part in every gradient synchronization."""
-        plan = self._micro_batches(position, layout)
-        batches = [self.task.train_batch(p, max(n, 1)) for p, n in plan]
-        if self.cfg.optim.name != "gd":
-            return batches, None
-        total = self.global_batch(layout)
-        return batches, [n / total * layout.dp_world for _, n in plan]
+    def _batch_reader(self, layout: Layout):
+        """read(position) -> (the step's micro-batches, their weights or None) for the step starting
+        at global batch `position`. For gd, each micro-batch's weight is its share of the samples in
+        the exact full-batch mean (times dp, because data-parallel gradient sync averages ranks);
+        a rank with no samples left in the last chunk still runs one, with weight 0, so every rank
+        takes part in every gradient synchronization. Otherwise every micro-batch has
+        train.batch_size samples at fixed offsets from `position`, worked out once."""
+        train_batch = self.task.train_batch
+        if self.cfg.optim.name == "gd":
+            total = self.global_batch(layout)
+
+            def read_gd(position: int) -> tuple[list, list[float]]:
+                plan = self._micro_batches(position, layout)
+                return ([train_batch(p, max(n, 1)) for p, n in plan],
+                        [n / total * layout.dp_world for _, n in plan])
+
+            return read_gd
+        size = self.cfg.train.batch_size
+        offsets = [p for p, _ in self._micro_batches(0, layout)]
+
+        def read(position: int) -> tuple[list, None]:
+            return [train_batch(position + o, size) for o in offsets], None
+
+        return read
 
     def total_steps(self) -> int:
         """The run's step count: train.max_steps, or the count fitted to the time budget."""
@@ -221,6 +234,7 @@ class Trainer:
                 stopped_by = self._loop(layout, optimizer, tel, wall_start)
                 # The last checkpoint holds the last weights (a resume with more steps continues
                 # them); the best weights, if restored, are what the final evaluation and export see.
+                tel.flush()  # metrics.jsonl holds every record up to a checkpoint (a resume keeps them)
                 self._save(optimizer)
                 ckpt.finish_pending_save()  # checkpoint.async_save: the last one is in place at the end
                 self._restore_best(tel)
@@ -285,13 +299,14 @@ class Trainer:
 
     def _loop(self, layout: Layout, optimizer, tel: Telemetry, wall_start: float) -> str:
         step = self._train_step(layout, optimizer)
+        read = self._batch_reader(layout)
         meter = Meter()
         while True:
             st = self.state  # a new object after a rollback
             start_step, start_position, per_step = st.step, st.position, self.global_batch(layout)
 
             def produce(step: int, start_step=start_step, start_position=start_position, per_step=per_step):
-                return self._step_batches(start_position + (step - start_step) * per_step, layout)
+                return read(start_position + (step - start_step) * per_step)
 
             if self._faults is not None:
                 produce = self._faults.batches(produce)
@@ -307,7 +322,7 @@ class Trainer:
 
     def _train_step(self, layout: Layout, optimizer):
         """The run's step(batches, weights, want_norm, before_zero_grad) -> (loss, norm, reason):
-        `train_step` with everything that is decided once per run bound to it (the layout's
+        `make_train_step` with everything that is decided once per run bound to it (the layout's
         forward_backward, the trained parameters, the guard, the straggler clock)."""
         t = self.cfg.train
         params = [p for p in layout.trained.parameters() if p.requires_grad]
@@ -315,15 +330,11 @@ class Trainer:
         self._clock = ForwardClock() if layout.distributed else None
         forward_backward = layout.forward_backward or plain_forward_backward(
             layout.module, self.loss_fn, device=self.device, autocast=layout.autocast,
-            grad_sync=layout.grad_sync, scaler=self.scaler, phase=self._clock or no_phase)
+            grad_sync=layout.grad_sync if layout.syncs_gradients else None, scaler=self.scaler,
+            phase=self._clock or no_phase)
         guard = self._guard.verdict if self.cfg.guard.action != "off" else None
-        nonfinite_check = NonfiniteCheck()
-
-        def step(batches, weights, want_norm: bool, before_zero_grad):
-            return train_step(forward_backward, batches, optimizer, layout, params=params, grad_clip=t.grad_clip,
-                              want_norm=want_norm, weights=weights, guard=guard, scaler=self.scaler,
-                              nonfinite_check=nonfinite_check, before_zero_grad=before_zero_grad)
-
+        step = make_train_step(forward_backward, optimizer, layout, params=params, grad_clip=t.grad_clip,
+                               guard=guard, scaler=self.scaler, nonfinite_check=NonfiniteCheck())
         if self._faults is not None:  # a test's kill, stall, straggler or bad loss, at the step they name
             step = self._faults.step(step)
         self._params = params
@@ -333,16 +344,23 @@ class Trainer:
         cfg, t, st = self.cfg, self.cfg.train, self.state
         checking = cfg.guard.action != "off"
         clock = self._clock
-        per_step = self.global_batch(layout)
+        per_step, dp, distributed = self.global_batch(layout), layout.dp_world, layout.distributed
+        # What is fixed for the run is looked up once: on a 1 ms step (the MLP preset) every
+        # attribute walk and call between two steps shows (benchmarks/overhead.py).
+        get, units_of, hook, guard = prefetch.get, self.task.units, self.step_hook, self._guard
+        ema = self._shadows.ema is not None
+        perf_counter, log_every = time.perf_counter, cfg.log.every
+        deadline = wall_start + 60 * t.max_minutes if t.max_minutes else None
+        total = self.total_steps()
 
-        while st.step < self.total_steps():
-            step_began = time.perf_counter()
+        while st.step < total:
+            step_began = perf_counter()
             apply_lr(optimizer, self._lr_multiplier(st.step) * st.lr_scale)
-            waited = time.perf_counter()
-            batches, weights = prefetch.get(st.step)
-            meter.data_seconds += time.perf_counter() - waited
+            waited = perf_counter()
+            batches, weights = get(st.step)
+            meter.data_seconds += perf_counter() - waited
             st.position += per_step
-            log_step = (st.step + 1) % cfg.log.every == 0 or st.step + 1 == self.total_steps()
+            log_step = (st.step + 1) % log_every == 0 or st.step + 1 == total
             measure_hook = self._measure_hook(optimizer) if self._state_bytes is None else None
             if clock is not None:  # this rank's own time: until its first forward, and its forwards
                 clock.start(step_began)
@@ -355,14 +373,16 @@ class Trainer:
                 if stop:
                     return stop
             elif checking:
-                self._guard.good()
+                guard.good()
             st.step += 1
-            if not bad:
+            if ema and not bad:
                 self._shadows.after_step(st.step)
-            if self.step_hook is not None:
-                self.step_hook(self, st.step, layout.global_mean(loss))
-            units = (per_step * self.task.units(batches[0][0]) // len(batches[0][1])
-                     if weights else sum(self.task.units(x) for x, _ in batches) * layout.dp_world)
+            if hook is not None:
+                hook(self, st.step, layout.global_mean(loss))
+            if weights:  # gd: the step's share of the training set
+                units = per_step * units_of(batches[0][0]) // len(batches[0][1])
+            else:
+                units = (units_of(batches[0][0]) if len(batches) == 1 else sum(units_of(x) for x, _ in batches)) * dp
             st.units_seen += units
             if not bad:  # a dropped step's loss (NaN, a spike) stays out of the logged mean
                 meter.add(loss, units)
@@ -371,27 +391,15 @@ class Trainer:
                 if self._budget.wants_probe:
                     with meter.paused():
                         self._budget_probe()
+                total = self.total_steps()
 
-            time_up = bool(t.max_minutes) and time.perf_counter() - wall_start > 60 * t.max_minutes
-            if layout.distributed and t.max_minutes:  # rank 0's clock decides for all (one broadcast per
-                time_up = bool(ranks.on_main(lambda: time_up))  # step, only when the guard is set)
-            last = st.step >= self.total_steps() or time_up
-            if st.step % cfg.log.every == 0 or last:
-                steps_in_window, data_seconds, busy = len(meter.losses), meter.data_seconds, meter.busy_seconds
-                mean_loss, seconds, window_units = meter.read(layout.global_mean)  # one sync per window
-                st.train_seconds += seconds
-                record = {"loss": mean_loss, "lr": optimizer.param_groups[0]["lr"]}
-                if grad_norm is not None:  # absent only on a step cut short by max_minutes
-                    record["grad_norm"] = float(grad_norm)
-                record[f"{self.task.unit}_per_second"] = window_units / max(seconds, 1e-9)
-                record["elapsed"] = st.train_seconds
-                record["data_wait_fraction"] = min(1.0, data_seconds / max(seconds, 1e-9))
-                if st.skipped_steps:
-                    record["skipped_steps"] = st.skipped_steps
-                if layout.distributed:
-                    self._rank_times(record, seconds / max(steps_in_window, 1), busy / max(steps_in_window, 1), tel)
-                tel.log_train(st.step, record)
-                if steps_in_window and not math.isfinite(mean_loss):  # (a window of skipped steps has none)
+            time_up = deadline is not None and perf_counter() > deadline
+            if distributed and deadline is not None:  # rank 0's clock decides for all (one
+                time_up = bool(ranks.on_main(lambda: time_up))  # broadcast per step, only when set)
+            last = st.step >= total or time_up
+            if st.step % log_every == 0 or last:
+                mean_loss = self._log_window(layout, optimizer, tel, meter, grad_norm)
+                if mean_loss is not None and not math.isfinite(mean_loss):
                     tel.message(f"loss is {mean_loss} at step {st.step}: stopping")
                     return "non_finite_loss"
             if time_up:
@@ -404,15 +412,38 @@ class Trainer:
                     if self._budget is not None:  # a refit, before this step's checkpoint
                         seconds, samples = time.perf_counter() - began, self._budget.plan.eval_samples
                         self._budget_fit(tel, lambda: self._budget.evaluated(st.step, seconds, samples))
+                        total = self.total_steps()
                     if stop:
                         return "early_stopping"
             if t.checkpoint_every and st.step % t.checkpoint_every == 0 and not last:
                 with meter.paused():
                     began = time.perf_counter()
+                    tel.flush()
                     self._save(optimizer)
                     if self._budget is not None:
                         self._budget.checkpointed(time.perf_counter() - began)
         return "max_steps"
+
+    def _log_window(self, layout, optimizer, tel: Telemetry, meter: Meter, grad_norm) -> float | None:
+        """The train record of the steps since the last one (metrics.jsonl, trackers, the log);
+        returns their mean loss, or None for a window of skipped steps only (it has none)."""
+        st = self.state
+        steps_in_window, data_seconds, busy = len(meter.losses), meter.data_seconds, meter.busy_seconds
+        mean_loss, seconds, window_units = meter.read(  # one sync per window
+            layout.global_mean if layout.distributed else None)
+        st.train_seconds += seconds
+        record = {"loss": mean_loss, "lr": optimizer.param_groups[0]["lr"]}
+        if grad_norm is not None:  # absent only on a step cut short by max_minutes
+            record["grad_norm"] = float(grad_norm)
+        record[f"{self.task.unit}_per_second"] = window_units / max(seconds, 1e-9)
+        record["elapsed"] = st.train_seconds
+        record["data_wait_fraction"] = min(1.0, data_seconds / max(seconds, 1e-9))
+        if st.skipped_steps:
+            record["skipped_steps"] = st.skipped_steps
+        if layout.distributed:
+            self._rank_times(record, seconds / max(steps_in_window, 1), busy / max(steps_in_window, 1), tel)
+        tel.log_train(st.step, record)
+        return mean_loss if steps_in_window else None
 
     # ---- guard rails -------------------------------------------------------------------------
     def _handle_bad_step(self, reason: str, optimizer, tel: Telemetry) -> str | None:
