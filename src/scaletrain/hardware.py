@@ -245,7 +245,7 @@ def choose_precision(requested: str, device: str | torch.device = "cpu", *,
     bf16 = matmul_peak_flops(torch.bfloat16, "cpu", cache_path=cache_path)
     fp32 = matmul_peak_flops(torch.float32, "cpu", cache_path=cache_path)
     ratio = bf16 / fp32 if fp32 > 0 else 0.0
-    measured = f"bf16 matmuls measured at {ratio:.2f}x fp32 ({bf16 / 1e9:.0f} vs {fp32 / 1e9:.0f} GFLOP/s)"
+    measured = f"bf16 matmuls measured at {ratio:.2g}x fp32 ({bf16 / 1e9:.0f} vs {fp32 / 1e9:.0f} GFLOP/s)"
     if ratio >= BF16_MIN_SPEEDUP:
         return "bf16", f"auto: this CPU has {' and '.join(units)}; {measured}"
     return "fp32", (f"auto: this CPU reports {' and '.join(units)} but {measured}, below the "
