@@ -26,6 +26,6 @@ def test_auto_precision_is_run_and_reported(tmp_path, cache_dir, monkeypatch, na
     summary = json.loads((run / "summary.json").read_text())
     expected = "bf16" if native else "fp32"
     assert summary["precision"] == expected
-    assert ("2.00x fp32" in summary["precision_reason"]) if native else ("no native bf16" in summary["precision_reason"])
+    assert ("measured at 2x fp32" in summary["precision_reason"]) if native else ("no native bf16" in summary["precision_reason"])
     assert f"precision: {expected} (auto: " in out + err
     assert summary["mfu_peak_dtype"] == ("bfloat16" if native else "float32")
