@@ -77,6 +77,7 @@ def worker(overrides: dict) -> dict:
     import torch
     import torch.nn.functional as F
 
+    from scaletrain.diagnose.plan import data_shape
     from scaletrain.models import build_model, get_family
     from scaletrain.optim.param_groups import param_groups
     from scaletrain.optim.registry import build_optimizer
@@ -114,8 +115,7 @@ def worker(overrides: dict) -> dict:
     gc.collect()
     baseline = hwm_bytes()
 
-    m = cfg.model
-    args = {**m.model_dump(exclude={"name", "lora", "init_from"}), "vocab_size": cfg.data.vocab_size, "seq_len": cfg.data.seq_len}
+    args = get_family("gpt").args_from_config(cfg.model, data_shape(cfg))  # as the trainer builds it
     torch.manual_seed(0)
     model = build(args)
     layout = build_layout(model, get_family("gpt"), cfg.parallel, info, precision="fp32", compile=False,

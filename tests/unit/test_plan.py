@@ -10,7 +10,7 @@ import torch
 from scaletrain.config.load import load_config
 from scaletrain.diagnose import plan
 from scaletrain.diagnose.devices import KNOWN_DEVICES
-from scaletrain.models import build_model
+from scaletrain.models import build_model, get_family
 from scaletrain.parallel.dims import ParallelDims
 
 GPT = ["model.n_layer=4", "model.n_head=4", "model.d_model=256", "data.vocab_size=4096", "data.seq_len=256",
@@ -28,7 +28,7 @@ SINGLE, DDP2, ZERO1_2, FSDP4 = ParallelDims(), ParallelDims(dp_replicate=2), Par
 def test_shape_matches_the_built_model():
     cfg = load_config("gpt-tiny", GPT)
     s = plan.model_spec(cfg)
-    args = {**cfg.model.model_dump(exclude={"name", "lora", "init_from"}), "vocab_size": 4096, "seq_len": 256}
+    args = get_family("gpt").args_from_config(cfg.model, plan.data_shape(cfg))  # as the trainer builds it
     model = build_model("gpt", args)
     assert s.params == sum(p.numel() for p in model.parameters())
     assert s.block_params == sum(p.numel() for p in model.blocks[0].parameters())
