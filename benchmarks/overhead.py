@@ -436,7 +436,7 @@ def section(report: dict, native: bool | None) -> str:
                  "steps (kept and written out to metrics.jsonl and TensorBoard within a second, a "
                  "console line at once). What it does more cheaply: it drops the gradients by setting "
                  "them to None itself, as `optimizer.zero_grad(set_to_none=True)` does, without that "
-                 "call's profiler range and compiler guard (~2 % of an MLP step). Batches that build in "
+                 "call's profiler range and compiler guard. Batches that build in "
                  "under 1 ms are built in the loop: "
                  "the prefetch thread's GIL contention cost more than it hid on these small steps "
                  "(scaletrain.data.prefetch). The `guard off` rows show what is left without the check, the "

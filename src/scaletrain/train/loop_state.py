@@ -65,7 +65,7 @@ class Meter:
             mean = math.nan
         elif reduce is None and losses[0].device.type == "cpu":
             # Nothing to wait for on the CPU: reading each is cheaper than a stack and a mean
-            # (~20 vs ~60 us in the loop of a 1 ms MLP step); summed in double precision.
+            # (~4 vs ~10 us for 20 losses, timed alone); summed in double precision.
             mean = math.fsum(loss.item() for loss in losses) / len(losses)
         else:  # one read of the device per window
             mean_loss = torch.stack(losses).mean()

@@ -382,7 +382,7 @@ class Trainer:
             if weights:  # gd: the step's share of the training set
                 units = per_step * units_of(batches[0][0]) // len(batches[0][1])
             else:
-                units = (units_of(batches[0][0]) if len(batches) == 1 else sum(units_of(x) for x, _ in batches)) * dp
+                units = sum(units_of(x) for x, _ in batches) * dp
             st.units_seen += units
             if not bad:  # a dropped step's loss (NaN, a spike) stays out of the logged mean
                 meter.add(loss, units)
