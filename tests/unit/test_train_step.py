@@ -124,3 +124,33 @@ def test_planted_loss_fault_hits_every_micro_batch_of_its_step_once(monkeypatch)
     current["step"] = 0
     wrapped()
     assert all(math.isnan(f) for f in factors[-1])
+
+
+def test_the_guard_reads_only_the_flag_without_a_spike_check():
+    from scaletrain.config.schema import GuardConfig
+    from scaletrain.train.guard import Guard
+
+    guard = Guard(GuardConfig(), distributed=False)
+    nan = torch.tensor(float("nan"))
+    # The flag covers the loss (it is in the fused check): with the flag clear the loss is not read.
+    assert guard.verdict(nan, None, torch.zeros(1)) is None
+    assert guard.verdict(torch.tensor(2.0), None, torch.ones(1)) == "a gradient is NaN or Inf"
+    assert guard.verdict(nan, None, torch.ones(1)) == "loss is nan"
+    assert guard.verdict(torch.tensor(2.0), torch.tensor(float("inf")), None) == "gradient norm is inf"
+    guard.good()
+    assert guard.recent_mean is None  # no spike check: no mean kept
+
+
+def test_the_guard_s_spike_check_reads_every_loss_and_keeps_their_mean():
+    from scaletrain.config.schema import GuardConfig
+    from scaletrain.train.guard import Guard
+
+    guard = Guard(GuardConfig(spike_factor=3.0), distributed=False)
+    for loss in (2.0, 2.0, 2.0, 2.0, 2.0):
+        assert guard.verdict(torch.tensor(loss), None, torch.zeros(1)) is None
+        guard.good()
+    assert guard.recent_mean == pytest.approx(2.0)
+    assert guard.verdict(torch.tensor(7.0), None, torch.zeros(1)).startswith("loss spiked to 7")
+    assert guard.verdict(torch.tensor(5.0), None, torch.zeros(1)) is None
+    guard.good()
+    assert guard.recent_mean == pytest.approx(0.9 * 2.0 + 0.1 * 5.0)

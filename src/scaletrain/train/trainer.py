@@ -151,11 +151,6 @@ class Trainer:
         """The run's step count: train.max_steps, or the count fitted to the time budget."""
         return self.state.fitted_steps or self.cfg.train.max_steps
 
-    def _lr_multiplier(self, step: int) -> float:
-        s = self.cfg.schedule
-        return lr_multiplier(s.name, step, self.total_steps(), s.warmup_steps, s.min_lr_ratio,
-                             s.decay_fraction, s.cooldown)
-
     def _flops_per_unit(self) -> float:
         for name in ("flops_per_token", "flops_per_sample"):
             if hasattr(self.model, name):
@@ -352,10 +347,14 @@ class Trainer:
         perf_counter, log_every = time.perf_counter, cfg.log.every
         deadline = wall_start + 60 * t.max_minutes if t.max_minutes else None
         total = self.total_steps()
+        s = cfg.schedule
+        name, warmup, min_ratio, decay_fraction, cooldown = (s.name, s.warmup_steps, s.min_lr_ratio,
+                                                             s.decay_fraction, s.cooldown)
 
         while st.step < total:
             step_began = perf_counter()
-            apply_lr(optimizer, self._lr_multiplier(st.step) * st.lr_scale)
+            apply_lr(optimizer, lr_multiplier(name, st.step, total, warmup, min_ratio, decay_fraction, cooldown)
+                     * st.lr_scale)
             waited = perf_counter()
             batches, weights = get(st.step)
             meter.data_seconds += perf_counter() - waited
