@@ -67,7 +67,7 @@ class Guard:
         """The step that was judged last went through."""
         self.good_steps += 1
         self.bad_in_a_row = 0
-        if not self.cfg.spike_factor:  # the mean is the spike check's only
+        if self._flag_only:  # no spike check: the mean is only its
             return
         m = self.recent_mean
         self.recent_mean = self._last if m is None else 0.9 * m + 0.1 * self._last
